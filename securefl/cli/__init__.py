@@ -1,0 +1,1 @@
+"""The ``securefl`` command line: thin typer commands over the library."""

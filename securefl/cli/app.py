@@ -1,0 +1,56 @@
+"""Entry point of the ``securefl`` command: wires the command groups and maps errors to exit codes.
+
+Every command is a thin call into the library. A :class:`~securefl.errors.ConfigError` (bad user
+input) is printed as one line on stderr with exit code 2 and no traceback; typer/click usage errors
+keep their own message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from securefl.errors import ConfigError
+
+app = typer.Typer(
+    name="securefl",
+    help="Privacy-first federated learning: FedAvg, differential privacy, secure aggregation, attacks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    from securefl.cli import attack, data, train
+
+    app.command("train")(train.train)
+    app.command("datasets")(data.datasets)
+    app.add_typer(attack.attack_app, name="attack")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    _register_commands()
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        result = app(args=args, prog_name="securefl", standalone_mode=False)
+    except ConfigError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        return 2
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except click.exceptions.Abort:
+        Console(stderr=True).print("aborted")
+        return 1
+    except click.exceptions.Exit as exit_:
+        return exit_.exit_code
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Run configuration: frozen dataclasses validated on construction; TOML in, JSON out.
+
+The keys of a TOML file are the CLI's flag names (``clients-per-round`` or ``clients_per_round``);
+sections are optional: a flat file is read the same as one with ``[dp]``, ``[central-dp]`` and
+``[secagg]`` tables.  Every violated constraint raises :class:`~securefl.errors.ConfigError` naming
+the flag to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from securefl.errors import ConfigError
+
+ALGORITHMS = ("fedavg", "fedsgd")
+ACCOUNTANTS = ("rdp", "prv", "gdp")
+CLIENT_SAMPLING = ("fixed", "poisson")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Sample-level DP-SGD on every client through Opacus (``--dp``)."""
+
+    noise_multiplier: float | None = None
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    target_epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier is not None:
+            _require(self.noise_multiplier >= 0, f"noise multiplier {self.noise_multiplier} < 0: "
+                     "use --noise-multiplier 0 or more")
+        _require(self.max_grad_norm > 0, f"max grad norm {self.max_grad_norm} <= 0: "
+                 "use a positive --max-grad-norm")
+        _require(0 < self.delta < 1, f"delta {self.delta} is outside (0, 1): set --delta, e.g. 1e-5")
+        _require(self.accountant in ACCOUNTANTS, f"unknown accountant {self.accountant!r}: choose "
+                 f"one of {', '.join(ACCOUNTANTS)}")
+        if self.target_epsilon is not None:
+            _require(self.target_epsilon > 0, f"target epsilon {self.target_epsilon} <= 0: "
+                     "use a positive --target-epsilon")
+            _require(self.noise_multiplier is None, "give either --noise-multiplier or "
+                     "--target-epsilon, not both (the target picks the noise)")
+
+    @property
+    def effective_noise_multiplier(self) -> float | None:
+        """The noise multiplier to use when no target epsilon chooses it (default 1.0)."""
+        if self.target_epsilon is not None:
+            return None
+        return 1.0 if self.noise_multiplier is None else self.noise_multiplier
+
+
+@dataclass(frozen=True)
+class CentralDPConfig:
+    """User-level DP-FedAvg (McMahan et al. 2018) at the server (``--central-dp``)."""
+
+    noise_multiplier: float = 1.0
+    clip_norm: float = 1.0
+    delta: float = 1e-5
+    client_sampling: str = "poisson"
+
+    def __post_init__(self) -> None:
+        _require(self.noise_multiplier >= 0, f"central noise multiplier {self.noise_multiplier} "
+                 "< 0: use --central-noise-multiplier 0 or more")
+        _require(self.clip_norm > 0, f"clip norm {self.clip_norm} <= 0: use a positive --clip-norm")
+        _require(0 < self.delta < 1, f"delta {self.delta} is outside (0, 1): set --central-delta")
+        _require(self.client_sampling in CLIENT_SAMPLING, f"unknown client sampling "
+                 f"{self.client_sampling!r}: choose one of {', '.join(CLIENT_SAMPLING)}")
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation of every round's updates (``--secagg``)."""
+
+    threshold: float | None = None
+    neighbors: int | None = None
+    bits: int = 32
+    clip: float | None = None
+    dropout_rate: float = 0.0
+    active_adversary: bool = False
+
+    def __post_init__(self) -> None:
+        _require(8 <= self.bits <= 62, f"secagg bits {self.bits} outside 8..62: set --secagg-bits")
+        if self.clip is not None:
+            _require(self.clip > 0, f"secagg clip {self.clip} <= 0: use a positive --secagg-clip")
+        _require(0 <= self.dropout_rate < 1, f"dropout rate {self.dropout_rate} outside [0, 1): "
+                 "set --dropout-rate")
+        if self.threshold is not None:
+            _require(self.threshold > 0, f"secagg threshold {self.threshold} <= 0: give a fraction "
+                     "in (0, 1] or a client count")
+        if self.neighbors is not None:
+            _require(self.neighbors >= 1, f"secagg neighbors {self.neighbors} < 1")
+
+    def threshold_count(self, clients: int) -> int:
+        """The threshold as a client count: a fraction in (0, 1) of ``clients``, or a count >= 1.
+
+        The default is a strict majority of the round's clients.
+        """
+        if self.threshold is None:
+            return clients // 2 + 1
+        if self.threshold < 1:
+            return max(1, math.ceil(self.threshold * clients - 1e-9))
+        _require(float(self.threshold).is_integer(), f"secagg threshold {self.threshold} is "
+                 "neither a fraction in (0, 1) nor a whole client count")
+        return int(self.threshold)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a federated run needs; validated on construction."""
+
+    dataset: str = "mnist-sample"
+    model: str = "cnn"
+    clients: int = 10
+    clients_per_round: int | None = None
+    fraction: float | None = None
+    rounds: int = 10
+    local_epochs: int = 2
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.5
+    weight_decay: float = 0.0
+    partition: str = "iid"
+    alpha: float = 0.5
+    seed: int = 0
+    algorithm: str = "fedavg"
+    data_dir: str | None = None
+    download: bool = False
+    threads: int = 1
+    dp: DPConfig | None = None
+    central_dp: CentralDPConfig | None = None
+    secagg: SecAggConfig | None = None
+
+    def __post_init__(self) -> None:
+        from securefl.data import DATASETS, PARTITIONS
+        from securefl.models import MODELS
+
+        _require(self.dataset in DATASETS, f"unknown dataset {self.dataset!r}: choose one of "
+                 f"{', '.join(DATASETS)} (see `securefl datasets`)")
+        _require(self.model in MODELS, f"unknown model {self.model!r}: choose one of "
+                 f"{', '.join(MODELS)}")
+        _require(self.partition in PARTITIONS, f"unknown partition {self.partition!r}: choose "
+                 f"one of {', '.join(PARTITIONS)}")
+        _require(self.algorithm in ALGORITHMS, f"unknown algorithm {self.algorithm!r}: choose "
+                 f"one of {', '.join(ALGORITHMS)}")
+        _require(self.clients >= 1, f"clients {self.clients} < 1: use --clients 1 or more")
+        _require(self.clients_per_round is None or self.fraction is None,
+                 "give either --clients-per-round or --fraction, not both")
+        if self.clients_per_round is not None:
+            _require(1 <= self.clients_per_round <= self.clients,
+                     f"clients per round {self.clients_per_round} must be in 1..{self.clients} "
+                     "(--clients): change --clients-per-round")
+        if self.fraction is not None:
+            _require(0 < self.fraction <= 1, f"fraction {self.fraction} is outside (0, 1]: "
+                     "change --fraction")
+        _require(self.rounds >= 1, f"rounds {self.rounds} < 1: use --rounds 1 or more")
+        _require(self.local_epochs >= 1, f"local epochs {self.local_epochs} < 1")
+        _require(self.batch_size >= 1, f"batch size {self.batch_size} < 1")
+        _require(self.lr > 0, f"learning rate {self.lr} <= 0: use a positive --lr")
+        _require(0 <= self.momentum < 1, f"momentum {self.momentum} outside [0, 1)")
+        _require(self.weight_decay >= 0, f"weight decay {self.weight_decay} < 0")
+        _require(self.alpha > 0, f"alpha {self.alpha} <= 0: the Dirichlet concentration must be "
+                 "positive (smaller = more skew), e.g. --alpha 0.5")
+        _require(self.threads >= 1, f"threads {self.threads} < 1")
+        if self.secagg is not None:
+            count = self.secagg.threshold_count(self.sampled_clients)
+            _require(count <= self.sampled_clients, f"secagg threshold {count} > clients per "
+                     f"round {self.sampled_clients}: lower --secagg-threshold")
+            if self.secagg.neighbors is not None:
+                _require(self.secagg.neighbors < self.sampled_clients, f"secagg neighbors "
+                         f"{self.secagg.neighbors} >= clients per round {self.sampled_clients}: "
+                         "lower --secagg-neighbors")
+
+    @property
+    def sampled_clients(self) -> int:
+        """How many clients a round samples (the expected number under Poisson sampling)."""
+        if self.clients_per_round is not None:
+            return self.clients_per_round
+        if self.fraction is not None:
+            return max(1, round(self.fraction * self.clients))
+        return self.clients
+
+    # ---- serialisation -------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from flag-named keys, flat or in ``dp`` / ``central-dp`` / ``secagg`` tables.
+
+        Sub-configurations are switched on by ``dp = true`` (etc.) or by having a table.
+        """
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if isinstance(value, dict):
+                flat[name] = True if value.get("enabled", True) else False
+                for sub_key, sub_value in value.items():
+                    if sub_key != "enabled":
+                        flat[f"{name}.{sub_key.replace('-', '_')}"] = sub_value
+            else:
+                flat[name] = value
+        return _build(flat)
+
+    @classmethod
+    def from_toml(cls, path: Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+        """Read ``path`` and apply ``overrides`` (the flags the user gave) on top."""
+        try:
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist: check --config") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"cannot read config file {path}: {error}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+        merged = {key.replace("-", "_"): value for key, value in values.items()}
+        merged.update({key.replace("-", "_"): value for key, value in (overrides or {}).items()})
+        return cls.from_mapping(merged)
+
+
+# Flat flag names of the sub-configurations, e.g. ``noise_multiplier`` -> ``dp.noise_multiplier``.
+_SECTION_FLAGS: dict[str, dict[str, str]] = {
+    "dp": {"noise_multiplier": "noise_multiplier", "max_grad_norm": "max_grad_norm",
+           "delta": "delta", "accountant": "accountant", "target_epsilon": "target_epsilon"},
+    "central_dp": {"central_noise_multiplier": "noise_multiplier", "clip_norm": "clip_norm",
+                   "central_delta": "delta", "client_sampling": "client_sampling"},
+    "secagg": {"secagg_threshold": "threshold", "secagg_neighbors": "neighbors",
+               "secagg_bits": "bits", "secagg_clip": "clip", "dropout_rate": "dropout_rate",
+               "active_adversary": "active_adversary"},
+}
+_SECTIONS = {"dp": DPConfig, "central_dp": CentralDPConfig, "secagg": SecAggConfig}
+_FLAG_OF_SECTION = {"dp": "--dp", "central_dp": "--central-dp", "secagg": "--secagg"}
+
+
+def _build(flat: dict[str, Any]) -> RunConfig:
+    top_level = {f.name for f in fields(RunConfig)} - set(_SECTIONS)
+    top: dict[str, Any] = {}
+    section_values: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    enabled = {name: bool(flat.get(name, False)) for name in _SECTIONS}
+    for key, value in flat.items():
+        if key in _SECTIONS:
+            continue
+        if key in top_level:
+            top[key] = value
+            continue
+        section, _, sub_key = key.partition(".")
+        if sub_key and section in _SECTIONS:
+            section_values[section][sub_key] = value
+            continue
+        for name, mapping in _SECTION_FLAGS.items():
+            if key in mapping:
+                section_values[name][mapping[key]] = value
+                break
+        else:
+            valid = sorted(top_level | set(_SECTIONS) | {k for m in _SECTION_FLAGS.values() for k in m})
+            raise ConfigError(f"unknown setting {key.replace('_', '-')!r}: valid settings are "
+                              f"{', '.join(v.replace('_', '-') for v in valid)}")
+    sections: dict[str, Any] = {}
+    for name, values in section_values.items():
+        if values and not enabled[name]:
+            knobs = ", ".join("--" + k.replace("_", "-") for k in values)
+            raise ConfigError(f"{knobs} given without {_FLAG_OF_SECTION[name]}: add "
+                              f"{_FLAG_OF_SECTION[name]} or drop them")
+        if enabled[name]:
+            sections[name] = _construct(_SECTIONS[name], values)
+    return _construct(RunConfig, {**top, **sections})
+
+
+def _construct(kind: type, values: dict[str, Any]) -> Any:
+    try:
+        return kind(**values)
+    except TypeError as error:
+        raise ConfigError(f"invalid settings for {kind.__name__}: {error}") from None
+
+
+__all__ = ["RunConfig", "DPConfig", "CentralDPConfig", "SecAggConfig"]

@@ -1,0 +1,49 @@
+"""One exception tree for securefl.
+
+Every error a user can cause derives from :class:`ConfigError` (the CLI maps it to exit code 2 with
+its message and no traceback).  Protocol errors follow h11's split: a :class:`LocalProtocolError`
+means *we* were asked to break the protocol, a :class:`RemoteProtocolError` means a peer did.
+Messages say what to do, not just what went wrong.
+"""
+
+from __future__ import annotations
+
+
+class SecureFLError(Exception):
+    """Base class of every error securefl raises on purpose."""
+
+
+class ConfigError(SecureFLError, ValueError):
+    """Bad user input: an unknown name, a value out of range, a file that cannot be read."""
+
+
+class DataError(ConfigError):
+    """A data set cannot be found or read where the user pointed us."""
+
+
+class OutputExistsError(ConfigError):
+    """The output directory already holds files and overwriting was not asked for."""
+
+
+class ProtocolError(SecureFLError):
+    """Something went wrong inside the secure-aggregation protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to do something the protocol forbids (e.g. reveal both shares of a peer)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """A peer sent something invalid: malformed, tampered, replayed or from the wrong round."""
+
+
+class DecodeError(RemoteProtocolError):
+    """Bytes that do not decode to a valid protocol message."""
+
+
+class ThresholdNotMetError(ProtocolError):
+    """Fewer than the threshold of clients are left: the round aborts and reveals nothing."""
+
+
+class PrivacyBudgetExceeded(SecureFLError):
+    """A client's next round would push its privacy loss past the budget."""

@@ -1,0 +1,117 @@
+"""The values that cross the four plug points of a federated round.
+
+A round is: each sampled client *trains* (a :class:`ClientTrainer`) and produces an
+:class:`Update`; the update is *transformed* on the client before it leaves (clipping,
+quantization) into a :class:`Contribution`; an aggregation channel *sums* the contributions
+into an :class:`Aggregate` (a plain sum, or the secure-aggregation protocol whose server side can
+only output the sum); the strategy turns the aggregate into the next global model.
+
+Model state travels as one flat float32 vector of the model's parameters
+(``torch.nn.utils.parameters_to_vector`` order), which is what both differential privacy
+(norms, clipping) and secure aggregation (vectors over a ring) want.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class ClientShard:
+    """One client's local data: features and targets, already on the right device and dtype."""
+
+    client_id: int
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Update:
+    """What local training produced: parameters after minus parameters before."""
+
+    client_id: int
+    delta: torch.Tensor
+    num_samples: int
+    train_loss: float
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """What leaves a client for aggregation: ``weight * delta`` and the weight itself.
+
+    The channel sums both, so the server can divide two sums without ever seeing one client's
+    sample count (with secure aggregation the two travel in the same masked vector).
+    """
+
+    client_id: int
+    weighted_delta: torch.Tensor
+    weight: float
+    train_loss: float
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """The only thing the server side learns in a round."""
+
+    weighted_delta_sum: torch.Tensor
+    weight_sum: float
+    survivors: tuple[int, ...]
+    train_loss_sum: float
+    details: dict = field(default_factory=dict)
+
+
+class ClientTrainer(Protocol):
+    """How a client trains: global parameters and a shard in, an :class:`Update` out.
+
+    ``can_train`` lets a trainer with a privacy budget take a client out of sampling.
+    """
+
+    def can_train(self, client_id: int) -> bool: ...
+
+    def train(
+        self,
+        *,
+        global_params: torch.Tensor,
+        shard: ClientShard,
+        round_index: int,
+        generator: torch.Generator,
+    ) -> Update: ...
+
+
+class UpdateTransform(Protocol):
+    """How an update is changed on the client before it leaves (e.g. clipped for DP-FedAvg)."""
+
+    def __call__(self, update: Update) -> Contribution: ...
+
+
+class ServerUpdate(Protocol):
+    """How the aggregate becomes the next global parameters (FedAvg's weighted mean, DP-FedAvg)."""
+
+    def __call__(self, global_params: torch.Tensor, aggregate: Aggregate) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PrivacyAccounting(Protocol):
+    """Anything that spends privacy budget reports it: per round and as a final ledger."""
+
+    def round_metrics(self) -> dict[str, float]:
+        """Privacy figures after the latest round, merged into that round's metrics record."""
+        ...
+
+    def ledger(self) -> dict:
+        """The whole record, written to the run directory's ``privacy.json``."""
+        ...
+
+
+class AggregationChannel(Protocol):
+    """How contributions are summed. The server side sees only the returned :class:`Aggregate`."""
+
+    def aggregate(
+        self, contributions: list[Contribution], *, round_index: int
+    ) -> Aggregate: ...
