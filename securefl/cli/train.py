@@ -1,0 +1,106 @@
+"""``securefl train``: a federated run from flags and/or a TOML file, rendered with rich."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from securefl.config import RunConfig
+from securefl.fl.history import History, check_output_dir, write_run
+from securefl.fl.simulation import build_federation, run_simulation
+
+Opt = typer.Option
+
+
+def train(
+    dataset: Annotated[str | None, Opt(help="Data set (see `securefl datasets`). [default: mnist-sample]")] = None,
+    model: Annotated[str | None, Opt(help="cnn | lenet | resnet18 | mlp. [default: cnn]")] = None,
+    clients: Annotated[int | None, Opt(help="Number of clients N. [default: 10]")] = None,
+    clients_per_round: Annotated[int | None, Opt(help="Clients sampled per round K. [default: all]")] = None,
+    fraction: Annotated[float | None, Opt(help="Fraction C of clients per round, instead of K.")] = None,
+    rounds: Annotated[int | None, Opt(help="Rounds R. [default: 10]")] = None,
+    local_epochs: Annotated[int | None, Opt(help="Local epochs E. [default: 2]")] = None,
+    batch_size: Annotated[int | None, Opt(help="Local batch size B. [default: 16]")] = None,
+    lr: Annotated[float | None, Opt(help="Client learning rate. [default: 0.05]")] = None,
+    momentum: Annotated[float | None, Opt(help="Client SGD momentum. [default: 0.5]")] = None,
+    weight_decay: Annotated[float | None, Opt(help="Client weight decay. [default: 0]")] = None,
+    partition: Annotated[str | None, Opt(help="iid | dirichlet | shards. [default: iid]")] = None,
+    alpha: Annotated[float | None, Opt(help="Dirichlet concentration (smaller = more skew). [default: 0.5]")] = None,
+    seed: Annotated[int | None, Opt(help="Seed of partition, sampling and training. [default: 0]")] = None,
+    algorithm: Annotated[str | None, Opt(help="fedavg | fedsgd. [default: fedavg]")] = None,
+    data_dir: Annotated[Path | None, Opt(help="Directory holding mnist / cifar10 files.")] = None,
+    download: Annotated[bool | None, Opt("--download/--no-download", help="Allow torchvision to download.")] = None,
+    threads: Annotated[int | None, Opt(help="torch intra-op threads. [default: 1]")] = None,
+    out: Annotated[Path | None, Opt(help="Run directory. [default: runs/<timestamp>]")] = None,
+    overwrite: Annotated[bool, Opt(help="Replace a non-empty --out directory.")] = False,
+    config: Annotated[Path | None, Opt(help="TOML file with the same keys as these flags.")] = None,
+) -> None:
+    """Train a model with federated averaging on a simulated federation."""
+    flags = {k: v for k, v in locals().items() if k not in {"out", "overwrite", "config"} and v is not None}
+    if "data_dir" in flags:
+        flags["data_dir"] = str(flags["data_dir"])
+    run_config = RunConfig.from_toml(config, flags) if config else RunConfig.from_mapping(flags)
+    out_dir = out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    check_output_dir(out_dir, overwrite=overwrite)
+    console = Console()
+    federation = build_federation(run_config)
+    history = _run_with_progress(run_config, federation, console)
+    write_run(history, out_dir, overwrite=overwrite)
+    console.print(_summary(history))
+    if history.stopped_early:
+        console.print(f"[yellow]stopped early:[/] {history.stopped_early}")
+    console.print(f"results written to [bold]{out_dir}[/]")
+
+
+def _run_with_progress(config: RunConfig, federation: Any, console: Console) -> History:
+    columns = (
+        TextColumn("[bold]round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("rounds", total=config.rounds, status="")
+
+        def on_round(record: dict[str, Any]) -> None:
+            progress.update(task, advance=1, status=_status(record))
+
+        return run_simulation(config, federation=federation, on_round=on_round)
+
+
+def _status(record: dict[str, Any]) -> str:
+    if "test_accuracy" in record:
+        text = f"acc {record['test_accuracy']:.4f}  loss {record['test_loss']:.4f}"
+    else:
+        text = f"mse {record['test_mse']:.4f}  r2 {record['test_r2']:.4f}"
+    if "epsilon_max" in record:
+        text += f"  ε {record['epsilon_max']:.2f}"
+    return text
+
+
+def _summary(history: History) -> Table:
+    table = Table(title="securefl train")
+    records = history.records
+    regression = bool(records) and "test_mse" in records[0]
+    metric_columns = ["test_mse", "test_r2"] if regression else ["test_accuracy", "test_loss"]
+    optional = [c for c in ("epsilon_max", "epsilon_median", "user_epsilon", "survivors") if records and c in records[-1]]
+    for column in ["round", "clients", "train_loss", *metric_columns, *optional, "seconds"]:
+        table.add_column(column, justify="right")
+    for record in records:
+        table.add_row(*(_cell(record.get(c)) for c in ["round", "clients", "train_loss", *metric_columns, *optional, "seconds"]))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

@@ -1,0 +1,211 @@
+"""Runs federated rounds in one process: the only place that knows every client.
+
+Per round: the :class:`~securefl.fl.fedavg.ClientSampler` picks clients among those that can still
+train; each trains through the run's :class:`~securefl.fl.types.ClientTrainer`; its update is
+transformed on the client side into a :class:`~securefl.fl.types.Contribution`; the aggregation
+channel turns all contributions into one :class:`~securefl.fl.types.Aggregate`; the server update
+turns that into the next global parameters; the model is evaluated on the held-out test split.
+Client-side values never reach the server-side objects except through the channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from securefl.config import RunConfig
+from securefl.data import Dataset, load_dataset, partition, partition_stats
+from securefl.errors import ThresholdNotMetError
+from securefl.fl.client import LocalSGDTrainer
+from securefl.fl.fedavg import ClientSampler, PlainSum, WeightedMean, weight_by_samples
+from securefl.fl.history import History
+from securefl.fl.types import (
+    AggregationChannel,
+    ClientShard,
+    ClientTrainer,
+    PrivacyAccounting,
+    ServerUpdate,
+    UpdateTransform,
+)
+from securefl.models import build_model
+
+log = logging.getLogger(__name__)
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Federation:
+    """Everything a run is made of, built once; swap any plug point to try a new protection."""
+
+    config: RunConfig
+    dataset: Dataset
+    parts: list[torch.Tensor]
+    shards: list[ClientShard]
+    eval_model: nn.Module
+    trainer: ClientTrainer
+    transform: UpdateTransform
+    channel: AggregationChannel
+    server_update: ServerUpdate
+    sampler: ClientSampler
+
+
+def client_generator(seed: int, round_index: int, client_id: int) -> torch.Generator:
+    """The RNG of one client in one round: independent of which clients else were sampled."""
+    state = np.random.SeedSequence([seed, round_index, client_id]).generate_state(2, np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Federation:
+    """Load data, partition it, build the model and the four plug points from ``config``."""
+    dataset = dataset or load_dataset(
+        config.dataset, data_dir=config.data_dir, download=config.download, seed=config.seed
+    )
+    parts = partition(
+        dataset.train_y,
+        scheme=config.partition,
+        num_clients=config.clients,
+        alpha=config.alpha,
+        seed=config.seed,
+        num_classes=dataset.num_outputs if dataset.task == "classification" else None,
+    )
+    shards = [
+        ClientShard(client_id=i, x=dataset.train_x[idx].contiguous(), y=dataset.train_y[idx].contiguous())
+        for i, idx in enumerate(parts)
+    ]
+
+    def new_model() -> nn.Module:
+        return build_model(
+            config.model, input_shape=dataset.input_shape, num_outputs=dataset.num_outputs, seed=config.seed
+        )
+
+    fedsgd = config.algorithm == "fedsgd"
+    trainer = LocalSGDTrainer(
+        model=new_model(),
+        task=dataset.task,
+        local_epochs=1 if fedsgd else config.local_epochs,
+        batch_size=None if fedsgd else config.batch_size,
+        lr=config.lr,
+        momentum=0.0 if fedsgd else config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    return Federation(
+        config=config,
+        dataset=dataset,
+        parts=parts,
+        shards=shards,
+        eval_model=new_model(),
+        trainer=trainer,
+        transform=weight_by_samples,
+        channel=PlainSum(),
+        server_update=WeightedMean(),
+        sampler=ClientSampler(
+            num_clients=config.clients, per_round=config.sampled_clients, scheme="fixed", seed=config.seed
+        ),
+    )
+
+
+def evaluate(model: nn.Module, params: torch.Tensor, dataset: Dataset, *, batch_size: int = 1000) -> dict[str, float]:
+    """Test loss and accuracy (classification) or MSE and R² (regression) of ``params``."""
+    vector_to_parameters(params, model.parameters())
+    model.eval()
+    x, y = dataset.test_x, dataset.test_y
+    loss_sum, correct, squared_error = 0.0, 0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            output = model(x[start : start + batch_size])
+            target = y[start : start + batch_size]
+            if dataset.task == "classification":
+                loss_sum += float(nn.functional.cross_entropy(output, target, reduction="sum"))
+                correct += int((output.argmax(1) == target).sum())
+            else:
+                squared_error += float(((output.squeeze(-1) - target) ** 2).sum())
+    n = len(y)
+    if dataset.task == "classification":
+        return {"test_loss": loss_sum / n, "test_accuracy": correct / n}
+    mse = squared_error / n
+    variance = float(((y - y.mean()) ** 2).mean())
+    return {"test_mse": mse, "test_r2": 1.0 - mse / variance if variance > 0 else float("nan")}
+
+
+def run_simulation(
+    config: RunConfig,
+    *,
+    federation: Federation | None = None,
+    on_round: RoundCallback | None = None,
+) -> History:
+    """Run ``config.rounds`` rounds and return the :class:`History` with the final model.
+
+    ``on_round`` is called with each round's record as soon as it is complete (progress bars).
+    """
+    torch.set_num_threads(config.threads)
+    fed = federation or build_federation(config)
+    history = History(config=config)
+    if fed.dataset.task == "classification":
+        history.partition = partition_stats(
+            fed.parts, fed.dataset.train_y, num_classes=fed.dataset.num_outputs
+        )
+    params = parameters_to_vector(fed.eval_model.parameters()).detach().clone()
+    accountants = [x for x in (fed.trainer, fed.server_update) if isinstance(x, PrivacyAccounting)]
+    param_bytes = params.numel() * params.element_size()
+    for round_index in range(1, fed.config.rounds + 1):
+        started = time.perf_counter()
+        eligible = [s.client_id for s in fed.shards if fed.trainer.can_train(s.client_id)]
+        if not eligible:
+            history.stopped_early = f"no client can train in round {round_index}: every privacy budget is spent"
+            log.info(history.stopped_early)
+            break
+        sampled = fed.sampler.sample(round_index, eligible)
+        record: dict[str, Any] = {"round": round_index, "clients": len(sampled),
+                                  "excluded_clients": len(fed.shards) - len(eligible)}
+        contributions = [
+            fed.transform(
+                fed.trainer.train(
+                    global_params=params,
+                    shard=fed.shards[client_id],
+                    round_index=round_index,
+                    generator=client_generator(config.seed, round_index, client_id),
+                )
+            )
+            for client_id in sampled
+        ]
+        record["status"] = "ok"
+        if contributions:
+            try:
+                aggregate = fed.channel.aggregate(contributions, round_index=round_index)
+            except ThresholdNotMetError as error:
+                record["status"] = "aborted"
+                record["abort_reason"] = str(error)
+                aggregate = None
+            del contributions
+            if aggregate is not None:
+                params = fed.server_update(params, aggregate)
+                record["train_loss"] = aggregate.train_loss_sum / max(aggregate.weight_sum, 1e-12)
+                record["survivors"] = len(aggregate.survivors)
+                record.update(aggregate.details)
+        else:
+            record["status"] = "empty"
+        record.setdefault("bytes_up", 0)
+        record["bytes_down"] = len(sampled) * param_bytes
+        for accountant in accountants:
+            record.update(accountant.round_metrics())
+        record.update(evaluate(fed.eval_model, params, fed.dataset))
+        record["seconds"] = time.perf_counter() - started
+        history.records.append(record)
+        if on_round is not None:
+            on_round(record)
+    vector_to_parameters(params, fed.eval_model.parameters())
+    history.model = fed.eval_model
+    if accountants:
+        history.privacy = {}
+        for accountant in accountants:
+            history.privacy.update(accountant.ledger())
+    return history
