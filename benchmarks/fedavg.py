@@ -1,0 +1,86 @@
+"""FedAvg round cost versus centralized training of the same samples, measured side by side.
+
+A FedAvg round with every client sampled trains each client for E local epochs on its shard: the
+same sample-epochs as E centralized epochs over the union of the shards.  This script times both in
+one process, interleaved (central, federated, central, ...), and prints the median ratio, plus the
+start-up cost (data loading, partitioning, model building) before the first client trains.
+
+    .venv/bin/python benchmarks/fedavg.py --threads 1 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.nn.utils import parameters_to_vector
+
+from securefl.config import RunConfig
+from securefl.fl.client import LocalSGDTrainer
+from securefl.fl.simulation import build_federation, client_generator
+from securefl.fl.types import ClientShard
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist-sample")
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    started = time.perf_counter()
+    config = RunConfig(dataset=args.dataset, model=args.model, clients=args.clients,
+                       local_epochs=args.local_epochs, batch_size=args.batch_size, threads=args.threads)
+    federation = build_federation(config)
+    startup = time.perf_counter() - started
+    dataset = federation.dataset
+    params = parameters_to_vector(federation.eval_model.parameters()).detach().clone()
+
+    def federated_round(round_index: int) -> None:
+        contributions = [
+            federation.transform(federation.trainer.train(
+                global_params=params, shard=shard, round_index=round_index,
+                generator=client_generator(config.seed, round_index, shard.client_id)))
+            for shard in federation.shards
+        ]
+        aggregate = federation.channel.aggregate(contributions, round_index=round_index)
+        federation.server_update(params, aggregate)
+
+    central_trainer = LocalSGDTrainer(
+        model=federation.trainer.model, task=dataset.task, local_epochs=args.local_epochs,
+        batch_size=args.batch_size, lr=config.lr, momentum=config.momentum)
+    union = ClientShard(-1, torch.cat([s.x for s in federation.shards]), torch.cat([s.y for s in federation.shards]))
+
+    def centralized(round_index: int) -> None:
+        central_trainer.train(global_params=params, shard=union, round_index=round_index,
+                              generator=client_generator(config.seed, round_index, -1 % 2**31))
+
+    federated_round(0)  # warm-up both paths once
+    centralized(0)
+    central_times, federated_times = [], []
+    for repeat in range(1, args.repeats + 1):
+        for target, times in ((centralized, central_times), (federated_round, federated_times)):
+            t0 = time.perf_counter()
+            target(repeat)
+            times.append(time.perf_counter() - t0)
+    central, federated = statistics.median(central_times), statistics.median(federated_times)
+    samples = sum(len(s) for s in federation.shards) * args.local_epochs
+    print(f"dataset={args.dataset} model={args.model} clients={args.clients} E={args.local_epochs} "
+          f"B={args.batch_size} threads={args.threads} sample-epochs/round={samples}")
+    print(f"start-up before the first client trains: {startup:.2f} s")
+    print(f"centralized, same sample-epochs: median {central:.3f} s  (runs: "
+          + ", ".join(f"{t:.3f}" for t in central_times) + ")")
+    print(f"federated round:                 median {federated:.3f} s  (runs: "
+          + ", ".join(f"{t:.3f}" for t in federated_times) + ")")
+    print(f"ratio federated / centralized: {federated / central:.3f}")
+
+
+if __name__ == "__main__":
+    main()
