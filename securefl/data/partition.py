@@ -192,9 +192,13 @@ def plot_label_histograms(
     clients = np.arange(num_clients)
     bottom = np.zeros(num_clients)
     for label in range(label_count):
-        name = f"bin {label}" if regression else str(label)
         axes.bar(
-            clients, counts[:, label], bottom=bottom, color=colours[label], label=name, width=0.8
+            clients,
+            counts[:, label],
+            bottom=bottom,
+            color=colours[label],
+            label=str(label),
+            width=0.8,
         )
         bottom += counts[:, label]
     axes.set_xlabel("client")
