@@ -1,15 +1,14 @@
 """Entry point of the ``securefl`` command: wires the command groups and maps errors to exit codes.
 
 Every command is a thin call into the library. A :class:`~securefl.errors.ConfigError` (bad user
-input) is printed as one line on stderr with exit code 2 and no traceback; typer/click usage errors
-keep their own message and exit code 2.
+input) is printed as one line on stderr with exit code 2 and no traceback; typer's own usage errors
+(an unknown flag, a value of the wrong type) keep their message and exit code 2.
 """
 
 from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from rich.console import Console
 
@@ -25,11 +24,10 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from securefl.cli import attack, data, train
+    from securefl.cli import data, train
 
     app.command("train")(train.train)
     app.command("datasets")(data.datasets)
-    app.add_typer(attack.attack_app, name="attack")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,19 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     _register_commands()
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        result = app(args=args, prog_name="securefl", standalone_mode=False)
+        app(args=args, prog_name="securefl")  # standalone mode: always ends in SystemExit
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except ConfigError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2
-    except click.ClickException as error:
-        error.show()
-        return error.exit_code
-    except click.exceptions.Abort:
-        Console(stderr=True).print("aborted")
-        return 1
-    except click.exceptions.Exit as exit_:
-        return exit_.exit_code
-    return result if isinstance(result, int) else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ from securefl.data import DATASETS
 def datasets() -> None:
     """List the data sets securefl can load, with size, shape and task."""
     table = Table(title="securefl data sets")
-    for column in ("name", "task", "shape", "outputs", "size", "needs --data-dir", "description"):
+    table.add_column("name", no_wrap=True, style="bold")
+    for column in ("task", "shape", "outputs", "size", "needs --data-dir"):
         table.add_column(column)
+    table.add_column("description", ratio=1)
     for info in DATASETS.values():
         table.add_row(
             info.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from securefl.config import RunConfig
+from securefl.data import plot_label_histograms
 from securefl.fl.history import History, check_output_dir, write_run
 from securefl.fl.simulation import build_federation, run_simulation
 
@@ -51,7 +53,11 @@ def train(
     console = Console()
     federation = build_federation(run_config)
     history = _run_with_progress(run_config, federation, console)
-    write_run(history, out_dir, overwrite=overwrite)
+    dataset = federation.dataset
+    partition_figure = partial(plot_label_histograms, federation.parts, dataset.train_y,
+                               num_classes=dataset.num_outputs)
+    write_run(history, out_dir, overwrite=overwrite,
+              figures={"partition.png": lambda path: partition_figure(path=path)})
     console.print(_summary(history))
     if history.stopped_early:
         console.print(f"[yellow]stopped early:[/] {history.stopped_early}")

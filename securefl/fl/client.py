@@ -84,7 +84,7 @@ class LocalSGDTrainer:
                 loss = self.loss_fn(self.model(shard.x[batch]), shard.y[batch])
                 loss.backward()
                 self.optimizer.step()
-                loss_sum += float(loss) * len(batch)
+                loss_sum += loss.item() * len(batch)
                 seen += len(batch)
         delta = parameters_to_vector(self.parameters).detach() - global_params
         return Update(

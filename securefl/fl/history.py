@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,17 @@ def check_output_dir(out: Path, *, overwrite: bool) -> None:
         )
 
 
-def write_run(history: History, out: Path, *, overwrite: bool) -> Path:
-    """Write the run directory atomically and return its path."""
+def write_run(
+    history: History,
+    out: Path,
+    *,
+    overwrite: bool,
+    figures: Mapping[str, Callable[[Path], None]] | None = None,
+) -> Path:
+    """Write the run directory atomically and return its path.
+
+    ``figures`` maps extra file names (e.g. ``partition.png``) to functions that draw them.
+    """
     check_output_dir(out, overwrite=overwrite)
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
@@ -75,6 +85,8 @@ def write_run(history: History, out: Path, *, overwrite: bool) -> Path:
     plot_curves(history.records, task=_task_of(history), path=partial / "curves.png")
     if history.partition:
         (partial / "partition.json").write_text(json.dumps(history.partition) + "\n", encoding="utf-8")
+    for name, draw in (figures or {}).items():
+        draw(partial / name)
     if out.exists():
         trash = out.with_name(out.name + ".old")
         if trash.exists():

@@ -148,11 +148,8 @@ def run_simulation(
     """
     torch.set_num_threads(config.threads)
     fed = federation or build_federation(config)
-    history = History(config=config)
-    if fed.dataset.task == "classification":
-        history.partition = partition_stats(
-            fed.parts, fed.dataset.train_y, num_classes=fed.dataset.num_outputs
-        )
+    history = History(config=config, partition=partition_stats(
+        fed.parts, fed.dataset.train_y, num_classes=fed.dataset.num_outputs))
     params = parameters_to_vector(fed.eval_model.parameters()).detach().clone()
     accountants = [x for x in (fed.trainer, fed.server_update) if isinstance(x, PrivacyAccounting)]
     param_bytes = params.numel() * params.element_size()
