@@ -36,8 +36,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    config = RunConfig(dataset=args.dataset, model=args.model, clients=args.clients,
-                       local_epochs=args.local_epochs, batch_size=args.batch_size, threads=args.threads)
+    config = RunConfig(
+        dataset=args.dataset,
+        model=args.model,
+        clients=args.clients,
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        threads=args.threads,
+    )
     federation = build_federation(config)
     startup = time.perf_counter() - started
     dataset = federation.dataset
@@ -45,22 +51,38 @@ def main() -> None:
 
     def federated_round(round_index: int) -> None:
         contributions = [
-            federation.transform(federation.trainer.train(
-                global_params=params, shard=shard, round_index=round_index,
-                generator=client_generator(config.seed, round_index, shard.client_id)))
+            federation.transform(
+                federation.trainer.train(
+                    global_params=params,
+                    shard=shard,
+                    round_index=round_index,
+                    generator=client_generator(config.seed, round_index, shard.client_id),
+                )
+            )
             for shard in federation.shards
         ]
         aggregate = federation.channel.aggregate(contributions, round_index=round_index)
         federation.server_update(params, aggregate)
 
     central_trainer = LocalSGDTrainer(
-        model=federation.trainer.model, task=dataset.task, local_epochs=args.local_epochs,
-        batch_size=args.batch_size, lr=config.lr, momentum=config.momentum)
-    union = ClientShard(-1, torch.cat([s.x for s in federation.shards]), torch.cat([s.y for s in federation.shards]))
+        model=federation.trainer.model,
+        task=dataset.task,
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        lr=config.lr,
+        momentum=config.momentum,
+    )
+    union = ClientShard(
+        -1, torch.cat([s.x for s in federation.shards]), torch.cat([s.y for s in federation.shards])
+    )
 
     def centralized(round_index: int) -> None:
-        central_trainer.train(global_params=params, shard=union, round_index=round_index,
-                              generator=client_generator(config.seed, round_index, -1 % 2**31))
+        central_trainer.train(
+            global_params=params,
+            shard=union,
+            round_index=round_index,
+            generator=client_generator(config.seed, round_index, -1 % 2**31),
+        )
 
     federated_round(0)  # warm-up both paths once
     centralized(0)
@@ -72,13 +94,21 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
     central, federated = statistics.median(central_times), statistics.median(federated_times)
     samples = sum(len(s) for s in federation.shards) * args.local_epochs
-    print(f"dataset={args.dataset} model={args.model} clients={args.clients} E={args.local_epochs} "
-          f"B={args.batch_size} threads={args.threads} sample-epochs/round={samples}")
+    print(
+        f"dataset={args.dataset} model={args.model} clients={args.clients} E={args.local_epochs} "
+        f"B={args.batch_size} threads={args.threads} sample-epochs/round={samples}"
+    )
     print(f"start-up before the first client trains: {startup:.2f} s")
-    print(f"centralized, same sample-epochs: median {central:.3f} s  (runs: "
-          + ", ".join(f"{t:.3f}" for t in central_times) + ")")
-    print(f"federated round:                 median {federated:.3f} s  (runs: "
-          + ", ".join(f"{t:.3f}" for t in federated_times) + ")")
+    print(
+        f"centralized, same sample-epochs: median {central:.3f} s  (runs: "
+        + ", ".join(f"{t:.3f}" for t in central_times)
+        + ")"
+    )
+    print(
+        f"federated round:                 median {federated:.3f} s  (runs: "
+        + ", ".join(f"{t:.3f}" for t in federated_times)
+        + ")"
+    )
     print(f"ratio federated / centralized: {federated / central:.3f}")
 
 

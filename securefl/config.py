@@ -40,18 +40,27 @@ class DPConfig:
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is not None:
-            _require(self.noise_multiplier >= 0, f"noise multiplier {self.noise_multiplier} < 0: "
-                     "use --noise-multiplier 0 or more")
-        _require(self.max_grad_norm > 0, f"max grad norm {self.max_grad_norm} <= 0: "
-                 "use a positive --max-grad-norm")
+            _require(
+                self.noise_multiplier >= 0,
+                f"noise multiplier {self.noise_multiplier} < 0: use --noise-multiplier 0 or more",
+            )
+        _require(
+            self.max_grad_norm > 0, f"max grad norm {self.max_grad_norm} <= 0: use a positive --max-grad-norm"
+        )
         _require(0 < self.delta < 1, f"delta {self.delta} is outside (0, 1): set --delta, e.g. 1e-5")
-        _require(self.accountant in ACCOUNTANTS, f"unknown accountant {self.accountant!r}: choose "
-                 f"one of {', '.join(ACCOUNTANTS)}")
+        _require(
+            self.accountant in ACCOUNTANTS,
+            f"unknown accountant {self.accountant!r}: choose one of {', '.join(ACCOUNTANTS)}",
+        )
         if self.target_epsilon is not None:
-            _require(self.target_epsilon > 0, f"target epsilon {self.target_epsilon} <= 0: "
-                     "use a positive --target-epsilon")
-            _require(self.noise_multiplier is None, "give either --noise-multiplier or "
-                     "--target-epsilon, not both (the target picks the noise)")
+            _require(
+                self.target_epsilon > 0,
+                f"target epsilon {self.target_epsilon} <= 0: use a positive --target-epsilon",
+            )
+            _require(
+                self.noise_multiplier is None,
+                "give either --noise-multiplier or --target-epsilon, not both (the target picks the noise)",
+            )
 
     @property
     def effective_noise_multiplier(self) -> float | None:
@@ -71,12 +80,16 @@ class CentralDPConfig:
     client_sampling: str = "poisson"
 
     def __post_init__(self) -> None:
-        _require(self.noise_multiplier >= 0, f"central noise multiplier {self.noise_multiplier} "
-                 "< 0: use --central-noise-multiplier 0 or more")
+        _require(
+            self.noise_multiplier >= 0,
+            f"central noise multiplier {self.noise_multiplier} < 0: use --central-noise-multiplier 0 or more",
+        )
         _require(self.clip_norm > 0, f"clip norm {self.clip_norm} <= 0: use a positive --clip-norm")
         _require(0 < self.delta < 1, f"delta {self.delta} is outside (0, 1): set --central-delta")
-        _require(self.client_sampling in CLIENT_SAMPLING, f"unknown client sampling "
-                 f"{self.client_sampling!r}: choose one of {', '.join(CLIENT_SAMPLING)}")
+        _require(
+            self.client_sampling in CLIENT_SAMPLING,
+            f"unknown client sampling {self.client_sampling!r}: choose one of {', '.join(CLIENT_SAMPLING)}",
+        )
 
 
 @dataclass(frozen=True)
@@ -94,11 +107,14 @@ class SecAggConfig:
         _require(8 <= self.bits <= 62, f"secagg bits {self.bits} outside 8..62: set --secagg-bits")
         if self.clip is not None:
             _require(self.clip > 0, f"secagg clip {self.clip} <= 0: use a positive --secagg-clip")
-        _require(0 <= self.dropout_rate < 1, f"dropout rate {self.dropout_rate} outside [0, 1): "
-                 "set --dropout-rate")
+        _require(
+            0 <= self.dropout_rate < 1, f"dropout rate {self.dropout_rate} outside [0, 1): set --dropout-rate"
+        )
         if self.threshold is not None:
-            _require(self.threshold > 0, f"secagg threshold {self.threshold} <= 0: give a fraction "
-                     "in (0, 1] or a client count")
+            _require(
+                self.threshold > 0,
+                f"secagg threshold {self.threshold} <= 0: give a fraction in (0, 1] or a client count",
+            )
         if self.neighbors is not None:
             _require(self.neighbors >= 1, f"secagg neighbors {self.neighbors} < 1")
 
@@ -111,8 +127,10 @@ class SecAggConfig:
             return clients // 2 + 1
         if self.threshold < 1:
             return max(1, math.ceil(self.threshold * clients - 1e-9))
-        _require(float(self.threshold).is_integer(), f"secagg threshold {self.threshold} is "
-                 "neither a fraction in (0, 1) nor a whole client count")
+        _require(
+            float(self.threshold).is_integer(),
+            f"secagg threshold {self.threshold} is neither a fraction in (0, 1) nor a whole client count",
+        )
         return int(self.threshold)
 
 
@@ -146,41 +164,59 @@ class RunConfig:
         from securefl.data import DATASETS, PARTITIONS
         from securefl.models import MODELS
 
-        _require(self.dataset in DATASETS, f"unknown dataset {self.dataset!r}: choose one of "
-                 f"{', '.join(DATASETS)} (see `securefl datasets`)")
-        _require(self.model in MODELS, f"unknown model {self.model!r}: choose one of "
-                 f"{', '.join(MODELS)}")
-        _require(self.partition in PARTITIONS, f"unknown partition {self.partition!r}: choose "
-                 f"one of {', '.join(PARTITIONS)}")
-        _require(self.algorithm in ALGORITHMS, f"unknown algorithm {self.algorithm!r}: choose "
-                 f"one of {', '.join(ALGORITHMS)}")
+        _require(
+            self.dataset in DATASETS,
+            f"unknown dataset {self.dataset!r}: choose one of "
+            f"{', '.join(DATASETS)} (see `securefl datasets`)",
+        )
+        _require(self.model in MODELS, f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+        _require(
+            self.partition in PARTITIONS,
+            f"unknown partition {self.partition!r}: choose one of {', '.join(PARTITIONS)}",
+        )
+        _require(
+            self.algorithm in ALGORITHMS,
+            f"unknown algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}",
+        )
         _require(self.clients >= 1, f"clients {self.clients} < 1: use --clients 1 or more")
-        _require(self.clients_per_round is None or self.fraction is None,
-                 "give either --clients-per-round or --fraction, not both")
+        _require(
+            self.clients_per_round is None or self.fraction is None,
+            "give either --clients-per-round or --fraction, not both",
+        )
         if self.clients_per_round is not None:
-            _require(1 <= self.clients_per_round <= self.clients,
-                     f"clients per round {self.clients_per_round} must be in 1..{self.clients} "
-                     "(--clients): change --clients-per-round")
+            _require(
+                1 <= self.clients_per_round <= self.clients,
+                f"clients per round {self.clients_per_round} must be in 1..{self.clients} "
+                "(--clients): change --clients-per-round",
+            )
         if self.fraction is not None:
-            _require(0 < self.fraction <= 1, f"fraction {self.fraction} is outside (0, 1]: "
-                     "change --fraction")
+            _require(0 < self.fraction <= 1, f"fraction {self.fraction} is outside (0, 1]: change --fraction")
         _require(self.rounds >= 1, f"rounds {self.rounds} < 1: use --rounds 1 or more")
         _require(self.local_epochs >= 1, f"local epochs {self.local_epochs} < 1")
         _require(self.batch_size >= 1, f"batch size {self.batch_size} < 1")
         _require(self.lr > 0, f"learning rate {self.lr} <= 0: use a positive --lr")
         _require(0 <= self.momentum < 1, f"momentum {self.momentum} outside [0, 1)")
         _require(self.weight_decay >= 0, f"weight decay {self.weight_decay} < 0")
-        _require(self.alpha > 0, f"alpha {self.alpha} <= 0: the Dirichlet concentration must be "
-                 "positive (smaller = more skew), e.g. --alpha 0.5")
+        _require(
+            self.alpha > 0,
+            f"alpha {self.alpha} <= 0: the Dirichlet concentration must be "
+            "positive (smaller = more skew), e.g. --alpha 0.5",
+        )
         _require(self.threads >= 1, f"threads {self.threads} < 1")
         if self.secagg is not None:
             count = self.secagg.threshold_count(self.sampled_clients)
-            _require(count <= self.sampled_clients, f"secagg threshold {count} > clients per "
-                     f"round {self.sampled_clients}: lower --secagg-threshold")
+            _require(
+                count <= self.sampled_clients,
+                f"secagg threshold {count} > clients per "
+                f"round {self.sampled_clients}: lower --secagg-threshold",
+            )
             if self.secagg.neighbors is not None:
-                _require(self.secagg.neighbors < self.sampled_clients, f"secagg neighbors "
-                         f"{self.secagg.neighbors} >= clients per round {self.sampled_clients}: "
-                         "lower --secagg-neighbors")
+                _require(
+                    self.secagg.neighbors < self.sampled_clients,
+                    f"secagg neighbors "
+                    f"{self.secagg.neighbors} >= clients per round {self.sampled_clients}: "
+                    "lower --secagg-neighbors",
+                )
 
     @property
     def sampled_clients(self) -> int:
@@ -206,7 +242,7 @@ class RunConfig:
         for key, value in values.items():
             name = key.replace("-", "_")
             if isinstance(value, dict):
-                flat[name] = True if value.get("enabled", True) else False
+                flat[name] = bool(value.get("enabled", True))
                 for sub_key, sub_value in value.items():
                     if sub_key != "enabled":
                         flat[f"{name}.{sub_key.replace('-', '_')}"] = sub_value
@@ -232,13 +268,27 @@ class RunConfig:
 
 # Flat flag names of the sub-configurations, e.g. ``noise_multiplier`` -> ``dp.noise_multiplier``.
 _SECTION_FLAGS: dict[str, dict[str, str]] = {
-    "dp": {"noise_multiplier": "noise_multiplier", "max_grad_norm": "max_grad_norm",
-           "delta": "delta", "accountant": "accountant", "target_epsilon": "target_epsilon"},
-    "central_dp": {"central_noise_multiplier": "noise_multiplier", "clip_norm": "clip_norm",
-                   "central_delta": "delta", "client_sampling": "client_sampling"},
-    "secagg": {"secagg_threshold": "threshold", "secagg_neighbors": "neighbors",
-               "secagg_bits": "bits", "secagg_clip": "clip", "dropout_rate": "dropout_rate",
-               "active_adversary": "active_adversary"},
+    "dp": {
+        "noise_multiplier": "noise_multiplier",
+        "max_grad_norm": "max_grad_norm",
+        "delta": "delta",
+        "accountant": "accountant",
+        "target_epsilon": "target_epsilon",
+    },
+    "central_dp": {
+        "central_noise_multiplier": "noise_multiplier",
+        "clip_norm": "clip_norm",
+        "central_delta": "delta",
+        "client_sampling": "client_sampling",
+    },
+    "secagg": {
+        "secagg_threshold": "threshold",
+        "secagg_neighbors": "neighbors",
+        "secagg_bits": "bits",
+        "secagg_clip": "clip",
+        "dropout_rate": "dropout_rate",
+        "active_adversary": "active_adversary",
+    },
 }
 _SECTIONS = {"dp": DPConfig, "central_dp": CentralDPConfig, "secagg": SecAggConfig}
 _FLAG_OF_SECTION = {"dp": "--dp", "central_dp": "--central-dp", "secagg": "--secagg"}
@@ -265,14 +315,17 @@ def _build(flat: dict[str, Any]) -> RunConfig:
                 break
         else:
             valid = sorted(top_level | set(_SECTIONS) | {k for m in _SECTION_FLAGS.values() for k in m})
-            raise ConfigError(f"unknown setting {key.replace('_', '-')!r}: valid settings are "
-                              f"{', '.join(v.replace('_', '-') for v in valid)}")
+            raise ConfigError(
+                f"unknown setting {key.replace('_', '-')!r}: valid settings are "
+                f"{', '.join(v.replace('_', '-') for v in valid)}"
+            )
     sections: dict[str, Any] = {}
     for name, values in section_values.items():
         if values and not enabled[name]:
             knobs = ", ".join("--" + k.replace("_", "-") for k in values)
-            raise ConfigError(f"{knobs} given without {_FLAG_OF_SECTION[name]}: add "
-                              f"{_FLAG_OF_SECTION[name]} or drop them")
+            raise ConfigError(
+                f"{knobs} given without {_FLAG_OF_SECTION[name]}: add {_FLAG_OF_SECTION[name]} or drop them"
+            )
         if enabled[name]:
             sections[name] = _construct(_SECTIONS[name], values)
     return _construct(RunConfig, {**top, **sections})

@@ -109,7 +109,10 @@ class ResNet18GN(nn.Module):
         layers: list[nn.Module] = []
         in_channels = 64
         for out_channels, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers += [BasicBlock(in_channels, out_channels, stride), BasicBlock(out_channels, out_channels, 1)]
+            layers += [
+                BasicBlock(in_channels, out_channels, stride),
+                BasicBlock(out_channels, out_channels, 1),
+            ]
             in_channels = out_channels
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(512, num_outputs)

@@ -69,9 +69,18 @@ def test_secagg_threshold_and_neighbors_are_checked_against_clients_per_round():
         RunConfig.from_mapping({"clients": 10, "clients_per_round": 5, "secagg": True, "secagg_neighbors": 5})
 
 
-@pytest.mark.parametrize(("threshold", "clients", "expected"), [
-    (None, 10, 6), (None, 5, 3), (0.5, 10, 5), (0.66, 10, 7), (0.7, 10, 7), (4, 10, 4), (10, 10, 10),
-])
+@pytest.mark.parametrize(
+    ("threshold", "clients", "expected"),
+    [
+        (None, 10, 6),
+        (None, 5, 3),
+        (0.5, 10, 5),
+        (0.66, 10, 7),
+        (0.7, 10, 7),
+        (4, 10, 4),
+        (10, 10, 10),
+    ],
+)
 def test_threshold_fraction_or_count(threshold, clients, expected):
     assert SecAggConfig(threshold=threshold).threshold_count(clients) == expected
 

@@ -21,7 +21,9 @@ Opt = typer.Option
 
 
 def train(
-    dataset: Annotated[str | None, Opt(help="Data set (see `securefl datasets`). [default: mnist-sample]")] = None,
+    dataset: Annotated[
+        str | None, Opt(help="Data set (see `securefl datasets`). [default: mnist-sample]")
+    ] = None,
     model: Annotated[str | None, Opt(help="cnn | lenet | resnet18 | mlp. [default: cnn]")] = None,
     clients: Annotated[int | None, Opt(help="Number of clients N. [default: 10]")] = None,
     clients_per_round: Annotated[int | None, Opt(help="Clients sampled per round K. [default: all]")] = None,
@@ -33,11 +35,15 @@ def train(
     momentum: Annotated[float | None, Opt(help="Client SGD momentum. [default: 0.5]")] = None,
     weight_decay: Annotated[float | None, Opt(help="Client weight decay. [default: 0]")] = None,
     partition: Annotated[str | None, Opt(help="iid | dirichlet | shards. [default: iid]")] = None,
-    alpha: Annotated[float | None, Opt(help="Dirichlet concentration (smaller = more skew). [default: 0.5]")] = None,
+    alpha: Annotated[
+        float | None, Opt(help="Dirichlet concentration (smaller = more skew). [default: 0.5]")
+    ] = None,
     seed: Annotated[int | None, Opt(help="Seed of partition, sampling and training. [default: 0]")] = None,
     algorithm: Annotated[str | None, Opt(help="fedavg | fedsgd. [default: fedavg]")] = None,
     data_dir: Annotated[Path | None, Opt(help="Directory holding mnist / cifar10 files.")] = None,
-    download: Annotated[bool | None, Opt("--download/--no-download", help="Allow torchvision to download.")] = None,
+    download: Annotated[
+        bool | None, Opt("--download/--no-download", help="Allow torchvision to download.")
+    ] = None,
     threads: Annotated[int | None, Opt(help="torch intra-op threads. [default: 1]")] = None,
     out: Annotated[Path | None, Opt(help="Run directory. [default: runs/<timestamp>]")] = None,
     overwrite: Annotated[bool, Opt(help="Replace a non-empty --out directory.")] = False,
@@ -54,10 +60,15 @@ def train(
     federation = build_federation(run_config)
     history = _run_with_progress(run_config, federation, console)
     dataset = federation.dataset
-    partition_figure = partial(plot_label_histograms, federation.parts, dataset.train_y,
-                               num_classes=dataset.num_outputs)
-    write_run(history, out_dir, overwrite=overwrite,
-              figures={"partition.png": lambda path: partition_figure(path=path)})
+    partition_figure = partial(
+        plot_label_histograms, federation.parts, dataset.train_y, num_classes=dataset.num_outputs
+    )
+    write_run(
+        history,
+        out_dir,
+        overwrite=overwrite,
+        figures={"partition.png": lambda path: partition_figure(path=path)},
+    )
     console.print(_summary(history))
     if history.stopped_early:
         console.print(f"[yellow]stopped early:[/] {history.stopped_early}")
@@ -96,11 +107,20 @@ def _summary(history: History) -> Table:
     records = history.records
     regression = bool(records) and "test_mse" in records[0]
     metric_columns = ["test_mse", "test_r2"] if regression else ["test_accuracy", "test_loss"]
-    optional = [c for c in ("epsilon_max", "epsilon_median", "user_epsilon", "survivors") if records and c in records[-1]]
+    optional = [
+        c
+        for c in ("epsilon_max", "epsilon_median", "user_epsilon", "survivors")
+        if records and c in records[-1]
+    ]
     for column in ["round", "clients", "train_loss", *metric_columns, *optional, "seconds"]:
         table.add_column(column, justify="right")
     for record in records:
-        table.add_row(*(_cell(record.get(c)) for c in ["round", "clients", "train_loss", *metric_columns, *optional, "seconds"]))
+        table.add_row(
+            *(
+                _cell(record.get(c))
+                for c in ["round", "clients", "train_loss", *metric_columns, *optional, "seconds"]
+            )
+        )
     return table
 
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from securefl.fl.types import ClientShard, Update
+from securefl.fl.vectors import load_vector, to_vector
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -55,9 +55,7 @@ class LocalSGDTrainer:
         self.loss_fn = loss_for_task(task)
         self.local_epochs = local_epochs
         self.batch_size = batch_size
-        self.optimizer = torch.optim.SGD(
-            self.parameters, lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
+        self.optimizer = torch.optim.SGD(self.parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
     def can_train(self, client_id: int) -> bool:
         """Plain training has no budget: every client can always train."""
@@ -71,7 +69,7 @@ class LocalSGDTrainer:
         round_index: int,
         generator: torch.Generator,
     ) -> Update:
-        vector_to_parameters(global_params, self.parameters)
+        load_vector(self.parameters, global_params)
         self.optimizer.state.clear()
         self.model.train()
         num_samples = len(shard)
@@ -86,7 +84,7 @@ class LocalSGDTrainer:
                 self.optimizer.step()
                 loss_sum += loss.item() * len(batch)
                 seen += len(batch)
-        delta = parameters_to_vector(self.parameters).detach() - global_params
+        delta = to_vector(self.parameters) - global_params
         return Update(
             client_id=shard.client_id,
             delta=delta,

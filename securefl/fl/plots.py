@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_curves(records: list[dict[str, Any]], *, task: str, path: Path) -> None:
@@ -27,5 +28,7 @@ def plot_curves(records: list[dict[str, Any]], *, task: str, path: Path) -> None
     right.set_ylabel("loss")
     right.legend()
     right.grid(alpha=0.3)
+    for axes in (left, right):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.savefig(path, dpi=110)
     plt.close(figure)

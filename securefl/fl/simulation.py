@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset, partition, partition_stats
@@ -35,6 +34,7 @@ from securefl.fl.types import (
     ServerUpdate,
     UpdateTransform,
 )
+from securefl.fl.vectors import load_vector, to_vector
 from securefl.models import build_model
 
 log = logging.getLogger(__name__)
@@ -113,9 +113,11 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
     )
 
 
-def evaluate(model: nn.Module, params: torch.Tensor, dataset: Dataset, *, batch_size: int = 1000) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, params: torch.Tensor, dataset: Dataset, *, batch_size: int = 1000
+) -> dict[str, float]:
     """Test loss and accuracy (classification) or MSE and R² (regression) of ``params``."""
-    vector_to_parameters(params, model.parameters())
+    load_vector(model.parameters(), params)
     model.eval()
     x, y = dataset.test_x, dataset.test_y
     loss_sum, correct, squared_error = 0.0, 0, 0.0
@@ -148,21 +150,28 @@ def run_simulation(
     """
     torch.set_num_threads(config.threads)
     fed = federation or build_federation(config)
-    history = History(config=config, partition=partition_stats(
-        fed.parts, fed.dataset.train_y, num_classes=fed.dataset.num_outputs))
-    params = parameters_to_vector(fed.eval_model.parameters()).detach().clone()
+    history = History(
+        config=config,
+        partition=partition_stats(fed.parts, fed.dataset.train_y, num_classes=fed.dataset.num_outputs),
+    )
+    params = to_vector(fed.eval_model.parameters())
     accountants = [x for x in (fed.trainer, fed.server_update) if isinstance(x, PrivacyAccounting)]
     param_bytes = params.numel() * params.element_size()
     for round_index in range(1, fed.config.rounds + 1):
         started = time.perf_counter()
         eligible = [s.client_id for s in fed.shards if fed.trainer.can_train(s.client_id)]
         if not eligible:
-            history.stopped_early = f"no client can train in round {round_index}: every privacy budget is spent"
+            history.stopped_early = (
+                f"no client can train in round {round_index}: every privacy budget is spent"
+            )
             log.info(history.stopped_early)
             break
         sampled = fed.sampler.sample(round_index, eligible)
-        record: dict[str, Any] = {"round": round_index, "clients": len(sampled),
-                                  "excluded_clients": len(fed.shards) - len(eligible)}
+        record: dict[str, Any] = {
+            "round": round_index,
+            "clients": len(sampled),
+            "excluded_clients": len(fed.shards) - len(eligible),
+        }
         contributions = [
             fed.transform(
                 fed.trainer.train(
@@ -199,7 +208,7 @@ def run_simulation(
         history.records.append(record)
         if on_round is not None:
             on_round(record)
-    vector_to_parameters(params, fed.eval_model.parameters())
+    load_vector(fed.eval_model.parameters(), params)
     history.model = fed.eval_model
     if accountants:
         history.privacy = {}

@@ -112,6 +112,4 @@ class PrivacyAccounting(Protocol):
 class AggregationChannel(Protocol):
     """How contributions are summed. The server side sees only the returned :class:`Aggregate`."""
 
-    def aggregate(
-        self, contributions: list[Contribution], *, round_index: int
-    ) -> Aggregate: ...
+    def aggregate(self, contributions: list[Contribution], *, round_index: int) -> Aggregate: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -22,9 +24,7 @@ def test_weighted_mean_matches_hand_computed_reference():
     updates = [Update(c, torch.tensor(d), counts[c], 0.0) for c, d in deltas.items()]
     aggregate = PlainSum().aggregate([weight_by_samples(u) for u in updates], round_index=1)
     new = WeightedMean()(torch.tensor([1.0, 1.0, 1.0]), aggregate)
-    expected = [
-        1.0 + sum(counts[c] * deltas[c][i] for c in deltas) / sum(counts.values()) for i in range(3)
-    ]
+    expected = [1.0 + sum(counts[c] * deltas[c][i] for c in deltas) / sum(counts.values()) for i in range(3)]
     assert new.tolist() == pytest.approx(expected, abs=1e-6)
     assert aggregate.survivors == (0, 1, 2)
     assert aggregate.weight_sum == 100
@@ -48,7 +48,7 @@ def _linear_problem(seed: int = 0):
 def test_fedsgd_with_all_clients_equals_one_centralized_full_batch_step():
     x, y = _linear_problem()
     bounds = [0, 7, 20, 37]  # unequal shards: weighting by sample count matters
-    shards = [ClientShard(i, x[a:b], y[a:b]) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    shards = [ClientShard(i, x[a:b], y[a:b]) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
     x, shards = x.double(), [ClientShard(s.client_id, s.x.double(), s.y) for s in shards]
@@ -57,8 +57,11 @@ def test_fedsgd_with_all_clients_equals_one_centralized_full_batch_step():
 
     trainer = LocalSGDTrainer(model=model, task="classification", local_epochs=1, batch_size=None, lr=lr)
     contributions = [
-        weight_by_samples(trainer.train(global_params=params, shard=s, round_index=1,
-                                        generator=client_generator(0, 1, s.client_id)))
+        weight_by_samples(
+            trainer.train(
+                global_params=params, shard=s, round_index=1, generator=client_generator(0, 1, s.client_id)
+            )
+        )
         for s in shards
     ]
     federated = WeightedMean()(params, PlainSum().aggregate(contributions, round_index=1))
@@ -76,12 +79,17 @@ def test_local_trainer_does_not_leak_state_between_clients():
     x, y = _linear_problem(3)
     model = nn.Linear(5, 3)
     params = parameters_to_vector(model.parameters()).detach().clone()
-    trainer = LocalSGDTrainer(model=model, task="classification", local_epochs=2, batch_size=8,
-                              lr=0.1, momentum=0.9)
+    trainer = LocalSGDTrainer(
+        model=model, task="classification", local_epochs=2, batch_size=8, lr=0.1, momentum=0.9
+    )
     shard_a, shard_b = ClientShard(0, x[:20], y[:20]), ClientShard(1, x[20:], y[20:])
-    first = trainer.train(global_params=params, shard=shard_a, round_index=1, generator=client_generator(0, 1, 0))
+    first = trainer.train(
+        global_params=params, shard=shard_a, round_index=1, generator=client_generator(0, 1, 0)
+    )
     trainer.train(global_params=params, shard=shard_b, round_index=1, generator=client_generator(0, 1, 1))
-    again = trainer.train(global_params=params, shard=shard_a, round_index=1, generator=client_generator(0, 1, 0))
+    again = trainer.train(
+        global_params=params, shard=shard_a, round_index=1, generator=client_generator(0, 1, 0)
+    )
     assert torch.equal(first.delta, again.delta)
     assert first.num_samples == 20
 
@@ -93,7 +101,9 @@ def test_local_trainer_does_not_leak_state_between_clients():
     seed=st.integers(0, 2**31),
     round_index=st.integers(1, 1000),
 )
-def test_fixed_sampler_picks_distinct_eligible_clients_deterministically(num_clients, data, seed, round_index):
+def test_fixed_sampler_picks_distinct_eligible_clients_deterministically(
+    num_clients, data, seed, round_index
+):
     per_round = data.draw(st.integers(1, num_clients))
     eligible = data.draw(st.lists(st.integers(0, num_clients - 1), unique=True))
     sampler = ClientSampler(num_clients=num_clients, per_round=per_round, seed=seed)

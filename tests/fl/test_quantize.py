@@ -34,7 +34,9 @@ def test_decoded_sum_is_within_one_step_per_client(bits, clients, seed, scale):
     generator = torch.Generator().manual_seed(seed)
     bounds = torch.full((50,), scale, dtype=torch.float64)
     codec = FixedPointCodec.for_ring(bounds, bits=bits, num_clients=clients)
-    vectors = [(torch.rand(50, generator=generator, dtype=torch.float64) * 3 - 1.5) * scale for _ in range(clients)]
+    vectors = [
+        (torch.rand(50, generator=generator, dtype=torch.float64) * 3 - 1.5) * scale for _ in range(clients)
+    ]
     encoded = [codec.encode(v, generator=generator) for v in vectors]
     for e in encoded:
         assert e.dtype == np.uint64 and int(e.max()) < codec.input_bound
