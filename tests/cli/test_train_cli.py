@@ -1,0 +1,111 @@
+"""`securefl train` end to end, and every bad input mapped to exit code 2 with no traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from securefl.cli.app import main
+
+SMALL = ["--dataset", "digits", "--model", "mlp", "--clients", "3", "--rounds", "2", "--local-epochs", "1"]
+
+
+def test_train_writes_a_complete_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "curves.png", "metrics.jsonl", "model.safetensors", "partition.json", "partition.png",
+    ]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2]
+    assert all(0 <= r["test_accuracy"] <= 1 and r["bytes_up"] > 0 for r in records)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["dataset"], config["clients"], config["rounds"]) == ("digits", 3, 2)
+    weights = load_file(str(out / "model.safetensors"))
+    assert {name.split(".")[-1] for name in weights} == {"weight", "bias"}
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(out) in capsys.readouterr().out
+    assert not (tmp_path / "run.partial").exists()
+
+
+def test_toml_config_and_flag_override(tmp_path):
+    config_path = tmp_path / "run.toml"
+    config_path.write_text('dataset = "digits"\nmodel = "mlp"\nclients = 3\nrounds = 5\nlocal-epochs = 1\n')
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config_path), "--rounds", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["rounds"] == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    assert main(["train", *SMALL, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "precious.txt").read_text() == "keep me"
+    assert main(["train", *SMALL, "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "precious.txt").exists() and (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--model", "vgg"], "unknown model 'vgg'"),
+        (["--partition", "random"], "unknown partition 'random'"),
+        (["--clients", "0"], "clients 0 < 1"),
+        (["--clients", "3", "--clients-per-round", "4"], "--clients-per-round"),
+        (["--fraction", "0"], "fraction 0.0 is outside (0, 1]"),
+        (["--fraction", "1.5"], "fraction 1.5 is outside (0, 1]"),
+        (["--alpha", "0"], "alpha 0.0 <= 0"),
+        (["--rounds", "0"], "rounds 0 < 1"),
+        (["--lr", "0"], "learning rate 0.0 <= 0"),
+        (["--lr", "-1"], "learning rate -1.0 <= 0"),
+        (["--dataset", "mnist"], "--data-dir"),
+        (["--dataset", "boston", "--model", "cnn"], "--model mlp"),
+    ],
+)
+def test_bad_input_exits_2_with_a_one_line_message(tmp_path, capsys, args, fragment):
+    out = tmp_path / "run"
+    assert main(["train", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert fragment in " ".join(err.split())
+    assert "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_empty_data_dir_without_download(tmp_path, capsys):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    for dataset in ("mnist", "cifar10"):
+        assert main(["train", "--dataset", dataset, "--data-dir", str(empty), "--out", str(tmp_path / "r")]) == 2
+        message = " ".join(capsys.readouterr().err.split())
+        assert "--download" in message
+
+
+@pytest.mark.parametrize("text", ["rounds = = 2", "rounds = 'x' 'y'"])
+def test_invalid_toml_exits_2(tmp_path, capsys, text):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "r")]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_missing_toml_exits_2(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_unknown_flag_is_a_usage_error(capsys):
+    assert main(["train", "--bogus"]) == 2
+
+
+def test_datasets_lists_every_registry_entry(capsys):
+    from securefl.data import DATASETS
+
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in DATASETS)
