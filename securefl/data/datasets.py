@@ -382,11 +382,19 @@ def _require_data_dir(name: str, data_dir: Path | None) -> Path:
     return Path(data_dir).expanduser()
 
 
-def _missing_files_error(name: str, root: Path, missing: list[Path], cause: Exception) -> DataError:
+def _missing_files_error(
+    name: str, root: Path, missing: list[Path], *, download_error: Exception | None
+) -> DataError:
     listed = ", ".join(str(path) for path in missing)
+    if download_error is not None:
+        reason = " ".join(str(download_error).split())  # torchvision's message spans lines
+        return DataError(
+            f"{name} download into {root} failed ({reason}); if this machine is offline, copy the "
+            f"files there yourself (missing: {listed}) and pass --data-dir without --download"
+        )
     return DataError(
-        f"{name} files not found under {root} (missing: {listed}); pass --data-dir pointing at the "
-        f"directory that holds them, or add --download to fetch them there ({cause})"
+        f"{name} files not found under {root} (missing: {listed}); pass --data-dir pointing at "
+        f"the directory that holds them, or add --download to fetch them there"
     )
 
 
@@ -401,7 +409,9 @@ def _load_mnist(root: Path, download: bool) -> _Splits:
     except (RuntimeError, OSError, AssertionError, ValueError) as error:
         missing = [path for path in expected if not path.is_file()]
         if missing:
-            raise _missing_files_error("MNIST", root, missing, error) from error
+            raise _missing_files_error(
+                "MNIST", root, missing, download_error=error if download else None
+            ) from error
         raise DataError(
             f"MNIST files under {raw_folder} are not valid IDX files ({error!r}); replace them "
             f"with the uncompressed originals (gunzip the .gz files), or delete them and --download"
@@ -431,7 +441,9 @@ def _load_cifar10(root: Path, download: bool) -> _Splits:
     except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
         missing = [folder / name for name in names if not (folder / name).is_file()]
         if missing:
-            raise _missing_files_error("CIFAR-10", root, missing, error) from error
+            raise _missing_files_error(
+                "CIFAR-10", root, missing, download_error=error if download else None
+            ) from error
         raise DataError(
             f"CIFAR-10 files under {folder} do not match the official release (torchvision checks "
             f"their MD5 checksums before unpickling them, and refused: {error}); re-extract "
