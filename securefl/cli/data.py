@@ -13,7 +13,7 @@ def datasets() -> None:
     table = Table(title="securefl data sets")
     table.add_column("name", no_wrap=True, style="bold")
     for column in ("task", "shape", "outputs", "size", "needs --data-dir"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     table.add_column("description", ratio=1)
     for info in DATASETS.values():
         table.add_row(
