@@ -1,0 +1,419 @@
+"""The client side of secure aggregation as a pure state machine (sans-IO).
+
+Implements the client of Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving
+Machine Learning" (CCS 2017, figure 4), over the complete graph or a SecAgg+ random Harary graph
+(Bell et al., CCS 2020).  Like h11, it does no I/O and keeps no clock: :meth:`ClientProtocol.start`
+and :meth:`ClientProtocol.receive` take messages and return the messages to send.  All randomness
+comes from the ``random_source`` passed in.
+
+Error contract:
+
+- :class:`RemoteProtocolError`: the incoming message is invalid (wrong round, wrong recipient,
+  out of order or replayed, inconsistent keys).  The message is ignored and the state is
+  unchanged, so the round can go on.
+- :class:`LocalProtocolError`: answering would break the protocol's guarantee (a request for both
+  shares of one client, overlapping survivor/dropped lists, lists that contradict earlier rounds,
+  a survivor set other than the one this client signed, missing or invalid signatures in active
+  mode).  The client refuses, reveals nothing, and aborts the round (state ``ABORTED``).
+- :class:`ThresholdNotMetError`: fewer than ``t`` peers are left; the client aborts the round.
+
+Sealed shares that fail authentication are not fatal: the client records the sender in
+:attr:`ClientProtocol.rejected_shares`, treats that sender's shares as missing (it will reveal
+nothing about it) and carries on.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from securefl.errors import (
+    ConfigError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ThresholdNotMetError,
+)
+from securefl.protocols.crypto import aead, keys, prg, shamir
+from securefl.protocols.crypto.keys import KEY_BYTES, KeyPurpose, RandomSource
+from securefl.protocols.secagg import ring
+from securefl.protocols.secagg.graph import neighbourhoods
+from securefl.protocols.secagg.messages import (
+    AdvertiseKeys,
+    ClientMessage,
+    ConsistencyRequest,
+    ConsistencySignature,
+    KeyDirectory,
+    MaskedInput,
+    PeerKeys,
+    RelayedShares,
+    RevealedShare,
+    SealedShares,
+    ServerMessage,
+    ShareKeys,
+    UnmaskingRequest,
+    UnmaskingShares,
+    advertise_signature_payload,
+    self_mask_commitment,
+    share_associated_data,
+    survivor_set_payload,
+)
+from securefl.protocols.secagg.params import RoundSetup, SecAggParams
+
+
+class ClientState(enum.Enum):
+    """Where a client is in the round; the message it waits for next."""
+
+    IDLE = "idle"
+    AWAITING_KEY_DIRECTORY = "awaiting_key_directory"
+    AWAITING_RELAYED_SHARES = "awaiting_relayed_shares"
+    AWAITING_CONSISTENCY_REQUEST = "awaiting_consistency_request"
+    AWAITING_UNMASKING_REQUEST = "awaiting_unmasking_request"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+_EXPECTED: dict[type, ClientState] = {
+    KeyDirectory: ClientState.AWAITING_KEY_DIRECTORY,
+    RelayedShares: ClientState.AWAITING_RELAYED_SHARES,
+    ConsistencyRequest: ClientState.AWAITING_CONSISTENCY_REQUEST,
+    UnmaskingRequest: ClientState.AWAITING_UNMASKING_REQUEST,
+}
+
+
+def check_input_vector(vector: np.ndarray, *, params: SecAggParams, length: int,
+                       client_id: int) -> None:
+    """Raise :class:`ConfigError` unless ``vector`` is a valid input in Z_{2^bits}."""
+    if not isinstance(vector, np.ndarray) or vector.ndim != 1:
+        raise ConfigError(f"input of client {client_id} must be a 1-D numpy array")
+    if vector.shape[0] != length:
+        raise ConfigError(f"input of client {client_id} has length {vector.shape[0]}, "
+                          f"expected {length}: all inputs must have the same length")
+    if vector.dtype.kind not in "ui":
+        raise ConfigError(f"input of client {client_id} has dtype {vector.dtype}: inputs are "
+                          "ring elements (integers); quantize floats first")
+    if length == 0:
+        return
+    low, high = int(vector.min()), int(vector.max())
+    if low < 0:
+        raise ConfigError(f"input of client {client_id} has negative values: map them into "
+                          f"Z_2^{params.bits} first")
+    if high >= params.modulus:
+        raise ConfigError(f"input of client {client_id} has values >= 2^{params.bits}: raise "
+                          "bits or reduce the inputs")
+    if params.input_bound is not None and high > params.input_bound:
+        raise ConfigError(f"input of client {client_id} exceeds input_bound "
+                          f"{params.input_bound} (max {high}): clip the input or raise the bound")
+
+
+class ClientProtocol:
+    """One client's side of one secure-aggregation round.
+
+    ``signing_key`` (its own Ed25519 key) and ``verify_keys`` (every participant's Ed25519
+    public key, known up front) are required in active-adversary mode and ignored otherwise.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: int,
+        params: SecAggParams,
+        setup: RoundSetup,
+        input_vector: np.ndarray,
+        random_source: RandomSource = os.urandom,
+        signing_key: Ed25519PrivateKey | None = None,
+        verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
+    ) -> None:
+        setup.check(params)
+        if client_id not in setup.participants:
+            raise ConfigError(f"client {client_id} is not a participant of round "
+                              f"{setup.round_id}")
+        check_input_vector(input_vector, params=params, length=setup.vector_length,
+                           client_id=client_id)
+        if params.active_adversary and (signing_key is None or verify_keys is None):
+            raise ConfigError("active_adversary mode needs every client's signing_key and the "
+                              "participants' verify_keys")
+        if params.active_adversary and set(setup.participants) - set(verify_keys or {}):
+            raise ConfigError("verify_keys must hold the public key of every participant")
+        self.client_id = client_id
+        self.params = params
+        self.setup = setup
+        self.state = ClientState.IDLE
+        self.rejected_shares: dict[int, RemoteProtocolError] = {}
+        self._neighbours = neighbourhoods(params, setup)[client_id]
+        self._input: np.ndarray | None = input_vector
+        self._random_source = random_source
+        self._signing_key = signing_key if params.active_adversary else None
+        self._verify_keys = dict(verify_keys or {}) if params.active_adversary else {}
+        self._channel_key = None
+        self._mask_key = None
+        self._peer_keys: dict[int, PeerKeys] = {}
+        self._held_shares: dict[int, tuple[int, int]] = {}  # owner -> (s share, b share)
+        self._share_senders: frozenset[int] = frozenset()
+        self._signed_survivors: tuple[int, ...] | None = None
+        self._self_mask_seed = b""
+
+    # ------------------------------------------------------------------------------ public API
+
+    @property
+    def neighbours(self) -> frozenset[int]:
+        """The clients this client masks with (everyone else, or its SecAgg+ neighbours)."""
+        return self._neighbours
+
+    def start(self) -> list[ClientMessage]:
+        """Begin the round: draw fresh key pairs and advertise their public halves."""
+        if self.state is not ClientState.IDLE:
+            raise LocalProtocolError(f"client {self.client_id} already started this round")
+        self._channel_key = keys.generate_agreement_key(self._random_source)
+        self._mask_key = keys.generate_agreement_key(self._random_source)
+        channel_public = keys.public_bytes(self._channel_key)
+        mask_public = keys.public_bytes(self._mask_key)
+        signature = b""
+        if self._signing_key is not None:
+            signature = keys.sign(self._signing_key, advertise_signature_payload(
+                self.setup.round_id, self.client_id, channel_public, mask_public))
+        self.state = ClientState.AWAITING_KEY_DIRECTORY
+        return [AdvertiseKeys(self.setup.round_id, self.client_id, channel_public, mask_public,
+                              signature)]
+
+    def receive(self, message: ServerMessage) -> list[ClientMessage]:
+        """Process one message from the server; return the messages to send back."""
+        expected = _EXPECTED.get(type(message))
+        if expected is None:
+            raise RemoteProtocolError(f"client got a {type(message).__name__}, which is not a "
+                                      "server message: rejected")
+        if message.round_id != self.setup.round_id:
+            raise RemoteProtocolError(f"{type(message).__name__} for round {message.round_id} "
+                                      f"but this is round {self.setup.round_id}: rejected")
+        if message.recipient != self.client_id:
+            raise RemoteProtocolError(f"{type(message).__name__} addressed to client "
+                                      f"{message.recipient}, not {self.client_id}: rejected")
+        if self.state is not expected:
+            raise RemoteProtocolError(f"unexpected {type(message).__name__} in state "
+                                      f"{self.state.value}: rejected (replayed or out of order)")
+        try:
+            match message:
+                case KeyDirectory():
+                    return self._on_key_directory(message)
+                case RelayedShares():
+                    return self._on_relayed_shares(message)
+                case ConsistencyRequest():
+                    return self._on_consistency_request(message)
+                case UnmaskingRequest():
+                    return self._on_unmasking_request(message)
+        except (LocalProtocolError, ThresholdNotMetError):
+            self._abort()
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------------------ steps
+
+    def _on_key_directory(self, message: KeyDirectory) -> list[ClientMessage]:
+        peers = {peer.client_id: peer for peer in message.peers}
+        strangers = set(peers) - self._neighbours
+        if strangers:
+            raise RemoteProtocolError(f"key directory lists {sorted(strangers)}, not neighbours "
+                                      f"of client {self.client_id}: rejected")
+        public_keys = [keys.public_bytes(self._channel_key), keys.public_bytes(self._mask_key)]
+        for peer in message.peers:
+            public_keys += [peer.channel_public_key, peer.mask_public_key]
+        if len(set(public_keys)) != len(public_keys):
+            raise RemoteProtocolError("key directory repeats a public key: rejected")
+        for peer in message.peers:
+            if self._verify_keys and not keys.verify(
+                self._verify_keys[peer.client_id], peer.signature,
+                advertise_signature_payload(self.setup.round_id, peer.client_id,
+                                            peer.channel_public_key, peer.mask_public_key),
+            ):
+                raise RemoteProtocolError(f"advertised keys of client {peer.client_id} are not "
+                                          "signed by it: rejected")
+        channel_secrets = {v: keys.agree(self._channel_key, peer.channel_public_key)
+                           for v, peer in peers.items()}
+        for peer in message.peers:
+            keys.check_agreement_public_key(peer.mask_public_key)
+        holders = sorted(set(peers) | {self.client_id})
+        if len(holders) < self.params.threshold:
+            raise ThresholdNotMetError(
+                f"client {self.client_id}: only {len(holders)} of its share holders advertised "
+                f"keys, fewer than threshold {self.params.threshold}: round aborted")
+
+        round_id = self.setup.round_id
+        seed = keys.random_bytes(self._random_source, KEY_BYTES)
+        xs = [holder + 1 for holder in holders]
+        mask_secret = int.from_bytes(keys.private_bytes(self._mask_key), "big")
+        mask_key_shares = shamir.split_secret(
+            mask_secret, threshold=self.params.threshold, holders=xs,
+            random_source=self._random_source)
+        seed_shares = shamir.split_secret(
+            int.from_bytes(seed, "big"), threshold=self.params.threshold, holders=xs,
+            random_source=self._random_source)
+        sealed = []
+        for v in sorted(peers):
+            key = keys.derive_key(channel_secrets[v], purpose=KeyPurpose.SHARE_ENCRYPTION,
+                                  round_id=round_id, parties=(self.client_id, v))
+            plaintext = (shamir.share_to_bytes(mask_key_shares[v + 1])
+                         + shamir.share_to_bytes(seed_shares[v + 1]))
+            ciphertext = aead.seal(
+                key, plaintext,
+                associated_data=share_associated_data(round_id, self.client_id, v),
+                random_source=self._random_source)
+            sealed.append(SealedShares(self.client_id, v, ciphertext))
+        self._peer_keys = peers
+        self._self_mask_seed = seed
+        me = self.client_id + 1
+        self._held_shares = {self.client_id: (mask_key_shares[me], seed_shares[me])}
+        self.state = ClientState.AWAITING_RELAYED_SHARES
+        return [ShareKeys(round_id, self.client_id,
+                          self_mask_commitment(round_id, self.client_id, seed), tuple(sealed))]
+
+    def _on_relayed_shares(self, message: RelayedShares) -> list[ClientMessage]:
+        senders = [record.sender for record in message.sealed_shares]
+        unknown = set(senders) - set(self._peer_keys)
+        if unknown:
+            raise RemoteProtocolError(f"relayed shares from {sorted(unknown)}, who are not in "
+                                      f"client {self.client_id}'s key directory: rejected")
+        if len(senders) + 1 < self.params.threshold:
+            raise ThresholdNotMetError(
+                f"client {self.client_id}: only {len(senders) + 1} of its share holders shared "
+                f"keys, fewer than threshold {self.params.threshold}: round aborted")
+        round_id = self.setup.round_id
+        for record in message.sealed_shares:
+            self._open(record, round_id)
+
+        vector = self._input
+        masked = vector.astype(self.params.word_dtype, copy=True)
+        self_key = keys.derive_key(self._self_mask_seed, purpose=KeyPurpose.SELF_MASK,
+                                   round_id=round_id, parties=(self.client_id,))
+        masks = [(self_key, 1)]
+        for v in senders:
+            agreed = keys.agree(self._mask_key, self._peer_keys[v].mask_public_key)
+            pair_key = keys.derive_key(agreed, purpose=KeyPurpose.PAIRWISE_MASK,
+                                       round_id=round_id, parties=tuple(sorted((self.client_id, v))))
+            masks.append((pair_key, 1 if self.client_id < v else -1))
+        prg.apply_masks(masked, masks)
+        ring.reduce_in_place(masked, self.params.bits)
+        packed = ring.pack(masked, self.params.bits)
+        self._input = None
+        self._share_senders = frozenset(senders)
+        self.state = (ClientState.AWAITING_CONSISTENCY_REQUEST if self.params.active_adversary
+                      else ClientState.AWAITING_UNMASKING_REQUEST)
+        return [MaskedInput(round_id, self.client_id, self.params.bits,
+                            self.setup.vector_length, packed)]
+
+    def _open(self, record: SealedShares, round_id: int) -> None:
+        sender = record.sender
+        try:
+            agreed = keys.agree(self._channel_key, self._peer_keys[sender].channel_public_key)
+            key = keys.derive_key(agreed, purpose=KeyPurpose.SHARE_ENCRYPTION, round_id=round_id,
+                                  parties=(sender, self.client_id))
+            plaintext = aead.open_sealed(
+                key, record.ciphertext,
+                associated_data=share_associated_data(round_id, sender, self.client_id))
+            try:
+                shares = (shamir.share_from_bytes(plaintext[: shamir.SHARE_BYTES]),
+                          shamir.share_from_bytes(plaintext[shamir.SHARE_BYTES:]))
+            except ValueError as error:
+                raise RemoteProtocolError(f"shares from client {sender} are not field "
+                                          "elements: rejected") from error
+        except RemoteProtocolError as error:
+            self.rejected_shares[sender] = error
+            return
+        self._held_shares[sender] = shares
+
+    def _on_consistency_request(self, message: ConsistencyRequest) -> list[ClientMessage]:
+        self._check_survivors(message.survivors)
+        signature = keys.sign(self._signing_key,
+                              survivor_set_payload(self.setup.round_id, message.survivors))
+        self._signed_survivors = message.survivors
+        self.state = ClientState.AWAITING_UNMASKING_REQUEST
+        return [ConsistencySignature(self.setup.round_id, self.client_id, signature)]
+
+    def _check_survivors(self, survivors: tuple[int, ...]) -> None:
+        survivor_set = set(survivors)
+        if self.client_id not in survivor_set:
+            raise LocalProtocolError(
+                f"refusing: client {self.client_id} sent its masked input but is not in the "
+                "survivor set (contradicts earlier rounds)")
+        outsiders = survivor_set - set(self.setup.participants)
+        if outsiders:
+            raise LocalProtocolError(f"refusing: survivors {sorted(outsiders)} are not "
+                                     "participants of this round")
+        unknown = (survivor_set & self._neighbours) - self._share_senders
+        if unknown:
+            raise LocalProtocolError(
+                f"refusing: neighbours {sorted(unknown)} are listed as survivors but never "
+                f"shared keys with client {self.client_id} (contradicts earlier rounds)")
+        if len(survivor_set) < self.params.threshold:
+            raise ThresholdNotMetError(
+                f"client {self.client_id}: only {len(survivor_set)} survivors, fewer than "
+                f"threshold {self.params.threshold}: round aborted")
+
+    def _on_unmasking_request(self, message: UnmaskingRequest) -> list[ClientMessage]:
+        survivors, dropped = set(message.survivors), set(message.dropped)
+        both = survivors & dropped
+        if both:
+            raise LocalProtocolError(
+                f"refusing: clients {sorted(both)} are listed both as survivors and as dropped; "
+                "answering would reveal both of their shares")
+        self._check_survivors(message.survivors)
+        outsiders = dropped - set(self.setup.participants)
+        if outsiders:
+            raise LocalProtocolError(f"refusing: dropped clients {sorted(outsiders)} are not "
+                                     "participants of this round")
+        listed = (survivors | dropped) & self._neighbours
+        if listed - self._share_senders:
+            raise LocalProtocolError(
+                f"refusing: neighbours {sorted(listed - self._share_senders)} never shared keys "
+                f"with client {self.client_id} but are listed (contradicts earlier rounds)")
+        if self._share_senders - listed:
+            raise LocalProtocolError(
+                f"refusing: neighbours {sorted(self._share_senders - listed)} shared keys with "
+                f"client {self.client_id} but are neither survivors nor dropped")
+        if self.params.active_adversary:
+            self._check_signatures(message)
+
+        self_mask_shares = tuple(
+            RevealedShare(owner, shamir.share_to_bytes(self._held_shares[owner][1]))
+            for owner in sorted(survivors & self._held_shares.keys()))
+        mask_key_shares = tuple(
+            RevealedShare(owner, shamir.share_to_bytes(self._held_shares[owner][0]))
+            for owner in sorted(dropped & self._held_shares.keys()))
+        self._forget_secrets()
+        self.state = ClientState.DONE
+        return [UnmaskingShares(self.setup.round_id, self.client_id, self_mask_shares,
+                                mask_key_shares)]
+
+    def _check_signatures(self, message: UnmaskingRequest) -> None:
+        if message.survivors != self._signed_survivors:
+            raise LocalProtocolError(
+                f"refusing: the survivor set to unmask differs from the one client "
+                f"{self.client_id} signed in the consistency check")
+        payload = survivor_set_payload(self.setup.round_id, message.survivors)
+        signers = set()
+        for record in message.signatures:
+            if record.client_id not in self._signed_survivors:
+                raise LocalProtocolError(f"refusing: signature from client {record.client_id}, "
+                                         "who is not a survivor")
+            if not keys.verify(self._verify_keys[record.client_id], record.signature, payload):
+                raise LocalProtocolError(
+                    f"refusing: client {record.client_id}'s signature over the survivor set does "
+                    "not verify (the server may be showing different survivor sets)")
+            signers.add(record.client_id)
+        if len(signers) < self.params.signature_threshold:
+            raise LocalProtocolError(
+                f"refusing: only {len(signers)} valid signatures over the survivor set, "
+                f"{self.params.signature_threshold} needed")
+
+    def _forget_secrets(self) -> None:
+        self._held_shares = {}
+        self._self_mask_seed = b""
+        self._channel_key = None
+        self._mask_key = None
+        self._input = None
+
+    def _abort(self) -> None:
+        self._forget_secrets()
+        self.state = ClientState.ABORTED

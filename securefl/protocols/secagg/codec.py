@@ -1,0 +1,273 @@
+"""Versioned bytes <-> messages for secure aggregation.  No pickle; one encoding per message.
+
+Layout: ``b"SFSA"``, a version byte (:data:`VERSION`), a type byte, then the fields in
+declaration order, big-endian: round ids as u64, client ids and counts as u32, keys, signatures,
+shares and ciphertexts at their fixed sizes (a signature that may be absent carries a u8 length),
+tuples as a u32 count followed by the items, a masked input as bits (u8), length (u32) and the
+packed coordinates.  :func:`decode` checks everything (sizes, counts against the bytes left, sort
+order, canonical padding, no trailing bytes) and raises only :class:`~securefl.errors.DecodeError`
+on malformed input, whatever the bytes; ``encode(decode(data)) == data`` whenever decoding
+succeeds.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from securefl.errors import DecodeError, LocalProtocolError
+from securefl.protocols.crypto.keys import KEY_BYTES, SIGNATURE_BYTES
+from securefl.protocols.crypto.shamir import SHARE_BYTES
+from securefl.protocols.secagg.messages import (
+    COMMITMENT_BYTES,
+    SEALED_SHARES_BYTES,
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    KeyDirectory,
+    MaskedInput,
+    Message,
+    PeerKeys,
+    RelayedShares,
+    RevealedShare,
+    SealedShares,
+    ShareKeys,
+    SurvivorSignature,
+    UnmaskingRequest,
+    UnmaskingShares,
+)
+from securefl.protocols.secagg.ring import packed_size, trailing_bits_are_zero
+
+MAGIC = b"SFSA"
+VERSION = 1
+
+_TYPE_CODES: dict[type, int] = {
+    AdvertiseKeys: 1,
+    ShareKeys: 2,
+    MaskedInput: 3,
+    ConsistencySignature: 4,
+    UnmaskingShares: 5,
+    KeyDirectory: 17,
+    RelayedShares: 18,
+    ConsistencyRequest: 19,
+    UnmaskingRequest: 20,
+}
+_TYPES_BY_CODE = {code: cls for cls, code in _TYPE_CODES.items()}
+
+_U8 = struct.Struct(">B")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def u8(self, value: int) -> None:
+        self.parts.append(_U8.pack(value))
+
+    def u32(self, value: int) -> None:
+        self.parts.append(_U32.pack(value))
+
+    def u64(self, value: int) -> None:
+        self.parts.append(_U64.pack(value))
+
+    def raw(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def optional_signature(self, signature: bytes) -> None:
+        self.u8(len(signature))
+        self.raw(signature)
+
+    def ids(self, values: tuple[int, ...]) -> None:
+        self.u32(len(values))
+        self.raw(b"".join(_U32.pack(v) for v in values))
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+        self.offset = 0
+
+    def remaining(self) -> int:
+        return len(self.data) - self.offset
+
+    def raw(self, size: int) -> bytes:
+        if size > self.remaining():
+            raise DecodeError(f"message truncated: needed {size} more bytes, "
+                              f"{self.remaining()} left")
+        chunk = bytes(self.data[self.offset: self.offset + size])
+        self.offset += size
+        return chunk
+
+    def u8(self) -> int:
+        return _U8.unpack(self.raw(1))[0]
+
+    def u32(self) -> int:
+        return _U32.unpack(self.raw(4))[0]
+
+    def u64(self) -> int:
+        return _U64.unpack(self.raw(8))[0]
+
+    def optional_signature(self) -> bytes:
+        size = self.u8()
+        if size not in (0, SIGNATURE_BYTES):
+            raise DecodeError(f"signature length {size} is neither 0 nor {SIGNATURE_BYTES}")
+        return self.raw(size)
+
+    def count(self, item_size: int) -> int:
+        count = self.u32()
+        if count * item_size > self.remaining():
+            raise DecodeError(f"list of {count} items cannot fit in {self.remaining()} bytes")
+        return count
+
+    def ids(self) -> tuple[int, ...]:
+        return tuple(self.u32() for _ in range(self.count(4)))
+
+
+def encode(message: Message) -> bytes:
+    """The wire bytes of ``message``."""
+    code = _TYPE_CODES.get(type(message))
+    if code is None:
+        raise LocalProtocolError(f"cannot encode {type(message).__name__}: not a protocol message")
+    w = _Writer()
+    w.raw(MAGIC)
+    w.u8(VERSION)
+    w.u8(code)
+    w.u64(message.round_id)
+    match message:
+        case AdvertiseKeys():
+            w.u32(message.sender)
+            w.raw(message.channel_public_key)
+            w.raw(message.mask_public_key)
+            w.optional_signature(message.signature)
+        case ShareKeys():
+            w.u32(message.sender)
+            w.raw(message.self_mask_commitment)
+            w.u32(len(message.sealed_shares))
+            for record in message.sealed_shares:
+                w.u32(record.recipient)
+                w.raw(record.ciphertext)
+        case MaskedInput():
+            w.u32(message.sender)
+            w.u8(message.bits)
+            w.u32(message.length)
+            w.raw(message.packed)
+        case ConsistencySignature():
+            w.u32(message.sender)
+            w.raw(message.signature)
+        case UnmaskingShares():
+            w.u32(message.sender)
+            for records in (message.self_mask_shares, message.mask_key_shares):
+                w.u32(len(records))
+                for record in records:
+                    w.u32(record.owner)
+                    w.raw(record.share)
+        case KeyDirectory():
+            w.u32(message.recipient)
+            w.u32(len(message.peers))
+            for peer in message.peers:
+                w.u32(peer.client_id)
+                w.raw(peer.channel_public_key)
+                w.raw(peer.mask_public_key)
+                w.optional_signature(peer.signature)
+        case RelayedShares():
+            w.u32(message.recipient)
+            w.u32(len(message.sealed_shares))
+            for record in message.sealed_shares:
+                w.u32(record.sender)
+                w.raw(record.ciphertext)
+        case ConsistencyRequest():
+            w.u32(message.recipient)
+            w.ids(message.survivors)
+        case UnmaskingRequest():
+            w.u32(message.recipient)
+            w.ids(message.survivors)
+            w.ids(message.dropped)
+            w.u32(len(message.signatures))
+            for record in message.signatures:
+                w.u32(record.client_id)
+                w.raw(record.signature)
+    return b"".join(w.parts)
+
+
+def decode(data: bytes) -> Message:
+    """The message encoded in ``data``; :class:`DecodeError` for anything malformed."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    r = _Reader(bytes(data))
+    if r.raw(len(MAGIC)) != MAGIC:
+        raise DecodeError("not a securefl secure-aggregation message (bad magic)")
+    version = r.u8()
+    if version != VERSION:
+        raise DecodeError(f"unsupported message version {version}: this build speaks {VERSION}")
+    code = r.u8()
+    message_type = _TYPES_BY_CODE.get(code)
+    if message_type is None:
+        raise DecodeError(f"unknown message type {code}")
+    try:
+        message = _decode_body(message_type, r)
+    except LocalProtocolError as error:
+        raise DecodeError(f"invalid {message_type.__name__}: {error}") from error
+    if r.remaining():
+        raise DecodeError(f"{r.remaining()} trailing bytes after {message_type.__name__}")
+    return message
+
+
+def _decode_body(message_type: type, r: _Reader) -> Message:
+    round_id = r.u64()
+    if message_type is AdvertiseKeys:
+        return AdvertiseKeys(round_id, r.u32(), r.raw(KEY_BYTES), r.raw(KEY_BYTES),
+                             r.optional_signature())
+    if message_type is ShareKeys:
+        sender = r.u32()
+        commitment = r.raw(COMMITMENT_BYTES)
+        records = tuple(
+            SealedShares(sender=sender, recipient=r.u32(), ciphertext=r.raw(SEALED_SHARES_BYTES))
+            for _ in range(r.count(4 + SEALED_SHARES_BYTES))
+        )
+        return ShareKeys(round_id, sender, commitment, records)
+    if message_type is MaskedInput:
+        sender, bits, length = r.u32(), r.u8(), r.u32()
+        if not 8 <= bits <= 62:
+            raise DecodeError(f"masked input with bits {bits} outside 8..62")
+        packed = r.raw(packed_size(length, bits))
+        if not trailing_bits_are_zero(packed, bits=bits, length=length):
+            raise DecodeError("masked input has non-zero padding bits")
+        return MaskedInput(round_id, sender, bits, length, packed)
+    if message_type is ConsistencySignature:
+        return ConsistencySignature(round_id, r.u32(), r.raw(SIGNATURE_BYTES))
+    if message_type is UnmaskingShares:
+        sender = r.u32()
+        lists = []
+        for _ in range(2):
+            lists.append(tuple(
+                RevealedShare(owner=r.u32(), share=r.raw(SHARE_BYTES))
+                for _ in range(r.count(4 + SHARE_BYTES))
+            ))
+        return UnmaskingShares(round_id, sender, lists[0], lists[1])
+    if message_type is KeyDirectory:
+        recipient = r.u32()
+        peers = tuple(
+            PeerKeys(r.u32(), r.raw(KEY_BYTES), r.raw(KEY_BYTES), r.optional_signature())
+            for _ in range(r.count(4 + 2 * KEY_BYTES + 1))
+        )
+        return KeyDirectory(round_id, recipient, peers)
+    if message_type is RelayedShares:
+        recipient = r.u32()
+        records = tuple(
+            SealedShares(sender=r.u32(), recipient=recipient, ciphertext=r.raw(SEALED_SHARES_BYTES))
+            for _ in range(r.count(4 + SEALED_SHARES_BYTES))
+        )
+        return RelayedShares(round_id, recipient, records)
+    if message_type is ConsistencyRequest:
+        return ConsistencyRequest(round_id, r.u32(), r.ids())
+    if message_type is UnmaskingRequest:
+        recipient = r.u32()
+        survivors = r.ids()
+        dropped = r.ids()
+        signatures = tuple(
+            SurvivorSignature(r.u32(), r.raw(SIGNATURE_BYTES))
+            for _ in range(r.count(4 + SIGNATURE_BYTES))
+        )
+        return UnmaskingRequest(round_id, recipient, survivors, dropped, signatures)
+    raise DecodeError(f"unknown message type {message_type.__name__}")  # pragma: no cover

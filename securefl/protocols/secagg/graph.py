@@ -1,0 +1,72 @@
+"""Who masks with whom: the complete graph or a random Harary graph of degree k (SecAgg+).
+
+Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead" (CCS 2020), replace
+the complete graph of Bonawitz et al. with a sparse random graph: each client agrees keys, shares
+secrets and masks only with its ``k`` neighbours.  We use their random Harary graph: the Harary
+graph H(k, n) (clients on a ring, each linked to the ``k/2`` nearest on either side) with the
+ring order given by a uniformly random permutation.  The permutation is Fisher-Yates driven by an
+AES-256-CTR stream keyed from the round's graph seed (rejection-sampled, so exactly uniform); the
+server and every client derive the same graph from the same :class:`RoundSetup`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from securefl.protocols.crypto.keys import KeyPurpose, derive_key
+from securefl.protocols.secagg.params import RoundSetup, SecAggParams
+
+
+class _UniformIntegers:
+    """Uniform integers below a bound from an AES-CTR stream, by rejection sampling."""
+
+    def __init__(self, key: bytes) -> None:
+        self._encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        self._buffer = b""
+
+    def _word(self) -> int:
+        if len(self._buffer) < 4:
+            self._buffer = self._encryptor.update(bytes(4096))
+        word, self._buffer = self._buffer[:4], self._buffer[4:]
+        return int.from_bytes(word, "big")
+
+    def below(self, bound: int) -> int:
+        limit = (2**32 // bound) * bound
+        while True:
+            word = self._word()
+            if word < limit:
+                return word % bound
+
+
+def random_permutation(items: Sequence[int], *, seed: bytes, round_id: int) -> list[int]:
+    """A uniformly random permutation of ``items`` determined by ``seed`` and ``round_id``."""
+    key = derive_key(seed, purpose=KeyPurpose.GRAPH_PERMUTATION, round_id=round_id, parties=())
+    stream = _UniformIntegers(key)
+    order = list(items)
+    for i in range(len(order) - 1, 0, -1):
+        j = stream.below(i + 1)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def harary_ring(order: Sequence[int], degree: int) -> dict[int, frozenset[int]]:
+    """Neighbourhoods of H(degree, n) on the ring ``order``: ``degree/2`` nearest each side."""
+    n = len(order)
+    half = degree // 2
+    return {
+        node: frozenset(order[(position + offset) % n]
+                        for offset in range(-half, half + 1) if offset != 0)
+        for position, node in enumerate(order)
+    }
+
+
+def neighbourhoods(params: SecAggParams, setup: RoundSetup) -> dict[int, frozenset[int]]:
+    """Every participant's (open) neighbourhood: all others, or its random-Harary neighbours."""
+    participants = setup.participants
+    if params.complete_graph:
+        everyone = frozenset(participants)
+        return {client: everyone - {client} for client in participants}
+    order = random_permutation(participants, seed=setup.graph_seed, round_id=setup.round_id)
+    return harary_ring(order, params.degree)
