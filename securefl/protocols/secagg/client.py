@@ -155,6 +155,7 @@ class ClientProtocol:
         self._share_senders: frozenset[int] = frozenset()
         self._signed_survivors: tuple[int, ...] | None = None
         self._self_mask_seed = b""
+        self._channel_secrets: dict[int, bytes] = {}
 
     # ------------------------------------------------------------------------------ public API
 
@@ -262,6 +263,7 @@ class ClientProtocol:
                 random_source=self._random_source)
             sealed.append(SealedShares(self.client_id, v, ciphertext))
         self._peer_keys = peers
+        self._channel_secrets = channel_secrets
         self._self_mask_seed = seed
         me = self.client_id + 1
         self._held_shares = {self.client_id: (mask_key_shares[me], seed_shares[me])}
@@ -306,8 +308,8 @@ class ClientProtocol:
     def _open(self, record: SealedShares, round_id: int) -> None:
         sender = record.sender
         try:
-            agreed = keys.agree(self._channel_key, self._peer_keys[sender].channel_public_key)
-            key = keys.derive_key(agreed, purpose=KeyPurpose.SHARE_ENCRYPTION, round_id=round_id,
+            key = keys.derive_key(self._channel_secrets[sender],
+                                  purpose=KeyPurpose.SHARE_ENCRYPTION, round_id=round_id,
                                   parties=(sender, self.client_id))
             plaintext = aead.open_sealed(
                 key, record.ciphertext,
@@ -409,6 +411,7 @@ class ClientProtocol:
 
     def _forget_secrets(self) -> None:
         self._held_shares = {}
+        self._channel_secrets = {}
         self._self_mask_seed = b""
         self._channel_key = None
         self._mask_key = None
