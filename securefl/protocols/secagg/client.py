@@ -156,6 +156,7 @@ class ClientProtocol:
         self._signed_survivors: tuple[int, ...] | None = None
         self._self_mask_seed = b""
         self._channel_secrets: dict[int, bytes] = {}
+        self._mask_secrets: dict[int, bytes] = {}
 
     # ------------------------------------------------------------------------------ public API
 
@@ -233,8 +234,8 @@ class ClientProtocol:
                                           "signed by it: rejected")
         channel_secrets = {v: keys.agree(self._channel_key, peer.channel_public_key)
                            for v, peer in peers.items()}
-        for peer in message.peers:
-            keys.check_agreement_public_key(peer.mask_public_key)
+        mask_secrets = {v: keys.agree(self._mask_key, peer.mask_public_key)
+                        for v, peer in peers.items()}
         holders = sorted(set(peers) | {self.client_id})
         if len(holders) < self.params.threshold:
             raise ThresholdNotMetError(
@@ -264,6 +265,7 @@ class ClientProtocol:
             sealed.append(SealedShares(self.client_id, v, ciphertext))
         self._peer_keys = peers
         self._channel_secrets = channel_secrets
+        self._mask_secrets = mask_secrets
         self._self_mask_seed = seed
         me = self.client_id + 1
         self._held_shares = {self.client_id: (mask_key_shares[me], seed_shares[me])}
@@ -291,14 +293,19 @@ class ClientProtocol:
                                    round_id=round_id, parties=(self.client_id,))
         masks = [(self_key, 1)]
         for v in senders:
-            agreed = keys.agree(self._mask_key, self._peer_keys[v].mask_public_key)
-            pair_key = keys.derive_key(agreed, purpose=KeyPurpose.PAIRWISE_MASK,
+            pair_key = keys.derive_key(self._mask_secrets[v], purpose=KeyPurpose.PAIRWISE_MASK,
                                        round_id=round_id, parties=tuple(sorted((self.client_id, v))))
             masks.append((pair_key, 1 if self.client_id < v else -1))
         prg.apply_masks(masked, masks)
         ring.reduce_in_place(masked, self.params.bits)
         packed = ring.pack(masked, self.params.bits)
+        # Masking done: the input, key-agreement secrets and seed are no longer needed.
         self._input = None
+        self._mask_secrets = {}
+        self._channel_secrets = {}
+        self._mask_key = None
+        self._channel_key = None
+        self._self_mask_seed = b""
         self._share_senders = frozenset(senders)
         self.state = (ClientState.AWAITING_CONSISTENCY_REQUEST if self.params.active_adversary
                       else ClientState.AWAITING_UNMASKING_REQUEST)
@@ -412,6 +419,7 @@ class ClientProtocol:
     def _forget_secrets(self) -> None:
         self._held_shares = {}
         self._channel_secrets = {}
+        self._mask_secrets = {}
         self._self_mask_seed = b""
         self._channel_key = None
         self._mask_key = None

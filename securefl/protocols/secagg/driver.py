@@ -257,6 +257,7 @@ def run_secure_aggregation(
     signing_keys: Mapping[int, Ed25519PrivateKey] | None = None,
     network: Network = reliable_network,
     record_transcript: bool = True,
+    graph_seed: bytes | None = None,
 ) -> SecAggResult:
     """Run one secure-aggregation round on ``inputs`` (client id -> vector in Z_{2^bits}).
 
@@ -266,7 +267,8 @@ def run_secure_aggregation(
 
     In active-adversary mode each client needs an Ed25519 signing key whose public half everyone
     knows up front: pass ``signing_keys`` or let the driver draw them from ``random_source``.
-    ``record_transcript=False`` keeps memory flat for large benchmarks.
+    ``record_transcript=False`` keeps memory flat for large benchmarks.  ``graph_seed`` (32 bytes)
+    fixes the SecAgg+ graph (default: drawn from ``random_source``).
     """
     length = _check_inputs(inputs, params)
     plan = dropouts if dropouts is not None else DropoutPlan()
@@ -279,6 +281,8 @@ def run_secure_aggregation(
                           "active_adversary=True")
     setup = RoundSetup.create(list(inputs), vector_length=length, round_id=round_id,
                               random_source=random_source)
+    if graph_seed is not None:
+        setup = RoundSetup(setup.round_id, setup.participants, length, graph_seed)
     verify_keys = None
     if params.active_adversary:
         if signing_keys is None:
