@@ -1,0 +1,230 @@
+"""User-level differential privacy at the server: DP-FedAvg (McMahan, Ramage, Talwar, Zhang,
+"Learning Differentially Private Recurrent Language Models", ICLR 2018).
+
+Two plug points:
+
+- :class:`ClipUpdate` runs on the client: it scales the whole update to L2 norm at most
+  ``clip_norm`` and sends it with weight 1.  Clipping happens before the update leaves the client,
+  so it composes with secure aggregation (the server only ever sees the sum).
+- :class:`DPFedAvgServerUpdate` runs on the server: it adds Gaussian noise ``N(0, (z·clip)²)`` to the
+  *sum* of clipped updates and divides by the *expected* number of clients per round ``q·N`` (the
+  paper's fixed-denominator estimator ``f̃_f``), so the average carries noise of std
+  ``z·clip / (q·N)``.  Adding or removing one user changes the sum by at most ``clip``: each round
+  is a sampled Gaussian mechanism with noise multiplier ``z``.
+
+Accounting (user-level, add/remove-one-user, every user the same ε; ε grows with every round
+whether or not a given user was sampled, which is what subsampling amplification needs):
+
+- ``client_sampling="poisson"`` (each client independently with probability ``q = clients_per_round
+  / clients``, the sampling of McMahan et al. 2018): exactly the Poisson-subsampled Gaussian
+  mechanism Opacus' accountants analyse, ``(z, q)`` per round.  Reported as ``user_epsilon``.
+- ``client_sampling="fixed"`` (exactly ``m`` of ``N`` without replacement): Opacus' accountants do
+  not analyse this sampling, so we do not pretend they do.  We report a bound that holds for it:
+  a user's presence changes the sampled sum by at most ``2·clip`` under the coupling that swaps it
+  for another user (Balle, Barthe, Gaboardi, "Privacy Amplification by Subsampling", NeurIPS 2018),
+  and the mixture over samples is no less private than its worst component (joint quasi-convexity
+  of Rényi divergence), so each round is at least as private as an *unsampled* Gaussian mechanism
+  with noise multiplier ``z/2`` (``q = 1`` in the accountant).  This forgoes amplification and is
+  loose; the Poisson figure at ``q = m/N`` is written to the ledger as ``epsilon_if_poisson`` for
+  comparison only.  Prefer Poisson sampling with central DP.
+
+Every round must go through the server update, including a round where no client was sampled or
+every sampled client dropped out: its output is the noise alone.  Skipping it would reveal that
+the sample was empty and is not the mechanism analysed.
+
+Noise is drawn from a seeded ``torch.Generator`` (DP noise, not a cryptographic secret:
+reproducible, and not hardened against floating-point attacks on the Gaussian sampler).
+The train loss the clients report alongside is *not* covered by this guarantee.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from securefl.config import CLIENT_SAMPLING
+from securefl.errors import ConfigError
+from securefl.fl.types import Aggregate, Contribution, Update
+from securefl.privacy.ledger import epsilon_spent, validate_accountant
+
+CLIP_MARGIN = 1e-6
+"""Relative margin of the clip factor, so float32 rounding never lifts a clipped norm above clip."""
+
+
+def clip_to_norm(vector: torch.Tensor, clip_norm: float) -> torch.Tensor:
+    """``vector`` scaled to L2 norm at most ``clip_norm`` (a copy, unchanged when already inside)."""
+    norm = float(vector.detach().double().norm())
+    if norm <= clip_norm:
+        return vector.clone()
+    return vector * (clip_norm / norm * (1 - CLIP_MARGIN))
+
+
+class ClipUpdate:
+    """DP-FedAvg's client side: send the update clipped to ``clip_norm``, with weight 1."""
+
+    def __init__(self, clip_norm: float) -> None:
+        if not (clip_norm > 0 and math.isfinite(clip_norm)):
+            raise ConfigError(f"clip norm {clip_norm} <= 0: use a positive --clip-norm")
+        self.clip_norm = float(clip_norm)
+
+    def __call__(self, update: Update) -> Contribution:
+        return Contribution(
+            client_id=update.client_id,
+            weighted_delta=clip_to_norm(update.delta, self.clip_norm),
+            weight=1.0,
+            train_loss=update.train_loss,
+        )
+
+
+class DPFedAvgServerUpdate:
+    """DP-FedAvg's server side: noise the sum of clipped updates, divide by the expected count.
+
+    Implements :class:`~securefl.fl.types.ServerUpdate` and
+    :class:`~securefl.fl.types.PrivacyAccounting`.  Each call is one round.
+    """
+
+    def __init__(
+        self,
+        *,
+        noise_multiplier: float,
+        clip_norm: float,
+        delta: float,
+        clients: int,
+        clients_per_round: float,
+        client_sampling: str = "poisson",
+        generator: torch.Generator,
+        accountant: str = "rdp",
+    ) -> None:
+        if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
+            raise ConfigError(
+                f"central noise multiplier {noise_multiplier} < 0: use --central-noise-multiplier 0 or more"
+            )
+        if not (clip_norm > 0 and math.isfinite(clip_norm)):
+            raise ConfigError(f"clip norm {clip_norm} <= 0: use a positive --clip-norm")
+        if not 0 < delta < 1:
+            raise ConfigError(f"delta {delta} is outside (0, 1): set --central-delta")
+        if clients < 1:
+            raise ConfigError(f"clients {clients} < 1: use --clients 1 or more")
+        if not 0 < clients_per_round <= clients:
+            raise ConfigError(
+                f"clients per round {clients_per_round} must be in (0, {clients}]: change --clients-per-round"
+            )
+        if client_sampling not in CLIENT_SAMPLING:
+            raise ConfigError(
+                f"unknown client sampling {client_sampling!r}: choose one of {', '.join(CLIENT_SAMPLING)}"
+            )
+        if not delta < 1 / clients:
+            raise ConfigError(
+                f"central delta {delta:g} >= 1/clients = {1 / clients:.3g}: with user-level "
+                f"DP δ must be < 1/N (or one user's data may leak outright): lower "
+                f"--central-delta below {1 / clients:.3g}"
+            )
+        self.noise_multiplier = float(noise_multiplier)
+        self.clip_norm = float(clip_norm)
+        self.delta = float(delta)
+        self.clients = int(clients)
+        self.expected_clients = float(clients_per_round)
+        self.client_sampling = client_sampling
+        self.accountant = validate_accountant(accountant)
+        self.generator = generator
+        self.rounds = 0
+        self._epsilons: list[float] = []
+
+    @property
+    def sample_rate(self) -> float:
+        """``q``: the probability that a given client is sampled in a round."""
+        return self.expected_clients / self.clients
+
+    @property
+    def noise_std(self) -> float:
+        """Std of the noise on the averaged update: ``z · clip / (q·N)``."""
+        return self.noise_multiplier * self.clip_norm / self.expected_clients
+
+    def __call__(self, global_params: torch.Tensor, aggregate: Aggregate) -> torch.Tensor:
+        survivors = len(aggregate.survivors)
+        if abs(aggregate.weight_sum - survivors) > 1e-3 * max(1, survivors):
+            raise ValueError(
+                f"DP-FedAvg needs each client to send its clipped update with weight 1 (ClipUpdate); "
+                f"the aggregate has weight {aggregate.weight_sum} for {survivors} clients"
+            )
+        total = aggregate.weighted_delta_sum
+        noise = (
+            torch.normal(
+                mean=0.0,
+                std=self.noise_multiplier * self.clip_norm,
+                size=total.shape,
+                generator=self.generator,
+                dtype=total.dtype,
+            )
+            if self.noise_multiplier > 0
+            else torch.zeros_like(total)
+        )
+        self.rounds += 1
+        self._epsilons.append(self.epsilon_after(self.rounds))
+        return global_params + (total + noise) / self.expected_clients
+
+    def empty_aggregate(self, like: torch.Tensor) -> Aggregate:
+        """The aggregate of a round in which no client's update arrived (noise is still added)."""
+        return Aggregate(
+            weighted_delta_sum=torch.zeros_like(like), weight_sum=0.0, survivors=(), train_loss_sum=0.0
+        )
+
+    def epsilon_after(self, rounds: int) -> float:
+        """User-level ε after ``rounds`` rounds (see the module docstring for the sampling cases)."""
+        if self.client_sampling == "poisson":
+            return self._poisson_epsilon(rounds)
+        if rounds == 0:
+            return 0.0
+        return epsilon_spent(
+            ((self.noise_multiplier / 2, 1.0, rounds),), accountant=self.accountant, delta=self.delta
+        )
+
+    def _poisson_epsilon(self, rounds: int) -> float:
+        if rounds == 0:
+            return 0.0
+        return epsilon_spent(
+            ((self.noise_multiplier, self.sample_rate, rounds),), accountant=self.accountant, delta=self.delta
+        )
+
+    def round_metrics(self) -> dict[str, float]:
+        return {
+            "user_epsilon": self._epsilons[-1] if self._epsilons else 0.0,
+            "user_delta": self.delta,
+            "central_noise_std": self.noise_std,
+        }
+
+    def ledger(self) -> dict:
+        epsilon = self._epsilons[-1] if self._epsilons else 0.0
+        fixed = self.client_sampling == "fixed"
+        return {
+            "user_level": {
+                "mechanism": "DP-FedAvg (McMahan et al. 2018): clipped updates, Gaussian noise on "
+                "the sum, fixed denominator",
+                "client_sampling": self.client_sampling,
+                "accounting": (
+                    "fixed-size sampling: bound without subsampling amplification, Gaussian "
+                    "mechanism with noise multiplier z/2 per round (substitution sensitivity 2*clip)"
+                    if fixed
+                    else "Poisson-subsampled Gaussian mechanism, (z, q) per round"
+                ),
+                "accountant": self.accountant,
+                "delta": self.delta,
+                "noise_multiplier": self.noise_multiplier,
+                "clip_norm": self.clip_norm,
+                "sample_rate": self.sample_rate,
+                "expected_clients_per_round": self.expected_clients,
+                "noise_std_on_average": self.noise_std,
+                "rounds": self.rounds,
+                "epsilon": _json_float(epsilon),
+                "epsilon_after_each_round": [_json_float(e) for e in self._epsilons],
+                **({"epsilon_if_poisson": _json_float(self._poisson_epsilon(self.rounds))} if fixed else {}),
+            }
+        }
+
+
+def _json_float(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+__all__ = ["ClipUpdate", "DPFedAvgServerUpdate", "clip_to_norm"]
