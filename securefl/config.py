@@ -118,15 +118,18 @@ class SecAggConfig:
         if self.neighbors is not None:
             _require(self.neighbors >= 1, f"secagg neighbors {self.neighbors} < 1")
 
-    def threshold_count(self, clients: int) -> int:
-        """The threshold as a client count: a fraction in (0, 1) of ``clients``, or a count >= 1.
+    def share_holders(self, clients: int) -> int:
+        """Holders of each client's shares: its SecAgg+ neighbours and itself, or every client."""
+        return clients if self.neighbors is None else min(self.neighbors + 1, clients)
 
-        The default is a strict majority of the round's clients.
-        """
+    def threshold_count(self, clients: int) -> int:
+        """The Shamir threshold for a round of ``clients``: a fraction in (0, 1) of the share
+        holders, or a count >= 1; by default a strict majority of the share holders."""
+        holders = self.share_holders(clients)
         if self.threshold is None:
-            return clients // 2 + 1
+            return holders // 2 + 1
         if self.threshold < 1:
-            return max(1, math.ceil(self.threshold * clients - 1e-9))
+            return max(1, math.ceil(self.threshold * holders - 1e-9))
         _require(
             float(self.threshold).is_integer(),
             f"secagg threshold {self.threshold} is neither a fraction in (0, 1) nor a whole client count",
@@ -298,6 +301,7 @@ def _build(flat: dict[str, Any]) -> RunConfig:
     top_level = {f.name for f in fields(RunConfig)} - set(_SECTIONS)
     top: dict[str, Any] = {}
     section_values: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    given: dict[str, list[str]] = {name: [] for name in _SECTIONS}
     enabled = {name: bool(flat.get(name, False)) for name in _SECTIONS}
     for key, value in flat.items():
         if key in _SECTIONS:
@@ -308,10 +312,12 @@ def _build(flat: dict[str, Any]) -> RunConfig:
         section, _, sub_key = key.partition(".")
         if sub_key and section in _SECTIONS:
             section_values[section][sub_key] = value
+            given[section].append(sub_key)
             continue
         for name, mapping in _SECTION_FLAGS.items():
             if key in mapping:
                 section_values[name][mapping[key]] = value
+                given[name].append(key)
                 break
         else:
             valid = sorted(top_level | set(_SECTIONS) | {k for m in _SECTION_FLAGS.values() for k in m})
@@ -321,8 +327,8 @@ def _build(flat: dict[str, Any]) -> RunConfig:
             )
     sections: dict[str, Any] = {}
     for name, values in section_values.items():
-        if values and not enabled[name]:
-            knobs = ", ".join("--" + k.replace("_", "-") for k in values)
+        if given[name] and not enabled[name]:
+            knobs = ", ".join("--" + k.replace("_", "-") for k in given[name])
             raise ConfigError(
                 f"{knobs} given without {_FLAG_OF_SECTION[name]}: add {_FLAG_OF_SECTION[name]} or drop them"
             )

@@ -10,19 +10,22 @@ from securefl.data import DATASETS
 
 def datasets() -> None:
     """List the data sets securefl can load, with size, shape and task."""
-    table = Table(title="securefl data sets")
+    table = Table(title="securefl data sets", show_lines=False)
     table.add_column("name", no_wrap=True, style="bold")
-    for column in ("task", "shape", "outputs", "size", "needs --data-dir"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("description", ratio=1)
+    table.add_column("task", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    table.add_column("size", no_wrap=True)
+    table.add_column("source", no_wrap=True)
     for info in DATASETS.values():
+        task = f"{info.num_outputs} classes" if info.task == "classification" else "regression"
         table.add_row(
             info.name,
-            info.task,
+            task,
             "×".join(str(d) for d in info.input_shape),
-            str(info.num_outputs),
             info.size,
-            "yes" if info.needs_data_dir else "no",
-            info.description,
+            "data dir" if info.needs_data_dir else "bundled",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for info in DATASETS.values():
+        console.print(f"[bold]{info.name}[/]: {info.description}", highlight=False)

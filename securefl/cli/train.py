@@ -45,6 +45,22 @@ def train(
         bool | None, Opt("--download/--no-download", help="Allow torchvision to download.")
     ] = None,
     threads: Annotated[int | None, Opt(help="torch intra-op threads. [default: 1]")] = None,
+    secagg: Annotated[
+        bool | None, Opt("--secagg/--no-secagg", help="Sum updates by secure aggregation.")
+    ] = None,
+    secagg_threshold: Annotated[
+        float | None,
+        Opt(help="Shamir threshold: a fraction in (0, 1) or a client count. [default: majority]"),
+    ] = None,
+    secagg_neighbors: Annotated[
+        int | None, Opt(help="SecAgg+ neighbours per client (even). [default: all clients]")
+    ] = None,
+    secagg_bits: Annotated[int | None, Opt(help="Ring size in bits, 8..62. [default: 32]")] = None,
+    secagg_clip: Annotated[float | None, Opt(help="Per-coordinate update clip. [default: 1.0]")] = None,
+    dropout_rate: Annotated[float | None, Opt(help="Simulated dropout per client and round.")] = None,
+    active_adversary: Annotated[
+        bool | None, Opt("--active-adversary", help="Signed consistency check against a lying server.")
+    ] = None,
     out: Annotated[Path | None, Opt(help="Run directory. [default: runs/<timestamp>]")] = None,
     overwrite: Annotated[bool, Opt(help="Replace a non-empty --out directory.")] = False,
     config: Annotated[Path | None, Opt(help="TOML file with the same keys as these flags.")] = None,
@@ -102,25 +118,37 @@ def _status(record: dict[str, Any]) -> str:
     return text
 
 
+SUMMARY_COLUMNS = (
+    "round",
+    "clients",
+    "survivors",
+    "status",
+    "train_loss",
+    "test_accuracy",
+    "test_loss",
+    "test_mse",
+    "test_r2",
+    "epsilon_max",
+    "epsilon_median",
+    "user_epsilon",
+    "secagg_bytes_up_per_client",
+    "seconds",
+)
+
+
 def _summary(history: History) -> Table:
+    """One row per round; a column appears when some round has that figure."""
     table = Table(title="securefl train")
     records = history.records
-    regression = bool(records) and "test_mse" in records[0]
-    metric_columns = ["test_mse", "test_r2"] if regression else ["test_accuracy", "test_loss"]
-    optional = [
-        c
-        for c in ("epsilon_max", "epsilon_median", "user_epsilon", "survivors")
-        if records and c in records[-1]
-    ]
-    for column in ["round", "clients", "train_loss", *metric_columns, *optional, "seconds"]:
-        table.add_column(column, justify="right")
+    columns = [c for c in SUMMARY_COLUMNS if any(c in r for r in records)]
+    if all(r.get("status") == "ok" for r in records) and "status" in columns:
+        columns.remove("status")
+    if "secagg_bytes_up_per_client" not in columns and "survivors" in columns:
+        columns.remove("survivors")  # plain aggregation: everybody sampled is aggregated
+    for column in columns:
+        table.add_column(column.replace("secagg_bytes_up_per_client", "bytes up/client"), justify="right")
     for record in records:
-        table.add_row(
-            *(
-                _cell(record.get(c))
-                for c in ["round", "clients", "train_loss", *metric_columns, *optional, "seconds"]
-            )
-        )
+        table.add_row(*(_cell(record.get(c)) for c in columns))
     return table
 
 

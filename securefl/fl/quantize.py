@@ -50,9 +50,9 @@ class FixedPointCodec:
         return cls(bounds=bounds.to(torch.float64), level=level_for(bits=bits, num_clients=num_clients))
 
     @property
-    def input_bound(self) -> int:
-        """Every encoded value is strictly below this (what the protocol's overflow proof takes)."""
-        return 2 * self.level + 1
+    def max_value(self) -> int:
+        """Every encoded value lies in ``[0, max_value]`` (the protocol's ``input_bound``)."""
+        return 2 * self.level
 
     @property
     def step(self) -> torch.Tensor:

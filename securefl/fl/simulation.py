@@ -26,6 +26,7 @@ from securefl.errors import ThresholdNotMetError
 from securefl.fl.client import LocalSGDTrainer
 from securefl.fl.fedavg import ClientSampler, PlainSum, WeightedMean, weight_by_samples
 from securefl.fl.history import History
+from securefl.fl.secure_channel import SecureAggregationChannel
 from securefl.fl.types import (
     AggregationChannel,
     ClientShard,
@@ -97,6 +98,15 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
         momentum=0.0 if fedsgd else config.momentum,
         weight_decay=config.weight_decay,
     )
+    channel: AggregationChannel = PlainSum()
+    if config.secagg is not None:
+        channel = SecureAggregationChannel(
+            config=config.secagg,
+            num_params=sum(p.numel() for p in trainer.model.parameters()),
+            weight_bound=max(len(s) for s in shards),
+            clients_per_round=config.sampled_clients,
+            seed=config.seed,
+        )
     return Federation(
         config=config,
         dataset=dataset,
@@ -105,7 +115,7 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
         eval_model=new_model(),
         trainer=trainer,
         transform=weight_by_samples,
-        channel=PlainSum(),
+        channel=channel,
         server_update=WeightedMean(),
         sampler=ClientSampler(
             num_clients=config.clients, per_round=config.sampled_clients, scheme="fixed", seed=config.seed
@@ -190,6 +200,7 @@ def run_simulation(
             except ThresholdNotMetError as error:
                 record["status"] = "aborted"
                 record["abort_reason"] = str(error)
+                record.update(getattr(error, "details", {}))
                 aggregate = None
             del contributions
             if aggregate is not None:
@@ -200,7 +211,7 @@ def run_simulation(
         else:
             record["status"] = "empty"
         record.setdefault("bytes_up", 0)
-        record["bytes_down"] = len(sampled) * param_bytes
+        record["bytes_down"] = len(sampled) * param_bytes + record.get("bytes_down", 0)
         for accountant in accountants:
             record.update(accountant.round_metrics())
         record.update(evaluate(fed.eval_model, params, fed.dataset))

@@ -16,7 +16,12 @@ def test_train_writes_a_complete_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "curves.png", "metrics.jsonl", "model.safetensors", "partition.json", "partition.png",
+        "config.json",
+        "curves.png",
+        "metrics.jsonl",
+        "model.safetensors",
+        "partition.json",
+        "partition.png",
     ]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2]
@@ -66,6 +71,19 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         (["--lr", "-1"], "learning rate -1.0 <= 0"),
         (["--dataset", "mnist"], "--data-dir"),
         (["--dataset", "boston", "--model", "cnn"], "--model mlp"),
+        (["--secagg", "--secagg-threshold", "11"], "threshold 11 > clients per round 10"),
+        (["--secagg", "--secagg-neighbors", "10"], "lower --secagg-neighbors"),
+        (["--secagg", "--secagg-neighbors", "3"], "is odd"),
+        (["--secagg", "--secagg-bits", "7"], "outside 8..62"),
+        (["--secagg", "--secagg-bits", "63"], "outside 8..62"),
+        (["--secagg", "--secagg-clip", "0"], "secagg clip 0.0 <= 0"),
+        (["--secagg", "--dropout-rate", "1"], "outside [0, 1)"),
+        (["--secagg", "--dropout-rate", "-0.1"], "outside [0, 1)"),
+        (["--secagg", "--secagg-bits", "8", "--clients", "200"], "raise --secagg-bits"),
+        (["--secagg", "--secagg-bits", "12"], "largest client weight"),
+        (["--secagg", "--clients-per-round", "1"], "at least 2 clients per round"),
+        (["--secagg-bits", "16"], "--secagg-bits given without --secagg"),
+        (["--dropout-rate", "0.1"], "--dropout-rate given without --secagg"),
     ],
 )
 def test_bad_input_exits_2_with_a_one_line_message(tmp_path, capsys, args, fragment):
@@ -81,7 +99,9 @@ def test_empty_data_dir_without_download(tmp_path, capsys):
     empty = tmp_path / "data"
     empty.mkdir()
     for dataset in ("mnist", "cifar10"):
-        assert main(["train", "--dataset", dataset, "--data-dir", str(empty), "--out", str(tmp_path / "r")]) == 2
+        assert (
+            main(["train", "--dataset", dataset, "--data-dir", str(empty), "--out", str(tmp_path / "r")]) == 2
+        )
         message = " ".join(capsys.readouterr().err.split())
         assert "--download" in message
 
@@ -109,3 +129,16 @@ def test_datasets_lists_every_registry_entry(capsys):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in DATASETS)
+
+
+def test_secagg_run_records_survivors_dropouts_bytes_and_step_times(tmp_path):
+    out = tmp_path / "run"
+    args = [*SMALL, "--clients", "5", "--secagg", "--dropout-rate", "0.2", "--secagg-threshold", "3"]
+    assert main(["train", *args, "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        assert record["status"] in {"ok", "aborted"}
+        assert {"dropouts", "bytes_up", "bytes_down", "secagg_server_seconds"} <= record.keys()
+        if record["status"] == "ok":
+            assert 3 <= record["survivors"] <= 5
+            assert set(record["secagg_client_seconds"]) >= {"advertise_keys", "masked_input"}

@@ -39,7 +39,7 @@ def test_decoded_sum_is_within_one_step_per_client(bits, clients, seed, scale):
     ]
     encoded = [codec.encode(v, generator=generator) for v in vectors]
     for e in encoded:
-        assert e.dtype == np.uint64 and int(e.max()) < codec.input_bound
+        assert e.dtype == np.uint64 and int(e.max()) <= codec.max_value
     exact_sums = np.stack(encoded).astype(object).sum(axis=0)  # Python ints: no wrap possible
     assert max(exact_sums) < 2**bits
     total = np.stack(encoded).sum(axis=0) % np.uint64(2**bits)

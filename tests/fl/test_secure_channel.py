@@ -1,0 +1,136 @@
+"""FedAvg through secure aggregation (issue 5): same model as plain FedAvg up to the quantization
+bound, survivors-only rounds under dropout, unchanged model below threshold, and a server side
+that never holds one client's update."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from securefl.config import RunConfig, SecAggConfig
+from securefl.fl.fedavg import WeightedMean
+from securefl.fl.secure_channel import SecureAggregationChannel
+from securefl.fl.simulation import build_federation, run_simulation
+from securefl.fl.types import Contribution
+from securefl.fl.vectors import to_vector
+from securefl.protocols.secagg import ServerProtocol, ring
+from securefl.protocols.secagg.messages import MaskedInput
+
+
+def _contributions(count: int, size: int, seed: int = 0) -> list[Contribution]:
+    generator = torch.Generator().manual_seed(seed)
+    contributions = []
+    for client in range(count):
+        weight = float(torch.randint(5, 60, (1,), generator=generator))
+        delta = (torch.rand(size, generator=generator) - 0.5) * 0.6
+        contributions.append(Contribution(client, delta * weight, weight, float(client)))
+    return contributions
+
+
+def _exact_fedavg(contributions: list[Contribution], size: int) -> torch.Tensor:
+    """FedAvg of ``contributions`` from a zero model, in float64: the independent reference."""
+    total = sum(c.weighted_delta.double() for c in contributions)
+    return total / sum(c.weight for c in contributions) if contributions else torch.zeros(size)
+
+
+def _assert_within(got: torch.Tensor, exact: torch.Tensor, bound: float) -> None:
+    """``got`` is ``exact`` up to the quantization bound plus float32 rounding of the result."""
+    slack = bound + 4 * torch.finfo(torch.float32).eps * exact.abs()
+    assert torch.all((got.double() - exact).abs() <= slack)
+
+
+def _channel(size: int, clients: int, **secagg) -> SecureAggregationChannel:
+    return SecureAggregationChannel(
+        config=SecAggConfig(**secagg), num_params=size, weight_bound=60, clients_per_round=clients, seed=0
+    )
+
+
+@pytest.mark.parametrize("secagg", [{}, {"bits": 20}, {"neighbors": 4}, {"active_adversary": True}])
+def test_secure_round_equals_plain_fedavg_within_the_quantization_bound(secagg):
+    contributions = _contributions(8, 300)
+    start = torch.zeros(300)
+    aggregate = _channel(300, 8, **secagg).aggregate(contributions, round_index=1)
+    secure = WeightedMean()(start, aggregate)
+    bound = aggregate.details["quantization_error_bound"]
+    assert 0 < bound < 1e-2
+    _assert_within(secure, _exact_fedavg(contributions, 300), bound)
+    assert aggregate.weight_sum == sum(c.weight for c in contributions)  # integers: exact
+    loss_step = float(_channel(300, 8, **secagg).codec_for(8).step[301])
+    expected_loss = sum(c.train_loss * c.weight for c in contributions)
+    assert aggregate.train_loss_sum == pytest.approx(expected_loss, abs=8 * loss_step)
+
+
+def test_dropouts_give_fedavg_over_the_survivors():
+    contributions = _contributions(10, 200, seed=1)
+    aggregate = _channel(200, 10, dropout_rate=0.3, threshold=0.5).aggregate(contributions, round_index=3)
+    survivors = set(aggregate.survivors)
+    assert 5 <= len(survivors) < 10  # the seeded plan for round 3 drops some, keeps a quorum
+    assert sum(aggregate.details["dropouts"].values()) >= 10 - len(survivors)
+    kept = [c for c in contributions if c.client_id in survivors]
+    got = WeightedMean()(torch.zeros(200), aggregate)
+    _assert_within(got, _exact_fedavg(kept, 200), aggregate.details["quantization_error_bound"])
+
+
+def test_clip_binds_and_is_reported():
+    contributions = _contributions(4, 100)
+    aggregate = _channel(100, 4, clip=0.1).aggregate(contributions, round_index=1)
+    clipped = [((c.weighted_delta / c.weight).abs() > 0.1).float().mean() for c in contributions]
+    assert aggregate.details["secagg_clipped_fraction"] == pytest.approx(float(sum(clipped) / 4), abs=1e-3)
+    assert torch.all(aggregate.weighted_delta_sum.abs() <= 0.1 * aggregate.weight_sum + 1e-3)
+
+
+def test_run_matches_plain_fedavg_and_aborted_rounds_leave_the_model_unchanged():
+    base = {"dataset": "digits", "model": "mlp", "clients": 6, "rounds": 2, "local_epochs": 1, "seed": 2}
+    plain = run_simulation(RunConfig(**base))
+    secure = run_simulation(RunConfig(**base, secagg=SecAggConfig()))
+    assert torch.allclose(
+        to_vector(plain.model.parameters()), to_vector(secure.model.parameters()), atol=1e-5
+    )
+    assert [r["survivors"] for r in secure.records] == [6, 6]
+
+    config = RunConfig(**base, secagg=SecAggConfig(threshold=6, dropout_rate=0.6))
+    initial = to_vector(build_federation(config).eval_model.parameters())
+    history = run_simulation(config)
+    assert [r["status"] for r in history.records] == ["aborted", "aborted"]
+    assert torch.equal(to_vector(history.model.parameters()), initial)
+    assert all("abort_step" in r for r in history.records)
+
+
+def test_server_side_never_holds_an_individual_update(monkeypatch):
+    """Every vector the protocol server receives or keeps is masked: none equals a client's input,
+    and the strategy is handed only the Aggregate (sums)."""
+    contributions = _contributions(5, 64, seed=4)
+    channel = _channel(64, 5)
+    encoded = {c.client_id: channel._encode(c, channel.codec_for(5), 1) for c in contributions}
+    received: list[np.ndarray] = []
+    original_receive = ServerProtocol.receive
+
+    def spy(self, message):
+        if isinstance(message, MaskedInput):
+            received.append(ring.unpack(message.packed, bits=message.bits, length=message.length))
+        result = original_receive(self, message)
+        for value in vars(self).values():  # whatever the server keeps between messages
+            if isinstance(value, np.ndarray) and value.shape == (67,):
+                received.append(value.copy())
+        return result
+
+    monkeypatch.setattr(ServerProtocol, "receive", spy)
+    aggregate = channel.aggregate(contributions, round_index=1)
+    assert len(received) >= 5
+    for vector in received:
+        for inp in encoded.values():
+            assert not np.array_equal(vector.astype(np.uint64), inp)
+            # a masked vector agrees with the input on about 2^-32 of coordinates, not more
+            assert np.mean(vector.astype(np.uint64) == inp) < 0.1
+    handed = []
+    monkeypatch.setattr(WeightedMean, "__call__", lambda self, params, agg: handed.append(agg) or params)
+    WeightedMean()(torch.zeros(64), aggregate)
+    assert handed == [aggregate]
+    assert {f for f in vars(aggregate)} == {
+        "weighted_delta_sum",
+        "weight_sum",
+        "survivors",
+        "train_loss_sum",
+        "details",
+    }
