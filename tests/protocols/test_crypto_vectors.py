@@ -146,3 +146,20 @@ def test_shamir_frozen_vector():
         assert shamir.reconstruct_secret({x: shares[x] for x in subset}) == secret
     for subset in itertools.combinations(sorted(shares), threshold - 1):
         assert shamir.reconstruct_secret({x: shares[x] for x in subset}) != secret
+
+
+@pytest.mark.parametrize("base_dtype", [np.uint8, np.uint16, np.uint32, np.uint64])
+def test_apply_masks_from_a_base_vector(base_dtype):
+    source = DeterministicRandom(f"apply masks base {base_dtype.__name__}")
+    length = 70_001
+    masks = [(source(32), 1), (source(32), -1)]
+    base = np.frombuffer(source(length * 8), dtype=np.uint64) % np.uint64(np.iinfo(base_dtype).max)
+    base = base.astype(base_dtype)
+    vector = np.empty(length, dtype=np.uint32)
+    prg.apply_masks(vector, masks, base=base)
+    expected = base.astype(np.uint32)
+    prg.apply_masks(expected, masks)
+    assert np.array_equal(vector, expected)
+    unmasked = np.empty(length, dtype=np.uint32)
+    prg.apply_masks(unmasked, [], base=base)
+    assert np.array_equal(unmasked, base.astype(np.uint32))

@@ -73,28 +73,40 @@ def expand_mask(key: bytes, *, length: int, dtype: np.dtype | type) -> np.ndarra
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
 
 
-def apply_masks(vector: np.ndarray, masks: Sequence[tuple[bytes, int]]) -> None:
+def apply_masks(
+    vector: np.ndarray, masks: Sequence[tuple[bytes, int]], *, base: np.ndarray | None = None
+) -> None:
     """In place, ``vector += sign * PRG(key)`` modulo the word size for every ``(key, sign)``.
 
-    ``vector`` is a C-contiguous 1-D uint32 or uint64 array; ``sign`` is +1 or -1.  Results are
-    exact modulo 2**32 / 2**64 and so modulo ``2**bits`` for any ``bits`` up to the word size.
+    ``vector`` is a C-contiguous 1-D uint32 or uint64 array; ``sign`` is +1 or -1.  With ``base``
+    (an unsigned vector of the same length), ``vector`` is first set to ``base`` in the same pass,
+    saving a full copy.  Results are exact modulo 2**32 / 2**64 and so modulo ``2**bits`` for any
+    ``bits`` up to the word size.
     """
     if vector.ndim != 1 or not vector.flags.c_contiguous:
         raise ValueError("apply_masks needs a C-contiguous 1-D vector")
     if vector.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
         raise ValueError(f"apply_masks works on uint32/uint64 vectors, not {vector.dtype}")
-    if not masks:
-        return
+    if base is not None and (base.shape != vector.shape or base.dtype.kind != "u"):
+        raise ValueError("base must be an unsigned vector of the same length")
     for _, sign in masks:
         if sign not in (1, -1):
             raise ValueError(f"mask sign must be +1 or -1, not {sign}")
+    if not masks:
+        if base is not None:
+            np.copyto(vector, base, casting="same_kind")
+        return
     itemsize = vector.dtype.itemsize
     little_endian = vector.dtype.newbyteorder("<")
     chunk_words = CHUNK_BYTES // itemsize
     scratch = keystream_buffer(CHUNK_BYTES)
     scratch_words = np.frombuffer(scratch, dtype=little_endian, count=chunk_words)
     zeros = memoryview(_ZEROS)
-    streams = [(_encryptor(key), sign) for key, sign in masks]
+    # Bound methods and ufuncs hoisted out of the hot loop: per chunk and mask, one keystream
+    # call into the cached scratch buffer and one in-place add or subtract.
+    streams = [(_encryptor(key).update_into, np.add if sign == 1 else np.subtract)
+               for key, sign in masks]
+    first_update, first_combine = streams[0]
     length = vector.shape[0]
     for start in range(0, length, chunk_words):
         stop = min(start + chunk_words, length)
@@ -102,9 +114,11 @@ def apply_masks(vector: np.ndarray, masks: Sequence[tuple[bytes, int]]) -> None:
         target = vector[start:stop]
         words = scratch_words if count == chunk_words else scratch_words[:count]
         data = zeros if count == chunk_words else zeros[: count * itemsize]
-        for encryptor, sign in streams:
-            encryptor.update_into(data, scratch)
-            if sign == 1:
-                np.add(target, words, out=target)
-            else:
-                np.subtract(target, words, out=target)
+        first_update(data, scratch)
+        if base is None:
+            first_combine(target, words, out=target)
+        else:
+            first_combine(base[start:stop], words, out=target, casting="same_kind")
+        for update_into, combine in streams[1:]:
+            update_into(data, scratch)
+            combine(target, words, out=target)

@@ -288,7 +288,8 @@ class ClientProtocol:
             self._open(record, round_id)
 
         vector = self._input
-        masked = vector.astype(self.params.word_dtype, copy=True)
+        if vector.dtype.kind != "u":  # validated non-negative: reinterpret as ring words
+            vector = vector.astype(self.params.word_dtype)
         self_key = keys.derive_key(self._self_mask_seed, purpose=KeyPurpose.SELF_MASK,
                                    round_id=round_id, parties=(self.client_id,))
         masks = [(self_key, 1)]
@@ -296,7 +297,8 @@ class ClientProtocol:
             pair_key = keys.derive_key(self._mask_secrets[v], purpose=KeyPurpose.PAIRWISE_MASK,
                                        round_id=round_id, parties=tuple(sorted((self.client_id, v))))
             masks.append((pair_key, 1 if self.client_id < v else -1))
-        prg.apply_masks(masked, masks)
+        masked = np.empty(self.setup.vector_length, dtype=self.params.word_dtype)
+        prg.apply_masks(masked, masks, base=vector)
         ring.reduce_in_place(masked, self.params.bits)
         packed = ring.pack(masked, self.params.bits)
         # Masking done: the input, key-agreement secrets and seed are no longer needed.

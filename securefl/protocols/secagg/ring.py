@@ -64,13 +64,17 @@ def pack(vector: np.ndarray, bits: int) -> bytes:
 
 
 def unpack(data: bytes, *, bits: int, length: int) -> np.ndarray:
-    """Inverse of :func:`pack`: ``length`` coordinates as a word-dtype vector (a fresh copy)."""
+    """Inverse of :func:`pack`: ``length`` coordinates as a word-dtype vector.
+
+    For 32-bit packing on a little-endian machine this is a read-only view of ``data`` (no copy).
+    """
     if len(data) != packed_size(length, bits):
         raise ValueError(f"packed vector of {length} x {bits} bits must be "
                          f"{packed_size(length, bits)} bytes, got {len(data)}")
     dtype = word_dtype(bits)
     if bits in _BYTE_ALIGNED:
-        return np.frombuffer(data, dtype=_BYTE_ALIGNED[bits]).astype(dtype)
+        values = np.frombuffer(data, dtype=_BYTE_ALIGNED[bits])
+        return values if values.dtype == dtype else values.astype(dtype)
     group, group_bytes, group_words = _layout(bits)
     groups = -(-length // group)
     raw = np.zeros((groups, group_words * 8), dtype=np.uint8)
