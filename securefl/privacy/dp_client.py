@@ -239,8 +239,6 @@ class DPSGDTrainer:
             client_sizes=client_sizes,
             budget=config.target_epsilon,
         )
-        self._latest_round: int | None = None
-        self._trained_in_latest_round: set[int] = set()
         if config.accountant == "gdp":
             log.warning(
                 "the gdp accountant is an approximation that can underestimate ε "
@@ -340,10 +338,6 @@ class DPSGDTrainer:
 
         delta = to_vector(self._parameters) - global_params
         self._ledger = ledger
-        if round_index != self._latest_round:
-            self._latest_round = round_index
-            self._trained_in_latest_round = set()
-        self._trained_in_latest_round.add(client_id)
         return Update(
             client_id=client_id,
             delta=delta,
@@ -358,13 +352,12 @@ class DPSGDTrainer:
         return self._ledger.epsilon(client_id)
 
     def round_metrics(self) -> dict[str, float]:
+        """Max and median ε over every client (0 for those never trained so far), and δ."""
         summary = self._ledger.summary()
         return {
-            "sample_epsilon_max": summary["epsilon_max"],
-            "sample_epsilon_median": summary["epsilon_median"],
-            "sample_delta": self._ledger.delta,
-            "dp_clients_trained": float(len(self._trained_in_latest_round)),
-            "dp_clients_out_of_budget": float(len(self._ledger.excluded)),
+            "epsilon_max": summary["epsilon_max"],
+            "epsilon_median": summary["epsilon_median"],
+            "delta": self._ledger.delta,
         }
 
     def ledger(self) -> dict:

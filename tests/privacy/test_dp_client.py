@@ -55,9 +55,9 @@ def test_reported_epsilon_equals_opacus_accountant(accountant):
     assert trainer.epsilon(0) == pytest.approx(expected_0, rel=1e-9)
     assert trainer.epsilon(1) == pytest.approx(expected_1, rel=1e-9)
     metrics = trainer.round_metrics()
-    assert metrics["sample_epsilon_max"] == pytest.approx(max(expected_0, expected_1), rel=1e-9)
-    assert metrics["sample_epsilon_median"] == pytest.approx((expected_0 + expected_1) / 2, rel=1e-9)
-    assert metrics["sample_delta"] == 1e-3
+    assert metrics["epsilon_max"] == pytest.approx(max(expected_0, expected_1), rel=1e-9)
+    assert metrics["epsilon_median"] == pytest.approx((expected_0 + expected_1) / 2, rel=1e-9)
+    assert metrics["delta"] == 1e-3
 
 
 def test_epsilon_grows_with_rounds_taken_not_rounds_skipped():
@@ -133,7 +133,7 @@ def test_target_epsilon_ends_at_target_and_budget_stops_the_client():
     assert ledger["excluded_clients"] == [0, 1]
     assert ledger["clients"]["0"]["excluded"]["after_rounds"] == rounds
     assert ledger["clients"]["0"]["excluded"]["would_be_epsilon"] > target
-    assert trainer.round_metrics()["dp_clients_out_of_budget"] == 2
+    assert trainer.privacy_ledger.excluded == (0, 1)
 
 
 def test_budget_check_happens_before_the_round_that_would_exceed_it():
