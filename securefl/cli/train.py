@@ -45,6 +45,23 @@ def train(
         bool | None, Opt("--download/--no-download", help="Allow torchvision to download.")
     ] = None,
     threads: Annotated[int | None, Opt(help="torch intra-op threads. [default: 1]")] = None,
+    dp: Annotated[
+        bool | None, Opt("--dp/--no-dp", help="Sample-level DP-SGD on every client (Opacus).")
+    ] = None,
+    noise_multiplier: Annotated[float | None, Opt(help="DP-SGD noise multiplier. [default: 1.0]")] = None,
+    max_grad_norm: Annotated[float | None, Opt(help="DP-SGD per-sample clip norm. [default: 1.0]")] = None,
+    delta: Annotated[float | None, Opt(help="DP-SGD δ, below 1/samples per client. [default: 1e-5]")] = None,
+    accountant: Annotated[str | None, Opt(help="rdp | prv | gdp. [default: rdp]")] = None,
+    target_epsilon: Annotated[
+        float | None, Opt(help="Pick the noise so a client in every round ends at this ε; enforce it.")
+    ] = None,
+    central_dp: Annotated[
+        bool | None, Opt("--central-dp/--no-central-dp", help="User-level DP-FedAvg at the server.")
+    ] = None,
+    central_noise_multiplier: Annotated[float | None, Opt(help="DP-FedAvg noise z. [default: 1.0]")] = None,
+    clip_norm: Annotated[float | None, Opt(help="DP-FedAvg client update clip. [default: 1.0]")] = None,
+    central_delta: Annotated[float | None, Opt(help="User-level δ, below 1/clients. [default: 1e-5]")] = None,
+    client_sampling: Annotated[str | None, Opt(help="poisson | fixed. [default: poisson]")] = None,
     secagg: Annotated[
         bool | None, Opt("--secagg/--no-secagg", help="Sum updates by secure aggregation.")
     ] = None,
@@ -113,27 +130,29 @@ def _status(record: dict[str, Any]) -> str:
         text = f"acc {record['test_accuracy']:.4f}  loss {record['test_loss']:.4f}"
     else:
         text = f"mse {record['test_mse']:.4f}  r2 {record['test_r2']:.4f}"
-    if "epsilon_max" in record:
-        text += f"  ε {record['epsilon_max']:.2f}"
+    if "sample_epsilon_max" in record:
+        text += f"  ε {record['sample_epsilon_max']:.2f}"
+    if "user_epsilon" in record:
+        text += f"  user ε {record['user_epsilon']:.2f}"
     return text
 
 
-SUMMARY_COLUMNS = (
-    "round",
-    "clients",
-    "survivors",
-    "status",
-    "train_loss",
-    "test_accuracy",
-    "test_loss",
-    "test_mse",
-    "test_r2",
-    "epsilon_max",
-    "epsilon_median",
-    "user_epsilon",
-    "secagg_bytes_up_per_client",
-    "seconds",
-)
+SUMMARY_COLUMNS = {
+    "round": "round",
+    "clients": "clients",
+    "survivors": "summed",
+    "status": "status",
+    "train_loss": "train loss",
+    "test_accuracy": "test acc",
+    "test_loss": "test loss",
+    "test_mse": "test mse",
+    "test_r2": "test r2",
+    "sample_epsilon_max": "ε max",
+    "sample_epsilon_median": "ε median",
+    "user_epsilon": "user ε",
+    "secagg_bytes_up_per_client": "up/client",
+    "seconds": "s",
+}
 
 
 def _summary(history: History) -> Table:
@@ -146,7 +165,7 @@ def _summary(history: History) -> Table:
     if "secagg_bytes_up_per_client" not in columns and "survivors" in columns:
         columns.remove("survivors")  # plain aggregation: everybody sampled is aggregated
     for column in columns:
-        table.add_column(column.replace("secagg_bytes_up_per_client", "bytes up/client"), justify="right")
+        table.add_column(SUMMARY_COLUMNS[column], justify="right")
     for record in records:
         table.add_row(*(_cell(record.get(c)) for c in columns))
     return table
@@ -156,5 +175,5 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.3g}"
     return str(value)

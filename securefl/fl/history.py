@@ -9,6 +9,7 @@ complete, so nothing half-written ever looks like a finished run.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -71,14 +72,15 @@ def write_run(
     (partial / "config.json").write_text(history.config.to_json() + "\n", encoding="utf-8")
     with (partial / "metrics.jsonl").open("w", encoding="utf-8") as stream:
         for record in history.records:
-            stream.write(json.dumps(record, sort_keys=True) + "\n")
+            stream.write(json.dumps(_finite(record), sort_keys=True, allow_nan=False) + "\n")
     if history.model is not None:
         from safetensors.torch import save_file
 
         state = {name: tensor.detach().contiguous() for name, tensor in history.model.state_dict().items()}
         save_file(state, str(partial / "model.safetensors"))
     if history.privacy is not None:
-        (partial / "privacy.json").write_text(json.dumps(history.privacy, indent=2) + "\n", encoding="utf-8")
+        privacy = json.dumps(_finite(history.privacy), indent=2, allow_nan=False)
+        (partial / "privacy.json").write_text(privacy + "\n", encoding="utf-8")
     from securefl.fl.plots import plot_curves
 
     plot_curves(history.records, task=_task_of(history), path=partial / "curves.png")
@@ -96,6 +98,17 @@ def write_run(
     else:
         partial.rename(out)
     return out
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: write ``null`` for them (e.g. R² on a constant target)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _task_of(history: History) -> str:

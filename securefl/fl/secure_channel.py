@@ -155,15 +155,14 @@ class SecureAggregationChannel:
     def _encode(self, contribution: Contribution, codec: FixedPointCodec, round_index: int) -> np.ndarray:
         """Client side: clip, weight, append weight, loss and clip count, quantize."""
         weight = min(contribution.weight, self.weight_bound)
+        loss = contribution.train_loss if math.isfinite(contribution.train_loss) else 0.0
         delta = contribution.weighted_delta.to(torch.float64) / contribution.weight
         clipped = delta.clamp(-self.clip, self.clip)
         changed = float((clipped != delta).sum())
         vector = torch.cat(
             [
                 weight * clipped,
-                torch.tensor(
-                    [weight, weight * min(contribution.train_loss, LOSS_CAP), changed], dtype=torch.float64
-                ),
+                torch.tensor([weight, weight * min(loss, LOSS_CAP), changed], dtype=torch.float64),
             ]
         )
         state = np.random.SeedSequence([self.seed, round_index, contribution.client_id, 0x51])

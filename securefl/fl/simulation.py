@@ -22,12 +22,13 @@ from torch import nn
 
 from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset, partition, partition_stats
-from securefl.errors import ThresholdNotMetError
+from securefl.errors import ConfigError, ThresholdNotMetError
 from securefl.fl.client import LocalSGDTrainer
 from securefl.fl.fedavg import ClientSampler, PlainSum, WeightedMean, weight_by_samples
 from securefl.fl.history import History
 from securefl.fl.secure_channel import SecureAggregationChannel
 from securefl.fl.types import (
+    Aggregate,
     AggregationChannel,
     ClientShard,
     ClientTrainer,
@@ -37,6 +38,7 @@ from securefl.fl.types import (
 )
 from securefl.fl.vectors import load_vector, to_vector
 from securefl.models import build_model
+from securefl.privacy import ClipUpdate, DPFedAvgServerUpdate, DPSGDTrainer
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +90,33 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
             config.model, input_shape=dataset.input_shape, num_outputs=dataset.num_outputs, seed=config.seed
         )
 
-    fedsgd = config.algorithm == "fedsgd"
-    trainer = LocalSGDTrainer(
-        model=new_model(),
-        task=dataset.task,
-        local_epochs=1 if fedsgd else config.local_epochs,
-        batch_size=None if fedsgd else config.batch_size,
-        lr=config.lr,
-        momentum=0.0 if fedsgd else config.momentum,
-        weight_decay=config.weight_decay,
-    )
+    eval_model = new_model()
+    num_params = sum(p.numel() for p in eval_model.parameters())
+    trainer = _build_trainer(config, new_model(), dataset, shards)
+    transform: UpdateTransform = weight_by_samples
+    server_update: ServerUpdate = WeightedMean()
+    sampling = "fixed"
+    if config.central_dp is not None:
+        central = config.central_dp
+        transform = ClipUpdate(central.clip_norm)
+        server_update = DPFedAvgServerUpdate(
+            noise_multiplier=central.noise_multiplier,
+            clip_norm=central.clip_norm,
+            delta=central.delta,
+            clients=config.clients,
+            clients_per_round=config.sampled_clients,
+            client_sampling=central.client_sampling,
+            generator=client_generator(config.seed, 0, 2**31 - 1),
+            accountant=config.dp.accountant if config.dp is not None else "rdp",
+        )
+        sampling = central.client_sampling
     channel: AggregationChannel = PlainSum()
     if config.secagg is not None:
         channel = SecureAggregationChannel(
             config=config.secagg,
-            num_params=sum(p.numel() for p in trainer.model.parameters()),
-            weight_bound=max(len(s) for s in shards),
+            num_params=num_params,
+            # DP-FedAvg clients send weight 1; FedAvg clients their sample count.
+            weight_bound=1 if config.central_dp is not None else max(len(s) for s in shards),
             clients_per_round=config.sampled_clients,
             seed=config.seed,
         )
@@ -112,14 +125,48 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
         dataset=dataset,
         parts=parts,
         shards=shards,
-        eval_model=new_model(),
+        eval_model=eval_model,
         trainer=trainer,
-        transform=weight_by_samples,
+        transform=transform,
         channel=channel,
-        server_update=WeightedMean(),
+        server_update=server_update,
         sampler=ClientSampler(
-            num_clients=config.clients, per_round=config.sampled_clients, scheme="fixed", seed=config.seed
+            num_clients=config.clients, per_round=config.sampled_clients, scheme=sampling, seed=config.seed
         ),
+    )
+
+
+def _build_trainer(
+    config: RunConfig, model: nn.Module, dataset: Dataset, shards: list[ClientShard]
+) -> ClientTrainer:
+    """Plain local SGD, FedSGD's single full-batch step, or Opacus DP-SGD (``--dp``)."""
+    fedsgd = config.algorithm == "fedsgd"
+    if config.dp is not None:
+        if fedsgd:
+            raise ConfigError(
+                "--dp trains with Poisson-sampled mini-batches (DP-SGD); it does not "
+                "combine with --algorithm fedsgd: use --algorithm fedavg"
+            )
+        return DPSGDTrainer(
+            model=model,
+            task=dataset.task,
+            config=config.dp,
+            client_sizes={s.client_id: len(s) for s in shards},
+            rounds=config.rounds,
+            local_epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    return LocalSGDTrainer(
+        model=model,
+        task=dataset.task,
+        local_epochs=1 if fedsgd else config.local_epochs,
+        batch_size=None if fedsgd else config.batch_size,
+        lr=config.lr,
+        momentum=0.0 if fedsgd else config.momentum,
+        weight_decay=config.weight_decay,
     )
 
 
@@ -193,23 +240,21 @@ def run_simulation(
             )
             for client_id in sampled
         ]
-        record["status"] = "ok"
+        record["status"] = "ok" if contributions else "empty"
+        aggregate: Aggregate | None = Aggregate(torch.zeros_like(params), 0.0, (), 0.0)
         if contributions:
             try:
                 aggregate = fed.channel.aggregate(contributions, round_index=round_index)
             except ThresholdNotMetError as error:
-                record["status"] = "aborted"
-                record["abort_reason"] = str(error)
-                record.update(getattr(error, "details", {}))
+                record.update(status="aborted", abort_reason=str(error), **getattr(error, "details", {}))
                 aggregate = None
             del contributions
-            if aggregate is not None:
-                params = fed.server_update(params, aggregate)
-                record["train_loss"] = aggregate.train_loss_sum / max(aggregate.weight_sum, 1e-12)
-                record["survivors"] = len(aggregate.survivors)
-                record.update(aggregate.details)
-        else:
-            record["status"] = "empty"
+        if aggregate is not None:  # an empty round still runs the server update (DP noise)
+            params = fed.server_update(params, aggregate)
+            record["survivors"] = len(aggregate.survivors)
+            if aggregate.weight_sum > 0:
+                record["train_loss"] = aggregate.train_loss_sum / aggregate.weight_sum
+            record.update(aggregate.details)
         record.setdefault("bytes_up", 0)
         record["bytes_down"] = len(sampled) * param_bytes + record.get("bytes_down", 0)
         for accountant in accountants:
