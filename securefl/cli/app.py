@@ -12,6 +12,7 @@ import sys
 import typer
 from rich.console import Console
 
+from securefl.cli import data, train
 from securefl.errors import ConfigError
 
 app = typer.Typer(
@@ -23,16 +24,12 @@ app = typer.Typer(
 )
 
 
-def _register_commands() -> None:
-    from securefl.cli import data, train
-
-    app.command("train")(train.train)
-    app.command("datasets")(data.datasets)
+app.command("train")(train.train)
+app.command("datasets")(data.datasets)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
-    _register_commands()
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         app(args=args, prog_name="securefl")  # standalone mode: always ends in SystemExit
