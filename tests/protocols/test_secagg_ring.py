@@ -44,3 +44,15 @@ def test_reduce_in_place():
     vector = np.array([2**32 - 1, 2**20, 5], dtype=np.uint32)
     ring.reduce_in_place(vector, 20)
     assert vector.tolist() == [2**20 - 1, 0, 5]
+
+
+@pytest.mark.parametrize("bits", [b for b in range(9, 63) if b not in (16, 32)])
+def test_both_layouts_write_the_same_bytes(bits):
+    rng = np.random.default_rng(bits)
+    length = 1000 + bits
+    vector = rng.integers(0, 2**bits, size=length, dtype=np.uint64).astype(ring.word_dtype(bits))
+    expected = reference_pack(vector.tolist(), bits)
+    assert ring._pack_periods(vector, bits) == expected
+    assert ring._pack_byte_groups(vector, bits) == expected
+    for unpack in (ring._unpack_periods, ring._unpack_byte_groups):
+        assert np.array_equal(unpack(expected, bits=bits, length=length), vector)

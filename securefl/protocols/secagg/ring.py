@@ -5,8 +5,8 @@ word size, and since ``2**bits`` divides it, reducing at the end gives the sum i
 Uploads are packed at ``bits`` bits per coordinate (little-endian bit order: coordinate ``i``
 occupies bits ``i*bits .. i*bits + bits - 1`` of the byte string read as one little-endian
 integer), so a 20-bit vector of length D costs ``ceil(20 D / 8)`` bytes, not 4 or 8 per value.
-Packing is vectorised over groups of ``8 / gcd(bits, 8)`` coordinates, which always end on a byte
-boundary; there is no Python loop over coordinates.
+Packing is vectorised (over periods of lcm(64, bits) bits, or over byte-aligned groups of
+``8 / gcd(bits, 8)`` coordinates): there is no Python loop over coordinates.
 """
 
 from __future__ import annotations
@@ -34,6 +34,79 @@ def packed_size(length: int, bits: int) -> int:
     return (length * bits + 7) // 8
 
 
+def _period(bits: int) -> tuple[int, int]:
+    """Values and 64-bit words in one period of the packed stream: lcm(64, bits) bits."""
+    period_bits = 64 * bits // math.gcd(64, bits)
+    return period_bits // bits, period_bits // 64
+
+
+def _use_periods(bits: int) -> bool:
+    # Both layouts write the same bytes; short periods (bits a multiple of 4) are fastest
+    # assembled per 64-bit word, long ones (odd bits) per byte-aligned group of 8 / gcd(bits, 8).
+    return _period(bits)[0] <= 16
+
+
+def pack(vector: np.ndarray, bits: int) -> bytes:
+    """The coordinates of ``vector`` (each already < 2**bits) packed at ``bits`` bits each."""
+    if bits in _BYTE_ALIGNED:
+        return vector.astype(_BYTE_ALIGNED[bits], copy=False).tobytes()
+    return _pack_periods(vector, bits) if _use_periods(bits) else _pack_byte_groups(vector, bits)
+
+
+def unpack(data: bytes, *, bits: int, length: int) -> np.ndarray:
+    """Inverse of :func:`pack`: ``length`` coordinates as a word-dtype vector.
+
+    For 32-bit packing on a little-endian machine this is a read-only view of ``data`` (no copy).
+    """
+    if len(data) != packed_size(length, bits):
+        raise ValueError(f"packed vector of {length} x {bits} bits must be "
+                         f"{packed_size(length, bits)} bytes, got {len(data)}")
+    dtype = word_dtype(bits)
+    if bits in _BYTE_ALIGNED:
+        values = np.frombuffer(data, dtype=_BYTE_ALIGNED[bits])
+        return values if values.dtype == dtype else values.astype(dtype)
+    if _use_periods(bits):
+        return _unpack_periods(data, bits=bits, length=length)
+    return _unpack_byte_groups(data, bits=bits, length=length)
+
+
+def _pack_periods(vector: np.ndarray, bits: int) -> bytes:
+    length = vector.shape[0]
+    values_per_period, words_per_period = _period(bits)
+    periods = -(-length // values_per_period)
+    values = np.empty(periods * values_per_period, dtype=np.uint64)
+    values[:length] = vector
+    values[length:] = 0
+    values = values.reshape(periods, values_per_period)
+    words = np.zeros((periods, words_per_period), dtype=np.uint64)
+    for position in range(values_per_period):
+        word, shift = divmod(position * bits, 64)
+        column = values[:, position]
+        words[:, word] |= column << np.uint64(shift)
+        if shift + bits > 64:
+            words[:, word + 1] |= column >> np.uint64(64 - shift)
+    return words.astype("<u8", copy=False).tobytes()[: packed_size(length, bits)]
+
+
+def _unpack_periods(data: bytes, *, bits: int, length: int) -> np.ndarray:
+    dtype = word_dtype(bits)
+    values_per_period, words_per_period = _period(bits)
+    periods = -(-length // values_per_period)
+    raw = np.zeros(periods * words_per_period * 8, dtype=np.uint8)
+    raw[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    words = raw.view("<u8").astype(np.uint64, copy=False).reshape(periods, words_per_period)
+    mask = np.uint64((1 << bits) - 1)
+    out = np.empty((periods, values_per_period), dtype=dtype)
+    for position in range(values_per_period):
+        word, shift = divmod(position * bits, 64)
+        column = words[:, word] >> np.uint64(shift)
+        if shift + bits > 64:
+            column |= words[:, word + 1] << np.uint64(64 - shift)
+        column &= mask
+        out[:, position] = column
+    return out.reshape(-1)[:length]
+
+
 def _layout(bits: int) -> tuple[int, int, int]:
     group = 8 // math.gcd(bits, 8)  # coordinates per byte-aligned group
     group_bytes = group * bits // 8
@@ -41,11 +114,8 @@ def _layout(bits: int) -> tuple[int, int, int]:
     return group, group_bytes, group_words
 
 
-def pack(vector: np.ndarray, bits: int) -> bytes:
-    """The coordinates of ``vector`` (each already < 2**bits) packed at ``bits`` bits each."""
+def _pack_byte_groups(vector: np.ndarray, bits: int) -> bytes:
     length = vector.shape[0]
-    if bits in _BYTE_ALIGNED:
-        return vector.astype(_BYTE_ALIGNED[bits], copy=False).tobytes()
     group, group_bytes, group_words = _layout(bits)
     groups = -(-length // group)
     values = np.zeros(groups * group, dtype=np.uint64)
@@ -63,18 +133,8 @@ def pack(vector: np.ndarray, bits: int) -> bytes:
     return as_bytes[:, :group_bytes].tobytes()[: packed_size(length, bits)]
 
 
-def unpack(data: bytes, *, bits: int, length: int) -> np.ndarray:
-    """Inverse of :func:`pack`: ``length`` coordinates as a word-dtype vector.
-
-    For 32-bit packing on a little-endian machine this is a read-only view of ``data`` (no copy).
-    """
-    if len(data) != packed_size(length, bits):
-        raise ValueError(f"packed vector of {length} x {bits} bits must be "
-                         f"{packed_size(length, bits)} bytes, got {len(data)}")
+def _unpack_byte_groups(data: bytes, *, bits: int, length: int) -> np.ndarray:
     dtype = word_dtype(bits)
-    if bits in _BYTE_ALIGNED:
-        values = np.frombuffer(data, dtype=_BYTE_ALIGNED[bits])
-        return values if values.dtype == dtype else values.astype(dtype)
     group, group_bytes, group_words = _layout(bits)
     groups = -(-length // group)
     raw = np.zeros((groups, group_words * 8), dtype=np.uint8)
