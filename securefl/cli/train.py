@@ -130,8 +130,8 @@ def _status(record: dict[str, Any]) -> str:
         text = f"acc {record['test_accuracy']:.4f}  loss {record['test_loss']:.4f}"
     else:
         text = f"mse {record['test_mse']:.4f}  r2 {record['test_r2']:.4f}"
-    if "sample_epsilon_max" in record:
-        text += f"  ε {record['sample_epsilon_max']:.2f}"
+    if "epsilon_max" in record:
+        text += f"  ε {record['epsilon_max']:.2f}"
     if "user_epsilon" in record:
         text += f"  user ε {record['user_epsilon']:.2f}"
     return text
@@ -147,8 +147,8 @@ SUMMARY_COLUMNS = {
     "test_loss": "test loss",
     "test_mse": "test mse",
     "test_r2": "test r2",
-    "sample_epsilon_max": "ε max",
-    "sample_epsilon_median": "ε median",
+    "epsilon_max": "ε max",
+    "epsilon_median": "ε median",
     "user_epsilon": "user ε",
     "secagg_bytes_up_per_client": "up/client",
     "seconds": "s",

@@ -84,6 +84,21 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         (["--secagg", "--clients-per-round", "1"], "at least 2 clients per round"),
         (["--secagg-bits", "16"], "--secagg-bits given without --secagg"),
         (["--dropout-rate", "0.1"], "--dropout-rate given without --secagg"),
+        (["--dp", "--noise-multiplier", "-1"], "noise multiplier -1.0 < 0"),
+        (["--dp", "--max-grad-norm", "0"], "max grad norm 0.0 <= 0"),
+        (["--dp", "--delta", "0"], "outside (0, 1)"),
+        (["--dp", "--delta", "1"], "outside (0, 1)"),
+        (["--dp", "--delta", "0.01"], "1/"),
+        (["--dp", "--target-epsilon", "0"], "target epsilon 0.0 <= 0"),
+        (["--dp", "--target-epsilon", "1e-6", "--rounds", "50"], "--target-epsilon"),
+        (["--dp", "--batch-size", "5000"], "batch size"),
+        (["--dp", "--accountant", "moments"], "unknown accountant"),
+        (["--noise-multiplier", "1.0"], "--noise-multiplier given without --dp"),
+        (["--target-epsilon", "3"], "--target-epsilon given without --dp"),
+        (["--clip-norm", "1.0"], "--clip-norm given without --central-dp"),
+        (["--central-dp", "--clip-norm", "0"], "clip norm 0.0 <= 0"),
+        (["--central-dp", "--central-delta", "0.5"], "1/clients"),
+        (["--dp", "--algorithm", "fedsgd"], "--algorithm fedavg"),
     ],
 )
 def test_bad_input_exits_2_with_a_one_line_message(tmp_path, capsys, args, fragment):
@@ -142,3 +157,27 @@ def test_secagg_run_records_survivors_dropouts_bytes_and_step_times(tmp_path):
         if record["status"] == "ok":
             assert 3 <= record["survivors"] <= 5
             assert set(record["secagg_client_seconds"]) >= {"advertise_keys", "masked_input"}
+
+
+def test_dp_run_writes_a_privacy_ledger_and_reports_epsilon(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--dp", "--noise-multiplier", "1.2", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epsilons = [r["epsilon_max"] for r in records]
+    assert 0 < epsilons[0] < epsilons[1]
+    ledger = json.loads((out / "privacy.json").read_text())["sample_level"]
+    assert ledger["epsilon_max"] == epsilons[-1]
+    assert all(client["rounds"] == [1, 2] for client in ledger["clients"].values())
+
+
+@pytest.mark.parametrize(
+    "extra", [["--dp", "--secagg"], ["--central-dp", "--secagg", "--client-sampling", "fixed"]]
+)
+def test_dp_composes_with_secure_aggregation(tmp_path, extra):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, *extra, "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["status"] == "ok" and r["survivors"] == 3 for r in records)
+    key = "epsilon_max" if "--dp" in extra else "user_epsilon"
+    assert all(r[key] > 0 for r in records)
+    assert (out / "privacy.json").exists()
