@@ -67,6 +67,13 @@ def main() -> None:
     dropped = sorted(rng.choice(n, size=round(args.dropout * n), replace=False).tolist())
     plan = DropoutPlan({c: Dropout(step) for c in dropped})
     graph_seed = os.urandom(32)
+    expansion_bytes = dim * dtype.itemsize
+    warm_buffer, warm_zeros = prg.keystream_buffer(expansion_bytes), bytes(expansion_bytes)
+    started = time.perf_counter()
+    for _ in range(n * 2):  # a first raw measurement (one per client and neighbour pair)
+        prg.keystream_into(os.urandom(32), warm_buffer, expansion_bytes, zeros=warm_zeros)
+    raw_before_per = (time.perf_counter() - started) / (n * 2)
+    del warm_buffer, warm_zeros
 
     started = time.perf_counter()
     result = run_secure_aggregation(inputs, params=params, dropouts=plan, graph_seed=graph_seed,
@@ -91,15 +98,22 @@ def main() -> None:
     survivors = result.survivors
     server_expansions = len(survivors) + sum(len(graph[v] & survivors) for v in shared - survivors)
     total_expansions = sum(client_expansions.values()) + server_expansions
+    raw_before = raw_before_per * total_expansions
 
-    # The physical floor, measured now: one update_into keystream per expansion.
+    # The physical floor, measured in the same run: one update_into keystream per expansion.
+    # Timed before and after the round and averaged, since the machine's load can change.
     num_bytes = dim * dtype.itemsize
     buffer, zeros = prg.keystream_buffer(num_bytes), bytes(num_bytes)
     keys = [os.urandom(32) for _ in range(total_expansions)]
-    started = time.perf_counter()
-    for key in keys:
-        prg.keystream_into(key, buffer, num_bytes, zeros=zeros)
-    raw_total = time.perf_counter() - started
+
+    def time_raw_keystreams() -> float:
+        started = time.perf_counter()
+        for key in keys:
+            prg.keystream_into(key, buffer, num_bytes, zeros=zeros)
+        return time.perf_counter() - started
+
+    raw_timings = [raw_before, time_raw_keystreams()]
+    raw_total = sum(raw_timings) / 2
     raw_per_expansion = raw_total / total_expansions
 
     stats = result.stats
@@ -118,7 +132,9 @@ def main() -> None:
     print(f"bytes down per client: mean {down.mean():,.0f}  max {down.max():,}")
     print(f"mask expansions: clients {sum(client_expansions.values())}, server {server_expansions}; "
           f"raw AES-CTR keystream {raw_per_expansion * 1e3:.3f} ms each "
-          f"({num_bytes / raw_per_expansion / 1e9:.2f} GB/s)")
+          f"({num_bytes / raw_per_expansion / 1e9:.2f} GB/s; before the round "
+          f"{num_bytes * total_expansions / raw_timings[0] / 1e9:.2f}, after "
+          f"{num_bytes * total_expansions / raw_timings[1] / 1e9:.2f})")
 
     masking = [stats.client_seconds[c][Step.MASKED_INPUT] for c in maskers]
     raw_client = [client_expansions[c] * raw_per_expansion for c in maskers]

@@ -5,6 +5,28 @@ with the sparse random-Harary-graph variant SecAgg+ of Bell et al., "Secure Sing
 Aggregation with (Poly)Logarithmic Overhead" (CCS 2020); real cryptography (X25519, HKDF-SHA256,
 AES-256-GCM, AES-256-CTR masks, Shamir over 2^521 - 1, Ed25519 in active mode), written sans-IO.
 
+Threat model (what the guarantees assume):
+
+- Honest-but-curious server (default): it follows the protocol and learns only the sum of the
+  survivors' inputs and who survived, as long as fewer than ``t`` clients collude with it
+  (Bonawitz et al., theorem 6.3); with SecAgg+ graphs, under the assumptions documented in
+  :func:`choose_parameters` (random graph, independent dropouts, at most ``c`` colluders).
+- ``active_adversary=True``: the server may deviate.  Advertised keys are Ed25519-signed with
+  keys everyone knows up front (no key substitution), and a ConsistencyCheck round makes every
+  client sign the survivor set; an honest client unmasks only with ``signature_threshold`` valid
+  signatures on exactly the set it signed, so no two honest clients can be shown different sets
+  while ``2 * signature_threshold > n + c``.
+- Always: an honest client never reveals both shares of one peer, refuses overlapping or
+  contradictory lists, and a round below threshold aborts with no output.  The server checks each
+  reconstructed secret (the self-mask seed against its SHA-256 commitment, the mask key against
+  the advertised public key), so a corrupted share cannot produce a wrong sum.
+- Not covered: the server can always output a wrong sum (SecAgg protects privacy, not the
+  server's honesty about the result); integrity of client-to-server traffic is the transport's job
+  (TLS) -- a packet altered in flight that still decodes is indistinguishable from a client's
+  choice; clients are trusted to send inputs within ``input_bound`` (no range proofs); whoever
+  draws the SecAgg+ graph seed chooses the graph, so against an active server agree the seed out
+  of band; constant-time behaviour is that of ``cryptography``.
+
 Researcher API::
 
     import numpy as np

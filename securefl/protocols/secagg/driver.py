@@ -15,6 +15,7 @@ rejects.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import defaultdict
@@ -39,6 +40,8 @@ from securefl.protocols.secagg.codec import decode, encode
 from securefl.protocols.secagg.messages import ClientMessage, Step
 from securefl.protocols.secagg.params import RoundSetup, SecAggParams
 from securefl.protocols.secagg.server import ServerProtocol
+
+logger = logging.getLogger(__name__)
 
 
 def protocol_steps(params: SecAggParams) -> tuple[Step, ...]:
@@ -320,6 +323,8 @@ def run_secure_aggregation(
         except ThresholdNotMetError as error:
             record.server_seconds[step] += time.perf_counter() - started
             record.rejections.append(Rejection(step, None, None, error))
+            logger.warning("secure aggregation round %d aborted at %s: %s", round_id, step.label,
+                           error)
             raise RoundAbortedError(str(error), step=step, stats=record.stats(),
                                     transcript=tuple(record.transcript)) from error
         encoded = [(message.recipient, message.step, encode(message)) for message in outgoing]
@@ -345,6 +350,8 @@ def _client_turn(client: ClientProtocol, step: Step, payloads: list[bytes],
             outgoing += client.receive(decode(payload))
         except ProtocolError as error:
             record.rejections.append(Rejection(step, client.client_id, None, error))
+            logger.info("client %d refused a message at %s: %s", client.client_id, step.label,
+                        error)
     encoded = [encode(message) for message in outgoing]
     record.client_seconds[client.client_id][step] += time.perf_counter() - started
     if step is Step.MASKED_INPUT:
@@ -363,6 +370,8 @@ def _deliver_to_server(server: ServerProtocol, step: Step, sender: int, payload:
         accepted = True
     except RemoteProtocolError as error:
         record.rejections.append(Rejection(step, None, sender, error))
+        logger.info("server rejected a message from client %d at %s: %s", sender, step.label,
+                    error)
         accepted = False
     record.server_seconds[step] += time.perf_counter() - started
     if record.record_transcript and message is not None:

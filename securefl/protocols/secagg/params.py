@@ -145,8 +145,8 @@ class RoundSetup:
 
     ``graph_seed`` (32 bytes) selects the random Harary graph of SecAgg+; it is drawn by whoever
     sets the round up (the simulation draws it from the random source).  A server that can choose
-    it can choose who neighbours whom, which matters against an active adversary: see
-    docs/benchmarks-secagg.md, "Threat model".
+    it can choose who neighbours whom, which matters against an active adversary: see the threat
+    model in :mod:`securefl.protocols.secagg`.
     """
 
     round_id: int
