@@ -3,7 +3,8 @@
 A FedAvg round with every client sampled trains each client for E local epochs on its shard: the
 same sample-epochs as E centralized epochs over the union of the shards.  This script times both in
 one process, interleaved (central, federated, central, ...), and prints the median ratio, plus the
-start-up cost (data loading, partitioning, model building) before the first client trains.
+start-up cost (data loading, partitioning, model building) before the first client trains, and
+centralized training with two intra-op threads beside it (the thread policy's evidence).
 
     .venv/bin/python benchmarks/fedavg.py --threads 1 --repeats 5
 """
@@ -84,15 +85,28 @@ def main() -> None:
             generator=client_generator(config.seed, round_index, -1 % 2**31),
         )
 
-    federated_round(0)  # warm-up both paths once
+    def centralized_two_threads(round_index: int) -> None:
+        torch.set_num_threads(2)
+        try:
+            centralized(round_index)
+        finally:
+            torch.set_num_threads(args.threads)
+
+    federated_round(0)  # warm-up every path once
     centralized(0)
-    central_times, federated_times = [], []
+    centralized_two_threads(0)
+    central_times, federated_times, two_thread_times = [], [], []
     for repeat in range(1, args.repeats + 1):
-        for target, times in ((centralized, central_times), (federated_round, federated_times)):
+        for target, times in (
+            (centralized, central_times),
+            (federated_round, federated_times),
+            (centralized_two_threads, two_thread_times),
+        ):
             t0 = time.perf_counter()
             target(repeat)
             times.append(time.perf_counter() - t0)
     central, federated = statistics.median(central_times), statistics.median(federated_times)
+    two_threads = statistics.median(two_thread_times)
     samples = sum(len(s) for s in federation.shards) * args.local_epochs
     print(
         f"dataset={args.dataset} model={args.model} clients={args.clients} E={args.local_epochs} "
@@ -109,7 +123,13 @@ def main() -> None:
         + ", ".join(f"{t:.3f}" for t in federated_times)
         + ")"
     )
+    print(
+        f"centralized with 2 threads:      median {two_threads:.3f} s  (runs: "
+        + ", ".join(f"{t:.3f}" for t in two_thread_times)
+        + ")"
+    )
     print(f"ratio federated / centralized: {federated / central:.3f}")
+    print(f"thread policy: centralized 2 threads / {args.threads} thread(s): {two_threads / central:.3f}")
 
 
 if __name__ == "__main__":
