@@ -9,45 +9,47 @@ The curated public API::
     history = run_simulation(RunConfig(dataset="digits", model="mlp", rounds=3))
 """
 
-from securefl.config import CentralDPConfig, DPConfig, RunConfig, SecAggConfig
-from securefl.data import DATASETS, load_dataset, partition
-from securefl.errors import (
-    ConfigError,
-    DataError,
-    LocalProtocolError,
-    PrivacyBudgetExceeded,
-    ProtocolError,
-    RemoteProtocolError,
-    SecureFLError,
-    ThresholdNotMetError,
-)
-from securefl.fl.history import History, write_run
-from securefl.fl.simulation import Federation, build_federation, run_simulation
-from securefl.models import MODELS, build_model
+import importlib
+from typing import Any
+
+# Public name -> module that defines it. Imported on first use (PEP 562), so `import securefl`
+# and the CLI's start-up do not pay for torch, Opacus and matplotlib before they are needed.
+_EXPORTS = {
+    "RunConfig": "securefl.config",
+    "DPConfig": "securefl.config",
+    "CentralDPConfig": "securefl.config",
+    "SecAggConfig": "securefl.config",
+    "DATASETS": "securefl.data",
+    "load_dataset": "securefl.data",
+    "partition": "securefl.data",
+    "SecureFLError": "securefl.errors",
+    "ConfigError": "securefl.errors",
+    "DataError": "securefl.errors",
+    "ProtocolError": "securefl.errors",
+    "LocalProtocolError": "securefl.errors",
+    "RemoteProtocolError": "securefl.errors",
+    "ThresholdNotMetError": "securefl.errors",
+    "PrivacyBudgetExceeded": "securefl.errors",
+    "History": "securefl.fl.history",
+    "write_run": "securefl.fl.history",
+    "Federation": "securefl.fl.simulation",
+    "build_federation": "securefl.fl.simulation",
+    "run_simulation": "securefl.fl.simulation",
+    "MODELS": "securefl.models",
+    "build_model": "securefl.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'securefl' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DATASETS",
-    "MODELS",
-    "CentralDPConfig",
-    "ConfigError",
-    "DPConfig",
-    "DataError",
-    "Federation",
-    "History",
-    "LocalProtocolError",
-    "PrivacyBudgetExceeded",
-    "ProtocolError",
-    "RemoteProtocolError",
-    "RunConfig",
-    "SecAggConfig",
-    "SecureFLError",
-    "ThresholdNotMetError",
-    "build_federation",
-    "build_model",
-    "load_dataset",
-    "partition",
-    "run_simulation",
-    "write_run",
-]
+__all__ = sorted(_EXPORTS)

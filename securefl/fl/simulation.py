@@ -38,7 +38,6 @@ from securefl.fl.types import (
 )
 from securefl.fl.vectors import load_vector, to_vector
 from securefl.models import build_model
-from securefl.privacy import ClipUpdate, DPFedAvgServerUpdate, DPSGDTrainer
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +96,8 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
     server_update: ServerUpdate = WeightedMean()
     sampling = "fixed"
     if config.central_dp is not None:
+        from securefl.privacy import ClipUpdate, DPFedAvgServerUpdate  # Opacus only when asked for
+
         central = config.central_dp
         transform = ClipUpdate(central.clip_norm)
         server_update = DPFedAvgServerUpdate(
@@ -142,6 +143,8 @@ def _build_trainer(
     """Plain local SGD, FedSGD's single full-batch step, or Opacus DP-SGD (``--dp``)."""
     fedsgd = config.algorithm == "fedsgd"
     if config.dp is not None:
+        from securefl.privacy import DPSGDTrainer  # Opacus only when asked for
+
         if fedsgd:
             raise ConfigError(
                 "--dp trains with Poisson-sampled mini-batches (DP-SGD); it does not "
