@@ -110,7 +110,6 @@ class ServerProtocol:
         self._with_keys: frozenset[int] = frozenset()   # U1
         self._with_shares: frozenset[int] = frozenset()  # U2
         self._survivors: frozenset[int] = frozenset()    # U3
-        self._signatures: dict[int, bytes] = {}
         self._masked_sum = np.zeros(setup.vector_length, dtype=params.word_dtype)
         self._result: AggregationOutput | None = None
 
@@ -367,7 +366,6 @@ class ServerProtocol:
         self._received = {}
         self._advertised = {}
         self._shared = {}
-        self._signatures = {}
         self._masked_sum = np.zeros(0, dtype=self.params.word_dtype)
 
     def _abort(self) -> None:
