@@ -35,6 +35,9 @@ _EXPORTS = {
     "Federation": "securefl.fl.simulation",
     "build_federation": "securefl.fl.simulation",
     "run_simulation": "securefl.fl.simulation",
+    "SecAggParams": "securefl.protocols.secagg",
+    "choose_parameters": "securefl.protocols.secagg",
+    "run_secure_aggregation": "securefl.protocols.secagg",
     "MODELS": "securefl.models",
     "build_model": "securefl.models",
 }
