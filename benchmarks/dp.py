@@ -8,7 +8,7 @@ and ε accounting a round costs).  Plain and DP rounds alternate, on one thread,
 same machine load; the ratio of the medians is printed (and the ratio of the minima, which is the
 least disturbed by other processes).
 
-    .venv/bin/python benchmarks/dp.py [--repeats 5] [--grad-sample-mode ew|hooks|both]
+    .venv/bin/python benchmarks/dp.py [--repeats 5] [--grad-sample-mode ew|hooks|both] [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="rounds timed per trainer")
     parser.add_argument("--grad-sample-mode", choices=("ew", "hooks", "both"), default="both")
+    parser.add_argument("--batch-size", type=int, default=BATCH, help="local batch size B")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -70,7 +71,12 @@ def main() -> None:
     params = to_vector(model().parameters())
     trainers = {
         "plain": LocalSGDTrainer(
-            model=model(), task=dataset.task, local_epochs=EPOCHS, batch_size=BATCH, lr=LR, momentum=MOMENTUM
+            model=model(),
+            task=dataset.task,
+            local_epochs=EPOCHS,
+            batch_size=args.batch_size,
+            lr=LR,
+            momentum=MOMENTUM,
         )
     }
     modes = ("ew", "hooks") if args.grad_sample_mode == "both" else (args.grad_sample_mode,)
@@ -82,7 +88,7 @@ def main() -> None:
             client_sizes={s.client_id: len(s) for s in shards},
             rounds=args.repeats + 1,
             local_epochs=EPOCHS,
-            batch_size=BATCH,
+            batch_size=args.batch_size,
             lr=LR,
             momentum=MOMENTUM,
             grad_sample_mode=mode,
@@ -97,7 +103,7 @@ def main() -> None:
 
     sizes = sorted({len(s) for s in shards})
     print(
-        f"mnist-sample, cnn, {CLIENTS} clients x {sizes} examples, E={EPOCHS}, B={BATCH}, "
+        f"mnist-sample, cnn, {CLIENTS} clients x {sizes} examples, E={EPOCHS}, B={args.batch_size}, "
         f"threads={torch.get_num_threads()}, {args.repeats} timed rounds each (alternating)"
     )
     plain_median, plain_min = statistics.median(times["plain"]), min(times["plain"])

@@ -141,9 +141,7 @@ def plan_clients(
 
 def _noise_for(config: DPConfig, *, sample_rate: float, total_steps: int, rounds: int) -> float:
     if config.target_epsilon is None:
-        noise = config.effective_noise_multiplier
-        assert noise is not None
-        return float(noise)
+        return float(config.effective_noise_multiplier or 0.0)
     try:
         return float(
             get_noise_multiplier(
@@ -170,10 +168,14 @@ def validate_model(model: nn.Module) -> None:
     try:
         ModuleValidator.validate(model, strict=True)
     except UnsupportedModuleError as error:
+        reason = (
+            "BatchNorm mixes the examples of a batch, so per-example gradients do not exist"
+            if "BatchNorm" in str(error)
+            else "Opacus cannot compute per-example gradients through it"
+        )
         raise ConfigError(
-            f"model {type(model).__name__} cannot be trained with DP-SGD: {error}. BatchNorm mixes "
-            "the examples of a batch, so per-example gradients do not exist: use --model resnet18 "
-            "(GroupNorm) or another securefl model, or convert your own with "
+            f"model {type(model).__name__} cannot be trained with DP-SGD ({reason}): {error}. "
+            "Use --model resnet18 (GroupNorm) or another securefl model, or convert your own with "
             "opacus.validators.ModuleValidator.fix(model)"
         ) from None
     finally:
