@@ -1,0 +1,264 @@
+"""``securefl attack`` and ``securefl attack compare``: gradient-inversion demos, rendered with rich.
+
+Thin: flags become an :class:`~securefl.attacks.experiment.ExperimentConfig`, validated before any
+work; the library runs the attack and writes the files; this module draws the progress bar and
+the tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from securefl.attacks.defenses import Defence
+from securefl.attacks.experiment import (
+    AttackOutcome,
+    ExperimentConfig,
+    ExperimentProgress,
+    prepare,
+    run_attack,
+    run_comparison,
+)
+from securefl.attacks.inversion import AttackProgress
+from securefl.attacks.report import write_comparison, write_outcome
+from securefl.errors import ConfigError
+from securefl.fl.history import check_output_dir
+
+Opt = typer.Option
+
+attack_app = typer.Typer(
+    help="Gradient inversion (DLG, iDLG, Inverting Gradients) against what the server observes.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+AttackOpt = Annotated[str, Opt(help="dlg | idlg | ig.")]
+DatasetOpt = Annotated[str, Opt(help="mnist-sample | images | cifar10 (needs --data-dir) | mnist.")]
+ModelOpt = Annotated[str, Opt(help="lenet (sigmoid) | cnn | resnet18 | mlp; DLG/iDLG need lenet.")]
+BatchOpt = Annotated[int, Opt(help="Images per client in the attacked round.")]
+StepsOpt = Annotated[int, Opt(help="Local full-batch SGD steps (1 = FedSGD gradient).")]
+LrOpt = Annotated[float, Opt("--lr", help="Client learning rate (public).")]
+SeedOpt = Annotated[int, Opt(help="Seed of victims, server model and attack.")]
+RestartsOpt = Annotated[int | None, Opt(help="Attack restarts. [default: 8 for dlg/idlg, 2 for ig]")]
+IterationsOpt = Annotated[
+    int | None, Opt(help="Iterations per restart. [default: 300 L-BFGS for dlg/idlg, 1000 Adam for ig]")
+]
+InitOpt = Annotated[
+    str, Opt(help="Model the server sends: auto | uniform (DLG's U(-0.5, 0.5)) | default (PyTorch).")
+]
+DataDirOpt = Annotated[Path | None, Opt(help="Directory holding mnist / cifar10 files.")]
+ThreadsOpt = Annotated[int, Opt(help="torch intra-op threads.")]
+OverwriteOpt = Annotated[bool, Opt(help="Replace a non-empty --out directory.")]
+
+
+@attack_app.callback(invoke_without_command=True)
+def attack(
+    ctx: typer.Context,
+    attack: AttackOpt = "dlg",
+    dataset: DatasetOpt = "mnist-sample",
+    model: ModelOpt = "lenet",
+    batch_size: BatchOpt = 1,
+    local_steps: StepsOpt = 1,
+    lr: LrOpt = 0.1,
+    defense: Annotated[str, Opt(help="none | dp | secagg | clip | prune | noise.")] = "none",
+    noise_multiplier: Annotated[float | None, Opt(help="dp: DP-SGD noise multiplier. [default: 1.0]")] = None,
+    max_grad_norm: Annotated[
+        float | None, Opt(help="dp: per-example clip; clip: update L2 bound. [default: 1.0]")
+    ] = None,
+    clients: Annotated[
+        int | None, Opt(help="secagg: clients N summed, the victim among them. [default: 16]")
+    ] = None,
+    prune_ratio: Annotated[
+        float | None, Opt(help="prune: fraction of each layer zeroed. [default: 0.9]")
+    ] = None,
+    noise_std: Annotated[
+        float | None, Opt(help="noise: Gaussian std added to the update. [default: 0.01]")
+    ] = None,
+    images: Annotated[int, Opt(help="Victim images K attacked.")] = 4,
+    seed: SeedOpt = 0,
+    restarts: RestartsOpt = None,
+    iterations: IterationsOpt = None,
+    server_init: InitOpt = "auto",
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = 1,
+    out: Annotated[Path | None, Opt(help="Output directory. [default: runs/attack-<timestamp>]")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Attack K victim images and write reconstruction.png, metrics.json and arrays.npz."""
+    if ctx.invoked_subcommand is not None:
+        return
+    defence = Defence(
+        name=defense,
+        max_grad_norm=max_grad_norm,
+        prune_ratio=prune_ratio,
+        noise_std=noise_std,
+        noise_multiplier=noise_multiplier,
+        clients=clients,
+    )
+    config = ExperimentConfig(
+        attack=attack,
+        dataset=dataset,
+        model=model,
+        batch_size=batch_size,
+        local_steps=local_steps,
+        learning_rate=lr,
+        images=images,
+        seed=seed,
+        defence=defence,
+        restarts=restarts,
+        iterations=iterations,
+        server_init=server_init,
+        data_dir=data_dir,
+    )
+    out_dir = out or Path("runs") / dt.datetime.now().strftime("attack-%Y%m%d-%H%M%S")
+    _check_threads(threads)
+    check_output_dir(out_dir, overwrite=overwrite)
+    prepared = prepare(config)
+    torch.set_num_threads(threads)
+    console = Console()
+    with _progress_bar(console) as on_progress:
+        outcome = run_attack(prepared, progress=on_progress)
+    write_outcome(outcome, out_dir)
+    console.print(_outcome_table(outcome))
+    console.print(f"results written to [bold]{out_dir}[/]")
+
+
+@attack_app.command("compare")
+def compare(
+    attack: AttackOpt = "dlg",
+    dataset: DatasetOpt = "mnist-sample",
+    model: ModelOpt = "lenet",
+    batch_size: BatchOpt = 1,
+    local_steps: StepsOpt = 1,
+    lr: LrOpt = 0.1,
+    images: Annotated[int, Opt(help="Victim images K, the same for every defence.")] = 4,
+    seed: SeedOpt = 0,
+    restarts: Annotated[int, Opt(help="Attack restarts per round.")] = 2,
+    iterations: IterationsOpt = None,
+    server_init: InitOpt = "auto",
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = 1,
+    out: Annotated[Path | None, Opt(help="Output directory. [default: runs/compare-<timestamp>]")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Run the same victims through every defence; write compare.png and compare.json."""
+    config = ExperimentConfig(
+        attack=attack,
+        dataset=dataset,
+        model=model,
+        batch_size=batch_size,
+        local_steps=local_steps,
+        learning_rate=lr,
+        images=images,
+        seed=seed,
+        restarts=restarts,
+        iterations=iterations,
+        server_init=server_init,
+        data_dir=data_dir,
+    )
+    out_dir = out or Path("runs") / dt.datetime.now().strftime("compare-%Y%m%d-%H%M%S")
+    _check_threads(threads)
+    check_output_dir(out_dir, overwrite=overwrite)
+    prepared = prepare(config)
+    torch.set_num_threads(threads)
+    console = Console()
+    with _progress_bar(console) as on_progress:
+        outcomes = run_comparison(prepared, progress=on_progress)
+    write_comparison(outcomes, out_dir)
+    console.print(_comparison_table(outcomes))
+    console.print(f"results written to [bold]{out_dir}[/]")
+
+
+def _check_threads(threads: int) -> None:
+    if threads < 1:
+        raise ConfigError(f"--threads {threads} < 1")
+
+
+class _progress_bar:
+    """A rich bar per attacked round: iterations over all restarts and the current objective."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("it {task.completed:.0f}/{task.total:.0f}"),
+            TextColumn("loss {task.fields[objective]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> ExperimentProgress:
+        self.progress.__enter__()
+
+        def on_progress(label: str, event: AttackProgress) -> None:
+            total = event.restarts * event.iterations
+            if label not in self.tasks:
+                self.tasks[label] = self.progress.add_task(label, total=total, objective="-")
+            done = event.restart * event.iterations + event.iteration
+            self.progress.update(self.tasks[label], completed=done, objective=f"{event.objective:.3e}")
+
+        return on_progress
+
+    def __exit__(self, *exc: object) -> None:
+        for task in self.tasks.values():
+            self.progress.update(task, completed=self.progress.tasks[task].total)
+        self.progress.__exit__(*exc)
+
+
+def _db(value: float) -> str:
+    return "∞" if not math.isfinite(value) else f"{value:.1f}"
+
+
+def _outcome_table(outcome: AttackOutcome) -> Table:
+    config = outcome.config
+    table = Table(
+        title=f"securefl attack: {config.attack} on {config.model} / {config.dataset}, "
+        f"{outcome.defence_label}"
+    )
+    for column in ("image", "label", "recovered", "PSNR dB", "SSIM", "baseline dB"):
+        table.add_column(column, justify="right")
+    for image in outcome.images:
+        table.add_row(
+            str(image.test_index),
+            str(image.label),
+            str(image.recovered_label),
+            _db(image.psnr),
+            f"{image.ssim:.3f}",
+            f"{image.baseline_psnr:.1f}",
+        )
+    table.caption = (
+        f"median PSNR {_db(outcome.median_psnr)} dB vs baseline {outcome.median_baseline_psnr:.1f} dB, "
+        f"labels {outcome.label_accuracy:.0%}, {outcome.seconds:.1f} s"
+        + (f", ε={outcome.epsilon:.3g}" if outcome.epsilon is not None else "")
+    )
+    return table
+
+
+def _comparison_table(outcomes: Sequence[AttackOutcome]) -> Table:
+    config = outcomes[0].config
+    table = Table(title=f"securefl attack compare: {config.attack} on {config.model} / {config.dataset}")
+    for column in ("defence", "median PSNR dB", "baseline dB", "median SSIM", "labels", "ε", "s"):
+        table.add_column(column, justify="right")
+    for outcome in outcomes:
+        table.add_row(
+            outcome.defence_label,
+            _db(outcome.median_psnr),
+            f"{outcome.median_baseline_psnr:.1f}",
+            f"{outcome.median_ssim:.3f}",
+            f"{outcome.label_accuracy:.0%}",
+            "-" if outcome.epsilon is None else f"{outcome.epsilon:.3g}",
+            f"{outcome.seconds:.0f}",
+        )
+    return table
