@@ -118,7 +118,7 @@ def metrics_document(outcome: AttackOutcome) -> dict[str, Any]:
 def save_reconstruction_figure(outcome: AttackOutcome, path: Path) -> None:
     """Originals above, reconstructions below, PSNR under each reconstruction."""
     count = len(outcome.images)
-    figure = Figure(figsize=(1.3 * count + 0.6, 3.0), dpi=100)
+    figure = Figure(figsize=(max(1.3 * count + 0.6, 3.2), 3.2), dpi=100)
     axes = figure.subplots(2, count, squeeze=False)
     for column, image in enumerate(outcome.images):
         _show(axes[0][column], outcome.originals[column])
@@ -129,8 +129,8 @@ def save_reconstruction_figure(outcome: AttackOutcome, path: Path) -> None:
     axes[1][0].set_ylabel("reconstructed", fontsize=8)
     config = outcome.config
     figure.suptitle(
-        f"{config.attack.upper()} on {config.model} / {config.dataset}, {outcome.defence_label} "
-        f"(baseline {outcome.median_baseline_psnr:.1f} dB)",
+        f"{config.attack.upper()} on {config.model} / {config.dataset}\n{outcome.defence_label}, "
+        f"baseline {outcome.median_baseline_psnr:.1f} dB",
         fontsize=9,
     )
     figure.tight_layout()
