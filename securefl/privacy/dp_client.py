@@ -140,6 +140,8 @@ def plan_clients(
 
 
 def _noise_for(config: DPConfig, *, sample_rate: float, total_steps: int, rounds: int) -> float:
+    if config.noise_multiplier is not None:  # given noise; a target, if any, is only the budget
+        return float(config.noise_multiplier)
     if config.target_epsilon is None:
         return float(config.effective_noise_multiplier or 0.0)
     try:

@@ -325,3 +325,23 @@ def test_ledger_is_json_and_complete():
     assert client["sample_rate"] == 8 / 40 and client["noise_multiplier"] == 0.8
     assert client["epsilon"] == pytest.approx(trainer.epsilon(1))
     assert written["clients"]["0"]["rounds"] == [] and written["clients"]["0"]["epsilon"] == 0.0
+
+
+def test_a_budget_with_given_noise_stops_the_client_mid_run():
+    """With the noise fixed and the target only a budget, the client stops after as many rounds as
+    fit: the last round it trains stays within the budget, the next would not."""
+    config = DPConfig(target_epsilon=6.0, delta=1e-3)
+    object.__setattr__(config, "noise_multiplier", 1.0)  # DPConfig does not (yet) take both flags
+    shards = make_shards([32])
+    trainer = make_trainer(shards, config=config, batch_size=8, rounds=50)
+    assert trainer.plans[0].noise_multiplier == 1.0
+    trained = 0
+    while trainer.can_train(0):
+        trained += 1
+        train(trainer, shards[0], trained)
+    within = opacus_epsilon(accountant="rdp", noise=1.0, sample_rate=8 / 32, steps=trained * 4, delta=1e-3)
+    beyond = opacus_epsilon(
+        accountant="rdp", noise=1.0, sample_rate=8 / 32, steps=(trained + 1) * 4, delta=1e-3
+    )
+    assert trained >= 2 and within <= 6.0 < beyond
+    assert trainer.epsilon(0) == pytest.approx(within, rel=1e-9)
