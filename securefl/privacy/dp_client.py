@@ -10,15 +10,18 @@ Poisson batches from ``UniformWithReplacementSampler``, the model check from ``M
 assembles those parts the way ``PrivacyEngine.make_private`` does, once per run rather than once
 per client:
 
-- one model copy is validated and wrapped, one ``DPOptimizer`` built; each client loads the global
-  weights into them (copied, in plain ``parameters_to_vector`` order, so the update that leaves the client has
-  the plain model's layout, never ``_module.`` names) and gets a fresh momentum state, its own
-  Poisson sampler and its own noise multiplier;
+- one model copy is validated and wrapped, one ``DPOptimizer`` built; each client copies the
+  global weights into them (plain ``parameters_to_vector`` order, so the update that leaves the
+  client has the plain model's layout, never ``_module.`` names) and gets a fresh momentum state,
+  its own Poisson sampler and its own noise multiplier;
+- per-sample gradients come from Opacus' ExpandedWeights mode (``grad_sample_mode="ew"``, the
+  default: it computes per-sample weight gradients *instead of* the summed ones) or its hooks mode;
 - batches are index tensors into the client's shard, no ``DataLoader``; an empty Poisson batch is
   what Opacus' ``DPDataLoader`` makes of it: a step whose per-sample gradients are empty, so
   ``DPOptimizer`` adds noise to a zero sum (the step is still counted by the accountant);
-- the accountant state of a client is data: its events in a :class:`~securefl.privacy.ledger.PrivacyLedger`
-  (noise, sample rate, steps per round), never a live model or engine; ε is computed from that
+- the accountant state of a client is data: its events in a
+  :class:`~securefl.privacy.ledger.PrivacyLedger` (noise, sample rate, steps per round), never a
+  live model or engine; ε is computed from that
   history, memoised, so at most once per client per round (and once for all clients of one size).
 
 Per-client sampling: client ``k`` with ``n_k`` examples uses the requested batch size as its
@@ -32,7 +35,9 @@ steps a round (the plain trainer's step count).  Opacus' ``make_private`` instea
 noise multipliers; each client's guarantee is about its own data, so this is the tightest honest
 choice (one noise for the worst client would over-noise all the others).  A client whose *next*
 round would push its ε past the target is taken out of sampling (``can_train`` is False) and the
-ledger records when.
+ledger records when.  With the noise calibrated this way that happens only past the planned
+rounds; given a noise multiplier *and* a target, the target is only a budget and stops clients
+mid-run.
 
 The guarantee is per client, for one example of that client's data (add/remove-one), covering
 the sequence of model updates it sends.  Whether a client takes part in a round is decided by the
