@@ -143,12 +143,6 @@ def prepare(config: ExperimentConfig, *, dataset: Dataset | None = None) -> Prep
         raise ConfigError(f"--restarts {config.restarts} < 1")
     if config.iterations is not None and config.iterations < 1:
         raise ConfigError(f"--iterations {config.iterations} < 1")
-    if config.images % config.batch_size:
-        suggestion = config.batch_size * max(1, config.images // config.batch_size)
-        raise ConfigError(
-            f"--images {config.images} is not a multiple of --batch-size {config.batch_size}: each attacked "
-            f"round holds one batch, so use a multiple such as --images {suggestion}"
-        )
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
     if dataset.task != "classification" or len(dataset.input_shape) != 3:
@@ -161,6 +155,12 @@ def prepare(config: ExperimentConfig, *, dataset: Dataset | None = None) -> Prep
         raise ConfigError(
             f"--batch-size {config.batch_size} / --images {config.images} exceed the {victims_available} "
             f"test images of {dataset.name!r}: lower them"
+        )
+    if config.images % config.batch_size:
+        suggestion = config.batch_size * max(1, config.images // config.batch_size)
+        raise ConfigError(
+            f"--images {config.images} is not a multiple of --batch-size {config.batch_size}: each attacked "
+            f"round holds one batch, so use a multiple such as --images {suggestion}"
         )
     others = config.defence.others_needed * config.batch_size
     if others > len(dataset.train_x):
