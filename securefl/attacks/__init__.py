@@ -1,5 +1,49 @@
-"""What a curious server can learn from what it observes: gradient-inversion attacks and metrics.
+"""What a curious server can learn from what it observes: gradient inversion and its measurement.
 
-See :mod:`securefl.attacks.observation` (the threat model), :mod:`securefl.attacks.inversion`
-(DLG, iDLG, Inverting Gradients) and :mod:`securefl.attacks.metrics` (PSNR, SSIM, pairing).
+- :mod:`~securefl.attacks.observation`: the threat model, exactly what the server saw.
+- :mod:`~securefl.attacks.inversion`: DLG, iDLG, Inverting Gradients (observation -> images).
+- :mod:`~securefl.attacks.metrics`: PSNR, SSIM, MSE, label accuracy, best-match pairing.
+- :mod:`~securefl.attacks.defenses`: a round under none / clip / prune / noise / dp / secagg,
+  through securefl's own client, DP and secure-aggregation code.
+- :mod:`~securefl.attacks.experiment`: victims -> rounds -> attacks -> scores; comparisons.
+- :mod:`~securefl.attacks.report`: reconstruction.png, metrics.json, arrays.npz, compare.png/json.
 """
+
+from securefl.attacks.defenses import DEFENCES, Defence, RoundSetup, observe_round
+from securefl.attacks.experiment import (
+    COMPARISON_DEFENCES,
+    AttackOutcome,
+    ExperimentConfig,
+    prepare,
+    run_attack,
+    run_comparison,
+)
+from securefl.attacks.inversion import ATTACKS, AttackConfig, Reconstruction, infer_labels, reconstruct
+from securefl.attacks.metrics import best_match, label_accuracy, mse, psnr, ssim
+from securefl.attacks.observation import Observation, ObservedKind, PublicKnowledge
+
+__all__ = [
+    "ATTACKS",
+    "COMPARISON_DEFENCES",
+    "DEFENCES",
+    "AttackConfig",
+    "AttackOutcome",
+    "Defence",
+    "ExperimentConfig",
+    "Observation",
+    "ObservedKind",
+    "PublicKnowledge",
+    "Reconstruction",
+    "RoundSetup",
+    "best_match",
+    "infer_labels",
+    "label_accuracy",
+    "mse",
+    "observe_round",
+    "prepare",
+    "psnr",
+    "reconstruct",
+    "run_attack",
+    "run_comparison",
+    "ssim",
+]
