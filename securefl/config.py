@@ -57,17 +57,17 @@ class DPConfig:
                 self.target_epsilon > 0,
                 f"target epsilon {self.target_epsilon} <= 0: use a positive --target-epsilon",
             )
-            _require(
-                self.noise_multiplier is None,
-                "give either --noise-multiplier or --target-epsilon, not both (the target picks the noise)",
-            )
 
     @property
     def effective_noise_multiplier(self) -> float | None:
-        """The noise multiplier to use when no target epsilon chooses it (default 1.0)."""
-        if self.target_epsilon is not None:
-            return None
-        return 1.0 if self.noise_multiplier is None else self.noise_multiplier
+        """The noise multiplier, or ``None`` when a target epsilon alone chooses it.
+
+        With both a noise multiplier and a target epsilon, the target is only a budget: clients
+        whose next round would exceed it stop being sampled. Neither given: 1.0.
+        """
+        if self.noise_multiplier is not None:
+            return self.noise_multiplier
+        return None if self.target_epsilon is not None else 1.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class CentralDPConfig:
     clip_norm: float = 1.0
     delta: float = 1e-5
     client_sampling: str = "poisson"
+    accountant: str = "rdp"
 
     def __post_init__(self) -> None:
         _require(
@@ -89,6 +90,10 @@ class CentralDPConfig:
         _require(
             self.client_sampling in CLIENT_SAMPLING,
             f"unknown client sampling {self.client_sampling!r}: choose one of {', '.join(CLIENT_SAMPLING)}",
+        )
+        _require(
+            self.accountant in ACCOUNTANTS,
+            f"unknown accountant {self.accountant!r}: choose one of {', '.join(ACCOUNTANTS)}",
         )
 
 
@@ -283,6 +288,7 @@ _SECTION_FLAGS: dict[str, dict[str, str]] = {
         "clip_norm": "clip_norm",
         "central_delta": "delta",
         "client_sampling": "client_sampling",
+        "central_accountant": "accountant",
     },
     "secagg": {
         "secagg_threshold": "threshold",

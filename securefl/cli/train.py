@@ -62,6 +62,9 @@ def train(
     clip_norm: Annotated[float | None, Opt(help="DP-FedAvg client update clip. [default: 1.0]")] = None,
     central_delta: Annotated[float | None, Opt(help="User-level δ, below 1/clients. [default: 1e-5]")] = None,
     client_sampling: Annotated[str | None, Opt(help="poisson | fixed. [default: poisson]")] = None,
+    central_accountant: Annotated[
+        str | None, Opt(help="User-level ε: rdp | prv | gdp. [default: rdp]")
+    ] = None,
     secagg: Annotated[
         bool | None, Opt("--secagg/--no-secagg", help="Sum updates by secure aggregation.")
     ] = None,

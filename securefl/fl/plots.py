@@ -22,7 +22,8 @@ def plot_curves(records: list[dict[str, Any]], *, task: str, path: Path) -> None
     left.set_ylabel("test accuracy" if task == "classification" else "test R²")
     left.grid(alpha=0.3)
     test_loss = "test_loss" if task == "classification" else "test_mse"
-    right.plot(rounds, [r.get("train_loss") for r in records], marker="o", label="train (clients)")
+    if any("train_loss" in r for r in records):  # not released under DP
+        right.plot(rounds, [r.get("train_loss") for r in records], marker="o", label="train (clients)")
     right.plot(rounds, [r.get(test_loss) for r in records], marker="s", label="test")
     right.set_xlabel("round")
     right.set_ylabel("loss")

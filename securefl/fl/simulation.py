@@ -108,7 +108,7 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
             clients_per_round=config.sampled_clients,
             client_sampling=central.client_sampling,
             generator=client_generator(config.seed, 0, 2**31 - 1),
-            accountant=config.dp.accountant if config.dp is not None else "rdp",
+            accountant=central.accountant,
         )
         sampling = central.client_sampling
     channel: AggregationChannel = PlainSum()
@@ -255,7 +255,8 @@ def run_simulation(
         if aggregate is not None:  # an empty round still runs the server update (DP noise)
             params = fed.server_update(params, aggregate)
             record["survivors"] = len(aggregate.survivors)
-            if aggregate.weight_sum > 0:
+            # Clients' losses are computed without noise: under DP they are not released.
+            if aggregate.weight_sum > 0 and not accountants:
                 record["train_loss"] = aggregate.train_loss_sum / aggregate.weight_sum
             record.update(aggregate.details)
         record.setdefault("bytes_up", 0)

@@ -99,6 +99,8 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         (["--central-dp", "--clip-norm", "0"], "clip norm 0.0 <= 0"),
         (["--central-dp", "--central-delta", "0.5"], "1/clients"),
         (["--dp", "--algorithm", "fedsgd"], "--algorithm fedavg"),
+        (["--central-dp", "--central-accountant", "moments"], "unknown accountant"),
+        (["--central-accountant", "prv"], "--central-accountant given without --central-dp"),
     ],
 )
 def test_bad_input_exits_2_with_a_one_line_message(tmp_path, capsys, args, fragment):
@@ -181,3 +183,16 @@ def test_dp_composes_with_secure_aggregation(tmp_path, extra):
     key = "epsilon_max" if "--dp" in extra else "user_epsilon"
     assert all(r[key] > 0 for r in records)
     assert (out / "privacy.json").exists()
+
+
+def test_privacy_budget_stops_clients_and_the_run_ends_cleanly(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*SMALL, "--rounds", "6", "--dp", "--noise-multiplier", "1.2", "--target-epsilon", "2.0"]
+    assert main(["train", *args, "--out", str(out)]) == 0
+    assert "stopped early" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 1 <= len(records) < 6
+    assert all(r["epsilon_max"] <= 2.0 for r in records)
+    assert "train_loss" not in records[0]  # clients' un-noised losses are not released under DP
+    ledger = json.loads((out / "privacy.json").read_text())["sample_level"]
+    assert sorted(ledger["excluded_clients"]) == [0, 1, 2]
