@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/securefl train --out runs/demo --overwrite
+	$(VENV)/bin/securefl train --dp --secagg --batch-size 32 --lr 0.25 --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest
