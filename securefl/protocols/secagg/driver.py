@@ -58,7 +58,7 @@ class Dropout:
 
 
 class UniformGenerator(Protocol):
-    """What :meth:`DropoutPlan.random` needs from a generator (``numpy.random.Generator`` fits)."""
+    """What :meth:`DropoutPlan.random` needs from a generator (a NumPy ``Generator`` fits; dropouts are a simulation knob, not secret)."""
 
     def random(self) -> float: ...
 
