@@ -58,7 +58,10 @@ class Dropout:
 
 
 class UniformGenerator(Protocol):
-    """What :meth:`DropoutPlan.random` needs from a generator (a NumPy ``Generator`` fits; dropouts are a simulation knob, not secret)."""
+    """What :meth:`DropoutPlan.random` needs from a generator (a NumPy ``Generator`` fits).
+
+    Dropouts are a simulation knob, not a secret: no key, mask or share comes from it.
+    """
 
     def random(self) -> float: ...
 
