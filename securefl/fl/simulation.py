@@ -198,6 +198,48 @@ def evaluate(
     return {"test_mse": mse, "test_r2": 1.0 - mse / variance if variance > 0 else float("nan")}
 
 
+def _run_round(
+    fed: Federation, params: torch.Tensor, *, round_index: int, eligible: list[int]
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One round: sample, train on the client side, aggregate, update. Returns the new
+    parameters and the round's record (without evaluation and timing)."""
+    sampled = fed.sampler.sample(round_index, eligible)
+    record: dict[str, Any] = {
+        "round": round_index,
+        "clients": len(sampled),
+        "excluded_clients": len(fed.shards) - len(eligible),
+        "status": "ok" if sampled else "empty",
+    }
+    contributions = [
+        fed.transform(
+            fed.trainer.train(
+                global_params=params,
+                shard=fed.shards[client_id],
+                round_index=round_index,
+                generator=client_generator(fed.config.seed, round_index, client_id),
+            )
+        )
+        for client_id in sampled
+    ]
+    aggregate: Aggregate | None = Aggregate(torch.zeros_like(params), 0.0, (), 0.0)
+    if contributions:
+        try:
+            aggregate = fed.channel.aggregate(contributions, round_index=round_index)
+        except ThresholdNotMetError as error:  # nothing was revealed: the model stays as it is
+            record.update(status="aborted", abort_reason=str(error), **getattr(error, "details", {}))
+            aggregate = None
+    if aggregate is not None:  # an empty round still runs the server update (DP-FedAvg noise)
+        params = fed.server_update(params, aggregate)
+        record["survivors"] = len(aggregate.survivors)
+        if aggregate.weight_sum > 0:
+            record["train_loss"] = aggregate.train_loss_sum / aggregate.weight_sum
+        record.update(aggregate.details)
+    record.setdefault("bytes_up", 0)
+    model_bytes = params.numel() * params.element_size()
+    record["bytes_down"] = len(sampled) * model_bytes + record.get("bytes_down", 0)
+    return params, record
+
+
 def run_simulation(
     config: RunConfig,
     *,
@@ -216,8 +258,7 @@ def run_simulation(
     )
     params = to_vector(fed.eval_model.parameters())
     accountants = [x for x in (fed.trainer, fed.server_update) if isinstance(x, PrivacyAccounting)]
-    param_bytes = params.numel() * params.element_size()
-    for round_index in range(1, fed.config.rounds + 1):
+    for round_index in range(1, config.rounds + 1):
         started = time.perf_counter()
         eligible = [s.client_id for s in fed.shards if fed.trainer.can_train(s.client_id)]
         if not eligible:
@@ -226,43 +267,12 @@ def run_simulation(
             )
             log.info(history.stopped_early)
             break
-        sampled = fed.sampler.sample(round_index, eligible)
-        record: dict[str, Any] = {
-            "round": round_index,
-            "clients": len(sampled),
-            "excluded_clients": len(fed.shards) - len(eligible),
-        }
-        contributions = [
-            fed.transform(
-                fed.trainer.train(
-                    global_params=params,
-                    shard=fed.shards[client_id],
-                    round_index=round_index,
-                    generator=client_generator(config.seed, round_index, client_id),
-                )
-            )
-            for client_id in sampled
-        ]
-        record["status"] = "ok" if contributions else "empty"
-        aggregate: Aggregate | None = Aggregate(torch.zeros_like(params), 0.0, (), 0.0)
-        if contributions:
-            try:
-                aggregate = fed.channel.aggregate(contributions, round_index=round_index)
-            except ThresholdNotMetError as error:
-                record.update(status="aborted", abort_reason=str(error), **getattr(error, "details", {}))
-                aggregate = None
-            del contributions
-        if aggregate is not None:  # an empty round still runs the server update (DP noise)
-            params = fed.server_update(params, aggregate)
-            record["survivors"] = len(aggregate.survivors)
+        params, record = _run_round(fed, params, round_index=round_index, eligible=eligible)
+        if accountants:
             # Clients' losses are computed without noise: under DP they are not released.
-            if aggregate.weight_sum > 0 and not accountants:
-                record["train_loss"] = aggregate.train_loss_sum / aggregate.weight_sum
-            record.update(aggregate.details)
-        record.setdefault("bytes_up", 0)
-        record["bytes_down"] = len(sampled) * param_bytes + record.get("bytes_down", 0)
-        for accountant in accountants:
-            record.update(accountant.round_metrics())
+            record.pop("train_loss", None)
+            for accountant in accountants:
+                record.update(accountant.round_metrics())
         record.update(evaluate(fed.eval_model, params, fed.dataset))
         record["seconds"] = time.perf_counter() - started
         history.records.append(record)
