@@ -10,6 +10,7 @@ Client-side values never reach the server-side objects except through the channe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -32,8 +33,10 @@ from securefl.fl.types import (
     AggregationChannel,
     ClientShard,
     ClientTrainer,
+    Contribution,
     PrivacyAccounting,
     ServerUpdate,
+    Update,
     UpdateTransform,
 )
 from securefl.fl.vectors import load_vector, to_vector
@@ -111,6 +114,8 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
             accountant=central.accountant,
         )
         sampling = central.client_sampling
+    if config.dp is not None or config.central_dp is not None:
+        transform = _without_loss(transform)
     channel: AggregationChannel = PlainSum()
     if config.secagg is not None:
         channel = SecureAggregationChannel(
@@ -135,6 +140,15 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
             num_clients=config.clients, per_round=config.sampled_clients, scheme=sampling, seed=config.seed
         ),
     )
+
+
+def _without_loss(transform: UpdateTransform) -> UpdateTransform:
+    """Under DP a client's training loss is computed without noise: it does not leave the client."""
+
+    def transform_without_loss(update: Update) -> Contribution:
+        return dataclasses.replace(transform(update), train_loss=0.0)
+
+    return transform_without_loss
 
 
 def _build_trainer(
@@ -269,8 +283,7 @@ def run_simulation(
             break
         params, record = _run_round(fed, params, round_index=round_index, eligible=eligible)
         if accountants:
-            # Clients' losses are computed without noise: under DP they are not released.
-            record.pop("train_loss", None)
+            record.pop("train_loss", None)  # clients do not send it under DP (_without_loss)
             for accountant in accountants:
                 record.update(accountant.round_metrics())
         record.update(evaluate(fed.eval_model, params, fed.dataset))
