@@ -14,6 +14,7 @@ Sections (all by default; one thread; every figure printed next to its target):
 
     .venv/bin/python benchmarks/attacks.py [labels|dlg|ig|defences ...] [--images N] [--compare-images K]
         [--attack-for-defences dlg|idlg|ig] [--dataset-for-defences mnist-sample|images]
+        [--restarts-for-defences R] [--iterations-for-defences I]
 """
 
 from __future__ import annotations
@@ -87,9 +88,16 @@ def ig_section(images: int) -> None:
         )
 
 
-def defences_section(images: int, attack: str, dataset: str) -> None:
-    print(f"\n## Defences: {attack} on {dataset}, {images} victims, the `securefl attack compare` rows")
-    config = ExperimentConfig(attack=attack, dataset=dataset, images=images, restarts=2)
+def defences_section(
+    images: int, attack: str, dataset: str, *, restarts: int, iterations: int | None
+) -> None:
+    print(
+        f"\n## Defences: {attack} on {dataset}, {images} victims, {restarts} restart(s), "
+        f"{iterations or 'default'} iterations: the `securefl attack compare` rows"
+    )
+    config = ExperimentConfig(
+        attack=attack, dataset=dataset, images=images, restarts=restarts, iterations=iterations
+    )
     outcomes = run_comparison(prepare(config))
     print(
         f"{'defence':16s} {'median PSNR':>11s} {'baseline':>9s} {'excess':>7s} {'SSIM':>6s} "
@@ -117,6 +125,8 @@ def main() -> None:
     parser.add_argument("--compare-images", type=int, default=4)
     parser.add_argument("--attack-for-defences", default="dlg")
     parser.add_argument("--dataset-for-defences", default="mnist-sample")
+    parser.add_argument("--restarts-for-defences", type=int, default=2)
+    parser.add_argument("--iterations-for-defences", type=int, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -128,7 +138,13 @@ def main() -> None:
         elif section == "ig":
             ig_section(args.ig_images)
         elif section == "defences":
-            defences_section(args.compare_images, args.attack_for_defences, args.dataset_for_defences)
+            defences_section(
+                args.compare_images,
+                args.attack_for_defences,
+                args.dataset_for_defences,
+                restarts=args.restarts_for_defences,
+                iterations=args.iterations_for_defences,
+            )
         else:
             parser.error(f"unknown section {section!r}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s, torch threads 1")
