@@ -7,12 +7,14 @@ Sections (all by default; one thread; every figure printed next to its target):
 - ``dlg``: DLG and iDLG on single mnist-sample test digits, sigmoid LeNet initialised U(-0.5, 0.5)
   by the server, float64 round; target: >= 80% of 20 digits at PSNR >= 40 dB, each <= 60 s,
   <= 8 restarts.
+- ``init``: iDLG with the server's model choices: U(-0.5, 0.5) in float64 and float32, PyTorch's
+  default init; not a target, it shows what the uniform initialisation is worth.
 - ``ig``: Inverting Gradients on 32x32 colour crops (``images``), LeNet with PyTorch's default
   init; target: median PSNR >= 20 dB, <= 30 s per image.
 - ``defences``: the ``securefl attack compare`` rows on the same victims; target: DP-SGD z=1 and
   SecAgg N >= 16 within 3 dB of the trivial-guess (mean image) baseline, clipping alone not.
 
-    .venv/bin/python benchmarks/attacks.py [labels|dlg|ig|defences ...] [--images N] [--compare-images K]
+    .venv/bin/python benchmarks/attacks.py [labels|dlg|init|ig|defences ...] [--images N] [--compare-images K]
         [--attack-for-defences dlg|idlg|ig] [--dataset-for-defences mnist-sample|images]
         [--restarts-for-defences R] [--iterations-for-defences I]
 """
@@ -70,6 +72,20 @@ def dlg_section(images: int) -> None:
         )
 
 
+def init_section(images: int) -> None:
+    print(f"\n## What the server's model choice does: iDLG on {images} digits, 2 restarts")
+    for init, precision in (("uniform", "float64"), ("uniform", "float32"), ("default", "float64")):
+        config = ExperimentConfig(
+            attack="idlg", images=images, restarts=2, server_init=init, precision=precision
+        )
+        outcome = run_attack(prepare(config))
+        psnrs = [image.psnr for image in outcome.images]
+        print(
+            f"init={init:8s} {precision}: median PSNR {outcome.median_psnr:.1f} dB "
+            f"(min {min(psnrs):.1f}, max {max(psnrs):.1f}), PSNR>=40 dB {outcome.leaked_fraction:.0%}"
+        )
+
+
 def ig_section(images: int) -> None:
     print(
         f"\n## Inverting Gradients on {images} 32x32 colour crops (images), 1 step and a 5-step FedAvg update"
@@ -122,6 +138,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=120)
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--ig-images", type=int, default=10)
+    parser.add_argument("--init-images", type=int, default=6)
     parser.add_argument("--compare-images", type=int, default=4)
     parser.add_argument("--attack-for-defences", default="dlg")
     parser.add_argument("--dataset-for-defences", default="mnist-sample")
@@ -135,6 +152,8 @@ def main() -> None:
             labels_section(args.pairs)
         elif section == "dlg":
             dlg_section(args.images)
+        elif section == "init":
+            init_section(args.init_images)
         elif section == "ig":
             ig_section(args.ig_images)
         elif section == "defences":

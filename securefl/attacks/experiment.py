@@ -11,8 +11,8 @@ uniformly in [-0.5, 0.5] (``server_init="uniform"``), the initialisation of Zhu 
 a curious server picks a leakage-friendly model, and with PyTorch's default initialisation the
 sigmoid LeNet's gradients are far less invertible. Inverting Gradients works with the default
 initialisation (``server_init="default"``). DLG/iDLG rounds run in float64 (the server sends a
-float64 model, so the client's update is not rounded to float32), as L-BFGS needs to drive the
-gradient distance to ~1e-9 of its scale; Inverting Gradients rounds run in float32.
+float64 model, so the client's update is not rounded to float32), which gives L-BFGS margin to
+drive the gradient distance to 1e-8 of its scale; Inverting Gradients rounds run in float32.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from securefl.models import MODELS, build_model
 logger = logging.getLogger(__name__)
 
 SERVER_INITS = ("auto", "uniform", "default")
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_RESTARTS = {"dlg": 8, "idlg": 8, "ig": 2}
 LEAKED_PSNR = 40.0
 """A reconstruction at or above this PSNR is counted as recovered (the DLG/iDLG target)."""
@@ -86,6 +87,9 @@ class ExperimentConfig:
     iterations: int | None = None
     server_init: str = "auto"
     data_dir: Path | None = None
+    precision: str = "auto"
+    """Arithmetic of the round and the attacker: auto (float64 for DLG/iDLG, float32 for IG),
+    float32 or float64."""
 
     @property
     def resolved_server_init(self) -> str:
@@ -95,6 +99,8 @@ class ExperimentConfig:
 
     @property
     def arithmetic(self) -> torch.dtype:
+        if self.precision != "auto":
+            return PRECISIONS[self.precision]
         return torch.float32 if self.attack == "ig" else torch.float64
 
     def attack_config(self, round_index: int) -> AttackConfig:
@@ -131,6 +137,8 @@ def prepare(config: ExperimentConfig, *, dataset: Dataset | None = None) -> Prep
         raise ConfigError(
             f"unknown server init {config.server_init!r}: choose one of {', '.join(SERVER_INITS)}"
         )
+    if config.precision != "auto" and config.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {config.precision!r}: choose auto, float32 or float64")
     if config.images < 1:
         raise ConfigError(f"--images {config.images} < 1: attack at least one image")
     if config.batch_size < 1:
