@@ -49,9 +49,9 @@ BatchOpt = Annotated[int, Opt(help="Images per client in the attacked round.")]
 StepsOpt = Annotated[int, Opt(help="Local full-batch SGD steps (1 = FedSGD gradient).")]
 LrOpt = Annotated[float, Opt("--lr", help="Client learning rate (public).")]
 SeedOpt = Annotated[int, Opt(help="Seed of victims, server model and attack.")]
-RestartsOpt = Annotated[int | None, Opt(help="Attack restarts. [default: 8 for dlg/idlg, 2 for ig]")]
+RestartsOpt = Annotated[int | None, Opt(help="Attack restarts. (default 8 for dlg/idlg, 2 for ig)")]
 IterationsOpt = Annotated[
-    int | None, Opt(help="Iterations per restart. [default: 300 L-BFGS for dlg/idlg, 1000 Adam for ig]")
+    int | None, Opt(help="Iterations per restart. (default 300 L-BFGS for dlg/idlg, 1000 Adam for ig)")
 ]
 InitOpt = Annotated[
     str, Opt(help="Model the server sends: auto | uniform (DLG's U(-0.5, 0.5)) | default (PyTorch).")
@@ -71,18 +71,18 @@ def attack(
     local_steps: StepsOpt = 1,
     lr: LrOpt = 0.1,
     defense: Annotated[str, Opt(help="none | dp | secagg | clip | prune | noise.")] = "none",
-    noise_multiplier: Annotated[float | None, Opt(help="dp: DP-SGD noise multiplier. [default: 1.0]")] = None,
+    noise_multiplier: Annotated[float | None, Opt(help="dp: DP-SGD noise multiplier. (default 1.0)")] = None,
     max_grad_norm: Annotated[
-        float | None, Opt(help="dp: per-example clip; clip: update L2 bound. [default: 1.0]")
+        float | None, Opt(help="dp: per-example clip; clip: update L2 bound. (default 1.0)")
     ] = None,
     clients: Annotated[
-        int | None, Opt(help="secagg: clients N summed, the victim among them. [default: 16]")
+        int | None, Opt(help="secagg: clients N summed, the victim among them. (default 16)")
     ] = None,
     prune_ratio: Annotated[
-        float | None, Opt(help="prune: fraction of each layer zeroed. [default: 0.9]")
+        float | None, Opt(help="prune: fraction of each layer zeroed. (default 0.9)")
     ] = None,
     noise_std: Annotated[
-        float | None, Opt(help="noise: Gaussian std added to the update. [default: 0.01]")
+        float | None, Opt(help="noise: Gaussian std added to the update. (default 0.01)")
     ] = None,
     images: Annotated[int, Opt(help="Victim images K attacked.")] = 4,
     seed: SeedOpt = 0,
@@ -91,7 +91,7 @@ def attack(
     server_init: InitOpt = "auto",
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = 1,
-    out: Annotated[Path | None, Opt(help="Output directory. [default: runs/attack-<timestamp>]")] = None,
+    out: Annotated[Path | None, Opt(help="Output directory. (default runs/attack-<timestamp>)")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Attack K victim images and write reconstruction.png, metrics.json and arrays.npz."""
@@ -148,7 +148,7 @@ def compare(
     server_init: InitOpt = "auto",
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = 1,
-    out: Annotated[Path | None, Opt(help="Output directory. [default: runs/compare-<timestamp>]")] = None,
+    out: Annotated[Path | None, Opt(help="Output directory. (default runs/compare-<timestamp>)")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Run the same victims through every defence; write compare.png and compare.json."""

@@ -8,13 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from securefl.cli import app as cli_app
 from securefl.cli.app import main
-from securefl.cli.attack import attack_app
-
-if not any(group.name == "attack" for group in cli_app.app.registered_groups):
-    # The lead's app.py registers the group once securefl.cli.attack exists; same call until then.
-    cli_app.app.add_typer(attack_app, name="attack")
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
