@@ -152,7 +152,7 @@ class _OperationRecorder(TorchFunctionMode):
         super().__init__()
         self.names: set[str] = set()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         self.names.add(getattr(func, "__name__", ""))
         return func(*args, **(kwargs or {}))
 
