@@ -305,12 +305,13 @@ def run_attack(
             prepared.victim_indices[round_index * config.batch_size : (round_index + 1) * config.batch_size]
         )
         victim = ClientShard(0, dataset.test_x[rows], dataset.test_y[rows])
+        others = _other_clients(prepared, round_index)
         observation, facts = observe_round(
             setup=setup,
             defence=config.defence,
             server_model=server_model(config, dataset, round_index),
             victim=victim,
-            others=_other_clients(prepared, round_index),
+            others=others,
             seed=config.seed * 7_919 + round_index,
         )
         label = f"{description}round {round_index + 1}/{prepared.rounds}"
@@ -320,7 +321,12 @@ def run_attack(
                 progress(label, event)
 
         reconstruction = reconstruct(observation, config=config.attack_config(round_index), progress=report)
-        scores, pairing = score_images(reconstruction.images, victim.x, mean_image=prepared.mean_image)
+        # Pair the reconstructions with *every* image behind the observation (all N clients' under
+        # secure aggregation) and read off the victim's pairs: a reconstruction of another client's
+        # image goes to that client, it does not count as a leak of a similar-looking victim image.
+        everyone = torch.cat([victim.x, *(shard.x for shard in others)])
+        scores, pairing = score_images(reconstruction.images, everyone, mean_image=prepared.mean_image)
+        scores, pairing = scores[: len(victim)], pairing[: len(victim)]
         for position, score in enumerate(scores):
             results.append(
                 ImageResult(
