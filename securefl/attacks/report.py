@@ -189,6 +189,10 @@ def comparison_document(outcomes: Sequence[AttackOutcome]) -> dict[str, Any]:
                 "defence_parameters": {
                     k: v for k, v in asdict(outcome.config.defence).items() if v is not None
                 },
+                "round_facts": [
+                    {k: v for k, v in asdict(round_.facts).items() if v is not None}
+                    for round_ in outcome.rounds
+                ],
             }
             for outcome in outcomes
         ],

@@ -70,6 +70,8 @@ def test_compare_writes_one_row_per_defence(tmp_path, capsys):
     epsilons = [row["epsilon"] for row in rows[4:7]]
     assert epsilons[0] > epsilons[1] > epsilons[2] > 0  # more noise buys a smaller ε
     assert all(row["epsilon"] is None for row in rows[:4] + rows[7:])
+    assert rows[1]["round_facts"] == [{"clipped": True}]
+    assert [row["round_facts"][0]["secagg_clipped_fraction"] for row in rows[7:]] == [0.0] * 5
     assert "SecAgg N=32" in capsys.readouterr().out
 
 
