@@ -22,66 +22,66 @@ Opt = typer.Option
 
 def train(
     dataset: Annotated[
-        str | None, Opt(help="Data set (see `securefl datasets`). [default: mnist-sample]")
+        str | None, Opt(help="Data set (see `securefl datasets`). (default mnist-sample)")
     ] = None,
-    model: Annotated[str | None, Opt(help="cnn | lenet | resnet18 | mlp. [default: cnn]")] = None,
-    clients: Annotated[int | None, Opt(help="Number of clients N. [default: 10]")] = None,
-    clients_per_round: Annotated[int | None, Opt(help="Clients sampled per round K. [default: all]")] = None,
+    model: Annotated[str | None, Opt(help="cnn | lenet | resnet18 | mlp. (default cnn)")] = None,
+    clients: Annotated[int | None, Opt(help="Number of clients N. (default 10)")] = None,
+    clients_per_round: Annotated[int | None, Opt(help="Clients sampled per round K. (default all)")] = None,
     fraction: Annotated[float | None, Opt(help="Fraction C of clients per round, instead of K.")] = None,
-    rounds: Annotated[int | None, Opt(help="Rounds R. [default: 10]")] = None,
-    local_epochs: Annotated[int | None, Opt(help="Local epochs E. [default: 2]")] = None,
-    batch_size: Annotated[int | None, Opt(help="Local batch size B. [default: 16]")] = None,
-    lr: Annotated[float | None, Opt(help="Client learning rate. [default: 0.05]")] = None,
-    momentum: Annotated[float | None, Opt(help="Client SGD momentum. [default: 0.5]")] = None,
-    weight_decay: Annotated[float | None, Opt(help="Client weight decay. [default: 0]")] = None,
-    partition: Annotated[str | None, Opt(help="iid | dirichlet | shards. [default: iid]")] = None,
+    rounds: Annotated[int | None, Opt(help="Rounds R. (default 10)")] = None,
+    local_epochs: Annotated[int | None, Opt(help="Local epochs E. (default 2)")] = None,
+    batch_size: Annotated[int | None, Opt(help="Local batch size B. (default 16)")] = None,
+    lr: Annotated[float | None, Opt(help="Client learning rate. (default 0.05)")] = None,
+    momentum: Annotated[float | None, Opt(help="Client SGD momentum. (default 0.5)")] = None,
+    weight_decay: Annotated[float | None, Opt(help="Client weight decay. (default 0)")] = None,
+    partition: Annotated[str | None, Opt(help="iid | dirichlet | shards. (default iid)")] = None,
     alpha: Annotated[
-        float | None, Opt(help="Dirichlet concentration (smaller = more skew). [default: 0.5]")
+        float | None, Opt(help="Dirichlet concentration (smaller = more skew). (default 0.5)")
     ] = None,
-    seed: Annotated[int | None, Opt(help="Seed of partition, sampling and training. [default: 0]")] = None,
-    algorithm: Annotated[str | None, Opt(help="fedavg | fedsgd. [default: fedavg]")] = None,
+    seed: Annotated[int | None, Opt(help="Seed of partition, sampling and training. (default 0)")] = None,
+    algorithm: Annotated[str | None, Opt(help="fedavg | fedsgd. (default fedavg)")] = None,
     data_dir: Annotated[Path | None, Opt(help="Directory holding mnist / cifar10 files.")] = None,
     download: Annotated[
         bool | None, Opt("--download/--no-download", help="Allow torchvision to download.")
     ] = None,
-    threads: Annotated[int | None, Opt(help="torch intra-op threads. [default: 1]")] = None,
+    threads: Annotated[int | None, Opt(help="torch intra-op threads. (default 1)")] = None,
     dp: Annotated[
         bool | None, Opt("--dp/--no-dp", help="Sample-level DP-SGD on every client (Opacus).")
     ] = None,
-    noise_multiplier: Annotated[float | None, Opt(help="DP-SGD noise multiplier. [default: 1.0]")] = None,
-    max_grad_norm: Annotated[float | None, Opt(help="DP-SGD per-sample clip norm. [default: 1.0]")] = None,
-    delta: Annotated[float | None, Opt(help="DP-SGD δ, below 1/samples per client. [default: 1e-5]")] = None,
-    accountant: Annotated[str | None, Opt(help="rdp | prv | gdp. [default: rdp]")] = None,
+    noise_multiplier: Annotated[float | None, Opt(help="DP-SGD noise multiplier. (default 1.0)")] = None,
+    max_grad_norm: Annotated[float | None, Opt(help="DP-SGD per-sample clip norm. (default 1.0)")] = None,
+    delta: Annotated[float | None, Opt(help="DP-SGD δ, below 1/samples per client. (default 1e-5)")] = None,
+    accountant: Annotated[str | None, Opt(help="rdp | prv | gdp. (default rdp)")] = None,
     target_epsilon: Annotated[
         float | None, Opt(help="Pick the noise so a client in every round ends at this ε; enforce it.")
     ] = None,
     central_dp: Annotated[
         bool | None, Opt("--central-dp/--no-central-dp", help="User-level DP-FedAvg at the server.")
     ] = None,
-    central_noise_multiplier: Annotated[float | None, Opt(help="DP-FedAvg noise z. [default: 1.0]")] = None,
-    clip_norm: Annotated[float | None, Opt(help="DP-FedAvg client update clip. [default: 1.0]")] = None,
-    central_delta: Annotated[float | None, Opt(help="User-level δ, below 1/clients. [default: 1e-5]")] = None,
-    client_sampling: Annotated[str | None, Opt(help="poisson | fixed. [default: poisson]")] = None,
+    central_noise_multiplier: Annotated[float | None, Opt(help="DP-FedAvg noise z. (default 1.0)")] = None,
+    clip_norm: Annotated[float | None, Opt(help="DP-FedAvg client update clip. (default 1.0)")] = None,
+    central_delta: Annotated[float | None, Opt(help="User-level δ, below 1/clients. (default 1e-5)")] = None,
+    client_sampling: Annotated[str | None, Opt(help="poisson | fixed. (default poisson)")] = None,
     central_accountant: Annotated[
-        str | None, Opt(help="User-level ε: rdp | prv | gdp. [default: rdp]")
+        str | None, Opt(help="User-level ε: rdp | prv | gdp. (default rdp)")
     ] = None,
     secagg: Annotated[
         bool | None, Opt("--secagg/--no-secagg", help="Sum updates by secure aggregation.")
     ] = None,
     secagg_threshold: Annotated[
         float | None,
-        Opt(help="Shamir threshold: a fraction in (0, 1) or a client count. [default: majority]"),
+        Opt(help="Shamir threshold: a fraction in (0, 1) or a client count. (default majority)"),
     ] = None,
     secagg_neighbors: Annotated[
-        int | None, Opt(help="SecAgg+ neighbours per client (even). [default: all clients]")
+        int | None, Opt(help="SecAgg+ neighbours per client (even). (default all clients)")
     ] = None,
-    secagg_bits: Annotated[int | None, Opt(help="Ring size in bits, 8..62. [default: 32]")] = None,
-    secagg_clip: Annotated[float | None, Opt(help="Per-coordinate update clip. [default: 1.0]")] = None,
+    secagg_bits: Annotated[int | None, Opt(help="Ring size in bits, 8..62. (default 32)")] = None,
+    secagg_clip: Annotated[float | None, Opt(help="Per-coordinate update clip. (default 1.0)")] = None,
     dropout_rate: Annotated[float | None, Opt(help="Simulated dropout per client and round.")] = None,
     active_adversary: Annotated[
         bool | None, Opt("--active-adversary", help="Signed consistency check against a lying server.")
     ] = None,
-    out: Annotated[Path | None, Opt(help="Run directory. [default: runs/<timestamp>]")] = None,
+    out: Annotated[Path | None, Opt(help="Run directory. (default runs/<timestamp>)")] = None,
     overwrite: Annotated[bool, Opt(help="Replace a non-empty --out directory.")] = False,
     config: Annotated[Path | None, Opt(help="TOML file with the same keys as these flags.")] = None,
 ) -> None:
