@@ -64,8 +64,9 @@ class FixedPointCodec:
         scaled = values.to(torch.float64).clamp(-self.bounds, self.bounds) / self.bounds * self.level
         floor = torch.floor(scaled)
         uniforms = torch.rand(scaled.shape, generator=generator, dtype=torch.float64)
-        rounded = floor + (uniforms < (scaled - floor)).to(torch.float64)
-        shifted = rounded.clamp(-self.level, self.level).to(torch.int64) + self.level
+        rounded = (floor + (uniforms < (scaled - floor)).to(torch.float64)).to(torch.int64)
+        # Clamp as integers: above 2^53 the float64 value of ±L is not L itself.
+        shifted = rounded.clamp_(-self.level, self.level) + self.level
         return shifted.numpy().astype(np.uint64)
 
     def decode_sum(self, total: np.ndarray, *, count: int) -> torch.Tensor:

@@ -65,27 +65,40 @@ class SecureAggregationChannel:
         num_params: int,
         weight_bound: float,
         clients_per_round: int,
+        max_clients: int | None = None,
+        dp_clip_norm: float | None = None,
         seed: int,
     ) -> None:
+        """``clients_per_round`` is the planned round (validated now, before anyone trains);
+        ``max_clients`` the most a round can have (Poisson sampling: every client), whose sum
+        must still fit the ring. With ``dp_clip_norm`` (DP-FedAvg) each update's L2 norm stays
+        below it *after* rounding, and the data-dependent clip count is not sent."""
         self.config = config
         self.num_params = num_params
         self.weight_bound = float(weight_bound)
         self.clip = config.clip if config.clip is not None else DEFAULT_CLIP
+        self.dp_clip_norm = dp_clip_norm
         self.seed = seed
         if clients_per_round < 2:
             raise ConfigError(
                 f"secure aggregation needs at least 2 clients per round, got "
                 f"{clients_per_round}: raise --clients-per-round"
             )
-        # Validate the planned round now, before anyone trains (threshold, neighbours, wrap).
         self.params_for(clients_per_round, self.codec_for(clients_per_round))
+        widest = self.codec_for(max(max_clients or clients_per_round, clients_per_round))
+        if dp_clip_norm is not None and self._rounding_norm(widest) >= dp_clip_norm:
+            raise ConfigError(
+                f"with --secagg-bits {config.bits}, rounding could move an update by more than the "
+                f"DP clip norm {dp_clip_norm}: raise --secagg-bits"
+            )
 
     def codec_for(self, num_clients: int) -> FixedPointCodec:
         """The fixed-point codec with headroom for the sum of ``num_clients`` vectors.
 
         Every entry gets one public bound: ``w_max · c`` for the update, ``w_max · LOSS_CAP`` for
-        the loss. The weight and the clip count are integers and get the bound ``L`` (the level),
-        so their quantization step is exactly 1 and their sums come out exact.
+        the loss. The weight gets the bound ``L`` (the level), so its quantization step is exactly
+        1 and the weight sum comes out exact; so does the clip count while it is at most ``L``
+        (its bound is ``max(num_params, L)``).
         """
         level = level_for(bits=self.config.bits, num_clients=num_clients)
         if self.weight_bound > level:
@@ -120,8 +133,13 @@ class SecureAggregationChannel:
                 "or the sum would be one client's update",
                 {"survivors": 0},
             )
-        codec = self.codec_for(len(contributions))
-        params = self.params_for(len(contributions), codec)
+        try:
+            codec = self.codec_for(len(contributions))
+            params = self.params_for(len(contributions), codec)
+        except ConfigError as error:  # e.g. a Poisson round below the threshold: reveal nothing
+            raise SecureAggregationAborted(
+                f"{len(contributions)} clients cannot run this protocol: {error}", {"survivors": 0}
+            ) from None
         inputs = {c.client_id: self._encode(c, codec, round_index) for c in contributions}
         dropouts = DropoutPlan.random(
             sorted(inputs),
@@ -140,7 +158,8 @@ class SecureAggregationChannel:
         sums = codec.decode_sum(result.sum, count=survivors)
         weight_sum = float(sums[self.num_params])
         details = self._details(result.stats)
-        details["secagg_clipped_fraction"] = float(sums[-1]) / (survivors * self.num_params)
+        if self.dp_clip_norm is None:
+            details["secagg_clipped_fraction"] = float(sums[-1]) / (survivors * self.num_params)
         details["quantization_error_bound"] = (
             survivors * float(codec.step[0]) / weight_sum if weight_sum > 0 else math.inf
         )
@@ -158,7 +177,10 @@ class SecureAggregationChannel:
         loss = contribution.train_loss if math.isfinite(contribution.train_loss) else 0.0
         delta = contribution.weighted_delta.to(torch.float64) / contribution.weight
         clipped = delta.clamp(-self.clip, self.clip)
-        changed = float((clipped != delta).sum())
+        changed = float((clipped != delta).sum()) if self.dp_clip_norm is None else 0.0
+        if self.dp_clip_norm is not None:  # keep the norm below the clip after rounding too
+            room = self.dp_clip_norm - self._rounding_norm(codec)
+            clipped = clipped * min(1.0, room / max(float(clipped.norm()), 1e-30))
         vector = torch.cat(
             [
                 weight * clipped,
@@ -168,6 +190,10 @@ class SecureAggregationChannel:
         state = np.random.SeedSequence([self.seed, round_index, contribution.client_id, 0x51])
         generator = torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0] >> 1))
         return codec.encode(vector, generator=generator)
+
+    def _rounding_norm(self, codec: FixedPointCodec) -> float:
+        """The most stochastic rounding can add to a weight-1 update's L2 norm."""
+        return math.sqrt(self.num_params) * float(codec.step[0]) / self.weight_bound
 
     @staticmethod
     def _details(stats: SecAggStats) -> dict:

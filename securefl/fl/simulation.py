@@ -124,6 +124,8 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
             # DP-FedAvg clients send weight 1; FedAvg clients their sample count.
             weight_bound=1 if config.central_dp is not None else max(len(s) for s in shards),
             clients_per_round=config.sampled_clients,
+            max_clients=config.clients if sampling == "poisson" else config.sampled_clients,
+            dp_clip_norm=config.central_dp.clip_norm if config.central_dp is not None else None,
             seed=config.seed,
         )
     return Federation(

@@ -35,9 +35,9 @@ from types import MappingProxyType
 
 from opacus.accountants import create_accountant
 
+from securefl.config import ACCOUNTANTS
 from securefl.errors import ConfigError, PrivacyBudgetExceeded
 
-ACCOUNTANTS = ("rdp", "prv", "gdp")
 
 History = tuple[tuple[float, float, int], ...]
 """Opacus' accountant history: ``(noise_multiplier, sample_rate, steps)`` per mechanism run."""

@@ -61,3 +61,12 @@ def test_stochastic_rounding_is_unbiased():
 def test_non_positive_bounds_are_refused():
     with pytest.raises(ConfigError):
         FixedPointCodec.for_ring(torch.tensor([1.0, 0.0]), bits=32, num_clients=3)
+
+
+@pytest.mark.parametrize("bits", [53, 54, 62])
+def test_values_at_the_clip_stay_in_range_for_wide_rings(bits):
+    """float64 cannot represent ±L exactly above 2^53: clamping must happen on integers."""
+    codec = FixedPointCodec.for_ring(torch.ones(3, dtype=torch.float64), bits=bits, num_clients=2)
+    encoded = codec.encode(torch.tensor([5.0, -5.0, 0.3]), generator=torch.Generator().manual_seed(0))
+    assert int(encoded[0]) == codec.max_value and int(encoded[1]) == 0
+    assert 0 <= int(encoded[2]) <= codec.max_value

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from securefl.config import RunConfig, SecAggConfig
+from securefl.errors import ConfigError, ThresholdNotMetError
 from securefl.fl.fedavg import WeightedMean
 from securefl.fl.secure_channel import SecureAggregationChannel
 from securefl.fl.simulation import build_federation, run_simulation
@@ -134,3 +135,52 @@ def test_server_side_never_holds_an_individual_update(monkeypatch):
         "train_loss_sum",
         "details",
     }
+
+
+def test_a_round_too_small_for_the_protocol_aborts_instead_of_crashing():
+    channel = SecureAggregationChannel(
+        config=SecAggConfig(threshold=4),
+        num_params=50,
+        weight_bound=60,
+        clients_per_round=5,
+        max_clients=10,
+        seed=0,
+    )
+    with pytest.raises(ThresholdNotMetError, match="threshold 4 > clients 3"):
+        channel.aggregate(_contributions(3, 50), round_index=1)
+
+
+def test_dp_fedavg_updates_stay_within_the_clip_norm_after_rounding():
+    """DP-FedAvg's sensitivity is the clip norm: stochastic rounding must not push past it, and
+    the data-dependent clip count is not released."""
+    clip_norm = 0.5
+    channel = SecureAggregationChannel(
+        config=SecAggConfig(bits=16),
+        num_params=400,
+        weight_bound=1,
+        clients_per_round=2,
+        dp_clip_norm=clip_norm,
+        seed=0,
+    )
+    generator = torch.Generator().manual_seed(5)
+    for round_index in range(1, 30):
+        delta = torch.randn(400, generator=generator)
+        delta = delta * (clip_norm / delta.norm())  # exactly at the clip, as ClipUpdate leaves it
+        codec = channel.codec_for(2)
+        encoded = channel._encode(Contribution(0, delta, 1.0, 0.0), codec, round_index)
+        decoded = codec.decode_sum(encoded, count=1)[:400]
+        assert float(decoded.norm()) <= clip_norm
+    aggregate = channel.aggregate([Contribution(i, delta, 1.0, 0.0) for i in range(2)], round_index=1)
+    assert "secagg_clipped_fraction" not in aggregate.details
+
+
+def test_a_ring_too_small_for_the_dp_clip_is_refused():
+    with pytest.raises(ConfigError, match="raise --secagg-bits"):
+        SecureAggregationChannel(
+            config=SecAggConfig(bits=8, clip=1.0),
+            num_params=10_000,
+            weight_bound=1,
+            clients_per_round=2,
+            dp_clip_norm=0.1,
+            seed=0,
+        )
