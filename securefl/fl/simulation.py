@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,19 @@ log = logging.getLogger(__name__)
 RoundCallback = Callable[[dict[str, Any]], None]
 
 
+def client_generator(seed: int, round_index: int, client_id: int) -> torch.Generator:
+    """The RNG of one client in one round: independent of which clients else were sampled."""
+    state = np.random.SeedSequence([seed, round_index, client_id]).generate_state(2, np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def secret_generator(seed: int, round_index: int, client_id: int) -> torch.Generator:
+    """A generator seeded from the operating system, never stored: for DP noise and DP batch
+    sampling, which must stay unknown to the server (a seed in config.json would let it subtract
+    the noise). DP runs are therefore not bit-reproducible, by design."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
 @dataclass
 class Federation:
     """Everything a run is made of, built once; swap any plug point to try a new protection."""
@@ -61,12 +75,7 @@ class Federation:
     channel: AggregationChannel
     server_update: ServerUpdate
     sampler: ClientSampler
-
-
-def client_generator(seed: int, round_index: int, client_id: int) -> torch.Generator:
-    """The RNG of one client in one round: independent of which clients else were sampled."""
-    state = np.random.SeedSequence([seed, round_index, client_id]).generate_state(2, np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+    generator_for: Callable[[int, int, int], torch.Generator] = client_generator
 
 
 def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Federation:
@@ -110,7 +119,7 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
             clients=config.clients,
             clients_per_round=config.sampled_clients,
             client_sampling=central.client_sampling,
-            generator=client_generator(config.seed, 0, 2**31 - 1),
+            generator=secret_generator(config.seed, 0, -1),
             accountant=central.accountant,
         )
         sampling = central.client_sampling
@@ -138,6 +147,7 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
         transform=transform,
         channel=channel,
         server_update=server_update,
+        generator_for=secret_generator if config.dp is not None else client_generator,
         sampler=ClientSampler(
             num_clients=config.clients, per_round=config.sampled_clients, scheme=sampling, seed=config.seed
         ),
@@ -232,7 +242,7 @@ def _run_round(
                 global_params=params,
                 shard=fed.shards[client_id],
                 round_index=round_index,
-                generator=client_generator(fed.config.seed, round_index, client_id),
+                generator=fed.generator_for(fed.config.seed, round_index, client_id),
             )
         )
         for client_id in sampled
