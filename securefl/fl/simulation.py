@@ -247,7 +247,7 @@ def _run_round(
         )
         for client_id in sampled
     ]
-    aggregate: Aggregate | None = Aggregate(torch.zeros_like(params), 0.0, (), 0.0)
+    aggregate: Aggregate | None = Aggregate.empty(params)
     if contributions:
         try:
             aggregate = fed.channel.aggregate(contributions, round_index=round_index)

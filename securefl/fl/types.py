@@ -65,6 +65,11 @@ class Aggregate:
     train_loss_sum: float
     details: dict = field(default_factory=dict)
 
+    @classmethod
+    def empty(cls, like: torch.Tensor) -> Aggregate:
+        """The aggregate of a round in which no client's update arrived."""
+        return cls(torch.zeros_like(like), 0.0, (), 0.0)
+
 
 class ClientTrainer(Protocol):
     """How a client trains: global parameters and a shard in, an :class:`Update` out.

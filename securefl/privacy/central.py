@@ -164,12 +164,6 @@ class DPFedAvgServerUpdate:
         self._epsilons.append(self.epsilon_after(self.rounds))
         return global_params + (total + noise) / self.expected_clients
 
-    def empty_aggregate(self, like: torch.Tensor) -> Aggregate:
-        """The aggregate of a round in which no client's update arrived (noise is still added)."""
-        return Aggregate(
-            weighted_delta_sum=torch.zeros_like(like), weight_sum=0.0, survivors=(), train_loss_sum=0.0
-        )
-
     def epsilon_after(self, rounds: int) -> float:
         """User-level ε after ``rounds`` rounds (see the module docstring for the sampling cases)."""
         if self.client_sampling == "poisson":

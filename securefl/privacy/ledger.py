@@ -38,7 +38,6 @@ from opacus.accountants import create_accountant
 from securefl.config import ACCOUNTANTS
 from securefl.errors import ConfigError, PrivacyBudgetExceeded
 
-
 History = tuple[tuple[float, float, int], ...]
 """Opacus' accountant history: ``(noise_multiplier, sample_rate, steps)`` per mechanism run."""
 

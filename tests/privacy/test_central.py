@@ -126,7 +126,7 @@ def test_fixed_size_sampling_reports_the_unamplified_bound():
 def test_an_empty_round_still_releases_noise_and_counts():
     update = server()
     params = torch.zeros(30)
-    result = update(params, update.empty_aggregate(params))
+    result = update(params, Aggregate.empty(params))
     assert not torch.equal(result, params)
     assert update.rounds == 1 and update.round_metrics()["user_epsilon"] > 0
 
