@@ -129,17 +129,28 @@ class SecAggConfig:
 
     def threshold_count(self, clients: int) -> int:
         """The Shamir threshold for a round of ``clients``: a fraction in (0, 1) of the share
-        holders, or a count >= 1; by default a strict majority of the share holders."""
+        holders, or a count >= 2; by default a strict majority of the share holders.
+
+        A threshold of 1 is refused: each share would be the secret itself, so the server and a
+        single neighbour could unmask that client's update.
+        """
         holders = self.share_holders(clients)
         if self.threshold is None:
-            return holders // 2 + 1
-        if self.threshold < 1:
-            return max(1, math.ceil(self.threshold * holders - 1e-9))
+            count = holders // 2 + 1
+        elif self.threshold < 1:
+            count = math.ceil(self.threshold * holders - 1e-9)
+        else:
+            _require(
+                float(self.threshold).is_integer(),
+                f"secagg threshold {self.threshold} is neither a fraction in (0, 1) nor a whole client count",
+            )
+            count = int(self.threshold)
         _require(
-            float(self.threshold).is_integer(),
-            f"secagg threshold {self.threshold} is neither a fraction in (0, 1) nor a whole client count",
+            count >= 2 or holders < 2,
+            f"secagg threshold {self.threshold} gives {count} share(s) of {holders}: a single share is the "
+            "secret itself; use a count of at least 2 or a larger fraction (--secagg-threshold)",
         )
-        return int(self.threshold)
+        return count
 
 
 @dataclass(frozen=True)

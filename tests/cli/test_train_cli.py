@@ -72,6 +72,8 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         (["--dataset", "mnist"], "--data-dir"),
         (["--dataset", "boston", "--model", "cnn"], "--model mlp"),
         (["--secagg", "--secagg-threshold", "11"], "threshold 11 > clients per round 10"),
+        (["--secagg", "--secagg-threshold", "1"], "a single share is the secret itself"),
+        (["--secagg", "--secagg-threshold", "0.05"], "a single share is the secret itself"),
         (["--secagg", "--secagg-neighbors", "10"], "lower --secagg-neighbors"),
         (["--secagg", "--secagg-neighbors", "3"], "is odd"),
         (["--secagg", "--secagg-bits", "7"], "outside 8..62"),
