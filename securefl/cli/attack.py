@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -120,17 +120,16 @@ def attack(
         server_init=server_init,
         data_dir=data_dir,
     )
-    out_dir = out or Path("runs") / dt.datetime.now().strftime("attack-%Y%m%d-%H%M%S")
-    _check_threads(threads)
-    check_output_dir(out_dir, overwrite=overwrite)
-    prepared = prepare(config)
-    torch.set_num_threads(threads)
-    console = Console()
-    with _progress_bar(console) as on_progress:
-        outcome = run_attack(prepared, progress=on_progress)
-    write_outcome(outcome, out_dir)
-    console.print(_outcome_table(outcome))
-    console.print(f"results written to [bold]{out_dir}[/]")
+    _execute(
+        config,
+        run_attack,
+        write_outcome,
+        _outcome_table,
+        out=out,
+        name="attack",
+        overwrite=overwrite,
+        threads=threads,
+    )
 
 
 @attack_app.command("compare")
@@ -166,16 +165,40 @@ def compare(
         server_init=server_init,
         data_dir=data_dir,
     )
-    out_dir = out or Path("runs") / dt.datetime.now().strftime("compare-%Y%m%d-%H%M%S")
+    _execute(
+        config,
+        run_comparison,
+        write_comparison,
+        _comparison_table,
+        out=out,
+        name="compare",
+        overwrite=overwrite,
+        threads=threads,
+    )
+
+
+def _execute(
+    config: ExperimentConfig,
+    run: Callable[..., Any],
+    write: Callable[[Any, Path], None],
+    table: Callable[[Any], Table],
+    *,
+    out: Path | None,
+    name: str,
+    overwrite: bool,
+    threads: int,
+) -> None:
+    """Validate everything, run with a progress bar, write the files, print the table."""
+    out_dir = out or Path("runs") / dt.datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S")
     _check_threads(threads)
     check_output_dir(out_dir, overwrite=overwrite)
     prepared = prepare(config)
     torch.set_num_threads(threads)
     console = Console()
     with _progress_bar(console) as on_progress:
-        outcomes = run_comparison(prepared, progress=on_progress)
-    write_comparison(outcomes, out_dir)
-    console.print(_comparison_table(outcomes))
+        result = run(prepared, progress=on_progress)
+    write(result, out_dir)
+    console.print(table(result))
     console.print(f"results written to [bold]{out_dir}[/]")
 
 
