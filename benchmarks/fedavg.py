@@ -20,7 +20,7 @@ from torch.nn.utils import parameters_to_vector
 
 from securefl.config import RunConfig
 from securefl.fl.client import LocalSGDTrainer
-from securefl.fl.simulation import build_federation, client_generator
+from securefl.fl.simulation import build_federation, client_generator, run_round
 from securefl.fl.types import ClientShard
 
 
@@ -50,20 +50,10 @@ def main() -> None:
     dataset = federation.dataset
     params = parameters_to_vector(federation.eval_model.parameters()).detach().clone()
 
+    everyone = [shard.client_id for shard in federation.shards]
+
     def federated_round(round_index: int) -> None:
-        contributions = [
-            federation.transform(
-                federation.trainer.train(
-                    global_params=params,
-                    shard=shard,
-                    round_index=round_index,
-                    generator=client_generator(config.seed, round_index, shard.client_id),
-                )
-            )
-            for shard in federation.shards
-        ]
-        aggregate = federation.channel.aggregate(contributions, round_index=round_index)
-        federation.server_update(params, aggregate)
+        run_round(federation, params, round_index=round_index, eligible=everyone)
 
     central_trainer = LocalSGDTrainer(
         model=federation.trainer.model,

@@ -224,11 +224,11 @@ def evaluate(
     return {"test_mse": mse, "test_r2": 1.0 - mse / variance if variance > 0 else float("nan")}
 
 
-def _run_round(
+def run_round(
     fed: Federation, params: torch.Tensor, *, round_index: int, eligible: list[int]
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """One round: sample, train on the client side, aggregate, update. Returns the new
-    parameters and the round's record (without evaluation and timing)."""
+    """One round among the ``eligible`` clients: sample, train on the client side, aggregate,
+    update. Returns the new parameters and the round's record (without evaluation and timing)."""
     sampled = fed.sampler.sample(round_index, eligible)
     record: dict[str, Any] = {
         "round": round_index,
@@ -293,7 +293,7 @@ def run_simulation(
             )
             log.info(history.stopped_early)
             break
-        params, record = _run_round(fed, params, round_index=round_index, eligible=eligible)
+        params, record = run_round(fed, params, round_index=round_index, eligible=eligible)
         if accountants:
             record.pop("train_loss", None)  # clients do not send it under DP (_without_loss)
             for accountant in accountants:
