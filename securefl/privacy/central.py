@@ -39,6 +39,7 @@ The train loss the clients report alongside is *not* covered by this guarantee.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -47,6 +48,8 @@ from securefl.config import CLIENT_SAMPLING
 from securefl.errors import ConfigError
 from securefl.fl.types import Aggregate, Contribution, Update
 from securefl.privacy.ledger import epsilon_spent, validate_accountant
+
+log = logging.getLogger(__name__)
 
 CLIP_MARGIN = 1e-6
 """Relative margin of the clip factor, so float32 rounding never lifts a clipped norm above clip."""
@@ -127,6 +130,11 @@ class DPFedAvgServerUpdate:
         self.expected_clients = float(clients_per_round)
         self.client_sampling = client_sampling
         self.accountant = validate_accountant(accountant)
+        if self.accountant == "gdp":
+            log.warning(
+                "the gdp accountant is an approximation that can underestimate user-level ε for "
+                "DP-FedAvg as for DP-SGD (Opacus); use rdp or prv for a guarantee"
+            )
         self.generator = generator
         self.rounds = 0
         self._epsilons: list[float] = []

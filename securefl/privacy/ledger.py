@@ -17,7 +17,10 @@ consecutive equal mechanisms, so the ε we report is exactly what
 - ``prv``: numerical composition of privacy-loss random variables (Gopi, Lee, Wutschitz,
   "Numerical Composition of Differential Privacy", NeurIPS 2021), upper bound;
 - ``gdp``: the central-limit Gaussian-DP approximation (Bu, Dong, Long, Su 2020); Opacus warns it
-  can *underestimate* ε, and it only takes one constant mechanism.
+  can *underestimate* ε, and it only takes one constant mechanism.  Opacus converts μ-GDP to ε by
+  a root search bracketed in ``[0, 500]``; past it (e.g. DP-FedAvg with fixed-size sampling and
+  ``z = 1`` from its 15th round) the search raises.  We report ``ε = inf`` with a warning instead:
+  a run must not crash mid-way because its ε became meaningless.
 
 A mechanism run with noise multiplier 0 has no finite guarantee: its ε is ``inf`` (what Opacus'
 RDP accountant returns; its PRV and GDP accountants cannot evaluate it and raise).
@@ -26,6 +29,7 @@ RDP accountant returns; its PRV and GDP accountants cannot evaluate it and raise
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import statistics
 import warnings
@@ -37,6 +41,8 @@ from opacus.accountants import create_accountant
 
 from securefl.config import ACCOUNTANTS
 from securefl.errors import ConfigError, PrivacyBudgetExceeded
+
+log = logging.getLogger(__name__)
 
 History = tuple[tuple[float, float, int], ...]
 """Opacus' accountant history: ``(noise_multiplier, sample_rate, steps)`` per mechanism run."""
@@ -108,7 +114,19 @@ def epsilon_spent(history: History, *, accountant: str, delta: float) -> float:
         warnings.filterwarnings("ignore", message="GDP accounting is experimental")
         opacus_accountant = create_accountant(mechanism=accountant)
     opacus_accountant.history = [tuple(entry) for entry in history]
-    return float(opacus_accountant.get_epsilon(delta=delta))
+    try:
+        return float(opacus_accountant.get_epsilon(delta=delta))
+    except ValueError:
+        if accountant != "gdp":
+            raise
+    # Opacus' GDP accountant finds ε by a root search in [0, 500] (opacus.accountants.analysis.gdp
+    # .eps_from_mu), which has no root once ε passes 500.
+    message = (
+        f"the gdp accountant cannot express ε for {history} at δ={delta:g} (past Opacus' search "
+        "bracket, ε > 500): reporting ε = inf; use --accountant rdp or prv for a finite bound"
+    )
+    log.warning(message)
+    return math.inf
 
 
 @dataclass(frozen=True)

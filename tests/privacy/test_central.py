@@ -170,3 +170,23 @@ def test_bad_central_settings_are_config_errors(overrides, needle):
 def test_clip_norm_must_be_positive():
     with pytest.raises(ConfigError, match="--clip-norm"):
         ClipUpdate(-1.0)
+
+
+def test_gdp_past_opacus_search_bracket_reports_infinite_epsilon_instead_of_crashing(caplog):
+    """Fixed-size sampling with z = 1 passes ε = 500 in round 15: Opacus' GDP root search has no
+    root there; the run goes on with ε = inf and says why (issue 9, point 12)."""
+    update = server(noise_multiplier=1.0, client_sampling="fixed", accountant="gdp")
+    assert "underestimate" in caplog.text  # gdp is an approximation for central DP too
+    params = torch.zeros(4)
+    for _ in range(16):
+        params = update(params, aggregate_of([torch.zeros(4)]))
+    epsilons = update.ledger()["user_level"]["epsilon_after_each_round"]
+    reference = create_accountant(mechanism="gdp")
+    reference.history = [(0.5, 1.0, 14)]  # substitution bound: z/2, no amplification
+    assert epsilons[13] == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-9)
+    reference.history = [(0.5, 1.0, 15)]
+    with pytest.raises(ValueError):  # what main let through to the run
+        reference.get_epsilon(delta=1e-5)
+    assert epsilons[14:] == [None, None]  # JSON has no infinity
+    assert update.round_metrics()["user_epsilon"] == math.inf
+    assert "search bracket" in caplog.text
