@@ -64,17 +64,36 @@ def clip_to_norm(vector: torch.Tensor, clip_norm: float) -> torch.Tensor:
 
 
 class ClipUpdate:
-    """DP-FedAvg's client side: send the update clipped to ``clip_norm``, with weight 1."""
+    """DP-FedAvg's client side: send the update clipped to ``clip_norm``, with weight 1.
+
+    A non-finite update (a diverged client: NaN stays NaN under scaling, inf becomes NaN) has no
+    norm to clip, and one such update would make the released sum, hence the model, NaN.  It is
+    replaced by zero: a valid contribution of norm 0 <= ``clip_norm`` with weight 1, so the
+    sensitivity argument and the fixed denominator are untouched.  The replacement is counted
+    here, on the client side (``non_finite_replaced``), and logged; the count is not sent to the
+    server or written to the round records, because whether an update diverged depends on the
+    client's data and would be released without noise.
+    """
 
     def __init__(self, clip_norm: float) -> None:
         if not (clip_norm > 0 and math.isfinite(clip_norm)):
             raise ConfigError(f"clip norm {clip_norm} <= 0: use a positive --clip-norm")
         self.clip_norm = float(clip_norm)
+        self.non_finite_replaced = 0
 
     def __call__(self, update: Update) -> Contribution:
+        delta = update.delta
+        if not bool(torch.isfinite(delta).all()):
+            self.non_finite_replaced += 1
+            log.warning(
+                "client %d's update is not finite (training diverged): it sends a zero update "
+                "instead; lower --lr if this repeats",
+                update.client_id,
+            )
+            delta = torch.zeros_like(delta)
         return Contribution(
             client_id=update.client_id,
-            weighted_delta=clip_to_norm(update.delta, self.clip_norm),
+            weighted_delta=clip_to_norm(delta, self.clip_norm),
             weight=1.0,
             train_loss=update.train_loss,
         )

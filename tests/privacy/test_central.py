@@ -190,3 +190,22 @@ def test_gdp_past_opacus_search_bracket_reports_infinite_epsilon_instead_of_cras
     assert epsilons[14:] == [None, None]  # JSON has no infinity
     assert update.round_metrics()["user_epsilon"] == math.inf
     assert "search bracket" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_update_is_sent_as_zero_and_the_model_stays_finite(bad, caplog):
+    """One diverged client must not turn the released model into NaN (issue 9, point 11)."""
+    clip = ClipUpdate(0.5)
+    generator = torch.Generator().manual_seed(3)
+    deltas = [torch.randn(20, generator=generator) for _ in range(3)]
+    deltas[1][7] = bad
+    contributions = [clip(Update(i, d, 10, 0.0)) for i, d in enumerate(deltas)]
+    assert torch.equal(contributions[1].weighted_delta, torch.zeros(20))
+    assert contributions[1].weight == 1.0
+    assert all(float(c.weighted_delta.double().norm()) <= 0.5 for c in contributions)
+    assert clip.non_finite_replaced == 1 and "client 1" in caplog.text
+    update = server(noise_multiplier=0.0, clip_norm=0.5, clients=20, clients_per_round=3)
+    released = update(torch.zeros(20), aggregate_of([c.weighted_delta for c in contributions]))
+    assert bool(torch.isfinite(released).all())
+    honest = (contributions[0].weighted_delta + contributions[2].weighted_delta) / 3
+    torch.testing.assert_close(released, honest)
