@@ -45,5 +45,13 @@ class ThresholdNotMetError(ProtocolError):
     """Fewer than the threshold of clients are left: the round aborts and reveals nothing."""
 
 
+class NonFiniteUpdateError(SecureFLError, ValueError):
+    """A client's update holds NaN or inf (its training diverged): it has no fixed-point encoding.
+
+    Secure aggregation treats that client as dropped for the round; elsewhere, lower the learning
+    rate or clip the update before it is encoded.
+    """
+
+
 class PrivacyBudgetExceeded(SecureFLError):
     """A client's next round would push its privacy loss past the budget."""

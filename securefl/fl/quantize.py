@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from securefl.errors import ConfigError
+from securefl.errors import ConfigError, NonFiniteUpdateError
 
 
 def level_for(*, bits: int, num_clients: int) -> int:
@@ -60,7 +60,20 @@ class FixedPointCodec:
         return self.bounds / self.level
 
     def encode(self, values: torch.Tensor, *, generator: torch.Generator) -> np.ndarray:
-        """Clip to the bounds, stochastically round, shift by ``level``: uint64 in ``[0, 2L]``."""
+        """Clip to the bounds, stochastically round, shift by ``level``: uint64 in ``[0, 2L]``.
+
+        Raises :class:`~securefl.errors.NonFiniteUpdateError` for NaN or inf entries: NaN has no
+        place on the grid (cast to an integer it becomes ``-2^63`` and clamps to ``-L``, i.e. a
+        silent ``-bound`` in the sum), and an infinite entry is a diverged update, not a value
+        that clipping can make meaningful.
+        """
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            raise NonFiniteUpdateError(
+                f"{int((~finite).sum())} of {values.numel()} entries are NaN or inf, so the update "
+                "has no fixed-point encoding: the client's training diverged (lower the learning "
+                "rate); leave this client out of the sum"
+            )
         scaled = values.to(torch.float64).clamp(-self.bounds, self.bounds) / self.bounds * self.level
         floor = torch.floor(scaled)
         uniforms = torch.rand(scaled.shape, generator=generator, dtype=torch.float64)

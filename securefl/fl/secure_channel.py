@@ -16,17 +16,20 @@ sees one client's update, sample count or loss. What this module returns, an
 
 Dropouts are simulated per round: each client leaves with probability ``--dropout-rate`` at a
 random protocol step; the round then aggregates the survivors, or aborts below the threshold.
+A client whose update is NaN or inf has no fixed-point encoding (the quantizer refuses it): it is
+treated as dropped before the protocol starts, and the round's ``non_finite_dropped`` counts it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import torch
 
 from securefl.config import SecAggConfig
-from securefl.errors import ConfigError, ThresholdNotMetError
+from securefl.errors import ConfigError, NonFiniteUpdateError, ThresholdNotMetError
 from securefl.fl.quantize import FixedPointCodec, level_for
 from securefl.fl.types import Aggregate, Contribution
 from securefl.protocols.secagg import (
@@ -37,6 +40,8 @@ from securefl.protocols.secagg import (
     protocol_steps,
     run_secure_aggregation,
 )
+
+log = logging.getLogger(__name__)
 
 LOSS_CAP = 100.0
 """Training losses are clipped at this value before they enter the secure sum."""
@@ -135,12 +140,18 @@ class SecureAggregationChannel:
             )
         try:
             codec = self.codec_for(len(contributions))
-            params = self.params_for(len(contributions), codec)
-        except ConfigError as error:  # e.g. a Poisson round below the threshold: reveal nothing
+        except ConfigError as error:
             raise SecureAggregationAborted(
                 f"{len(contributions)} clients cannot run this protocol: {error}", {"survivors": 0}
             ) from None
-        inputs = {c.client_id: self._encode(c, codec, round_index) for c in contributions}
+        inputs, non_finite = self._encode_finite(contributions, codec, round_index)
+        try:
+            params = self.params_for(len(inputs), codec)
+        except ConfigError as error:  # e.g. a Poisson round below the threshold: reveal nothing
+            raise SecureAggregationAborted(
+                f"{len(inputs)} clients cannot run this protocol: {error}",
+                {"survivors": 0, "non_finite_dropped": non_finite},
+            ) from None
         dropouts = DropoutPlan.random(
             sorted(inputs),
             rate=self.config.dropout_rate,
@@ -153,11 +164,13 @@ class SecureAggregationChannel:
             )
         except RoundAbortedError as error:
             details = {**self._details(error.stats), "abort_step": error.step.label, "survivors": 0}
+            details["non_finite_dropped"] = non_finite
             raise SecureAggregationAborted(str(error), details) from None
         survivors = len(result.survivors)
         sums = codec.decode_sum(result.sum, count=survivors)
         weight_sum = float(sums[self.num_params])
         details = self._details(result.stats)
+        details["non_finite_dropped"] = non_finite
         if self.dp_clip_norm is None:
             details["secagg_clipped_fraction"] = float(sums[-1]) / (survivors * self.num_params)
         details["quantization_error_bound"] = (
@@ -171,12 +184,33 @@ class SecureAggregationChannel:
             details=details,
         )
 
+    def _encode_finite(
+        self, contributions: list[Contribution], codec: FixedPointCodec, round_index: int
+    ) -> tuple[dict[int, np.ndarray], int]:
+        """Each client's encoded input, and how many clients were left out for a non-finite update.
+
+        The quantizer refuses NaN and inf (:class:`~securefl.errors.NonFiniteUpdateError`); such
+        a client does not take part in the round, exactly like a client that drops out before the
+        protocol starts, and the others aggregate without it (or the round aborts below the
+        threshold). Under ``--dp`` whether an update is finite is a function of the already
+        private update, so the count may be released; under ``--central-dp`` ``ClipUpdate``
+        has already replaced a non-finite update by zero, so the count is always 0 there.
+        """
+        inputs: dict[int, np.ndarray] = {}
+        for contribution in contributions:
+            try:
+                inputs[contribution.client_id] = self._encode(contribution, codec, round_index)
+            except NonFiniteUpdateError as error:
+                log.warning("client %d leaves round %d: %s", contribution.client_id, round_index, error)
+        return inputs, len(contributions) - len(inputs)
+
     def _encode(self, contribution: Contribution, codec: FixedPointCodec, round_index: int) -> np.ndarray:
         """Client side: clip, weight, append weight, loss and clip count, quantize."""
         weight = min(contribution.weight, self.weight_bound)
         loss = contribution.train_loss if math.isfinite(contribution.train_loss) else 0.0
         delta = contribution.weighted_delta.to(torch.float64) / contribution.weight
-        clipped = delta.clamp(-self.clip, self.clip)
+        # clamp would turn ±inf into ±c: keep non-finite entries, so the quantizer refuses them
+        clipped = torch.where(torch.isfinite(delta), delta.clamp(-self.clip, self.clip), delta)
         changed = float((clipped != delta).sum()) if self.dp_clip_norm is None else 0.0
         if self.dp_clip_norm is not None:  # keep the norm below the clip after rounding too
             room = self.dp_clip_norm - self._rounding_norm(codec)

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securefl.errors import ConfigError
+from securefl.errors import ConfigError, NonFiniteUpdateError
 from securefl.fl.quantize import FixedPointCodec, level_for
 
 
@@ -70,3 +70,11 @@ def test_values_at_the_clip_stay_in_range_for_wide_rings(bits):
     encoded = codec.encode(torch.tensor([5.0, -5.0, 0.3]), generator=torch.Generator().manual_seed(0))
     assert int(encoded[0]) == codec.max_value and int(encoded[1]) == 0
     assert 0 <= int(encoded[2]) <= codec.max_value
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_values_are_refused_not_encoded_as_the_bound(bad):
+    """NaN cast to int64 is -2^63, which the integer clamp turned into -bound (issue 9, point 7)."""
+    codec = FixedPointCodec.for_ring(torch.ones(4), bits=20, num_clients=3)
+    with pytest.raises(NonFiniteUpdateError, match="1 of 4 entries are NaN or inf"):
+        codec.encode(torch.tensor([0.25, bad, -0.5, 0.0]), generator=torch.Generator().manual_seed(0))

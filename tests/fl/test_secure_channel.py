@@ -184,3 +184,35 @@ def test_a_ring_too_small_for_the_dp_clip_is_refused():
             dp_clip_norm=0.1,
             seed=0,
         )
+
+
+def test_a_non_finite_update_leaves_the_round_as_a_dropout():
+    """A NaN or inf update is not aggregated as -weight·clip: its client does not take part, the
+    others are averaged without it, and the round records the count (issue 9, point 7)."""
+    contributions = _contributions(5, 80, seed=6)
+    nan_delta = contributions[2].weighted_delta.clone()
+    nan_delta[3] = float("nan")
+    inf_delta = contributions[4].weighted_delta.clone()
+    inf_delta[0] = float("inf")
+    broken = [
+        *contributions[:2],
+        Contribution(2, nan_delta, contributions[2].weight, 0.0),
+        contributions[3],
+        Contribution(4, inf_delta, contributions[4].weight, 0.0),
+    ]
+    aggregate = _channel(80, 5).aggregate(broken, round_index=1)
+    assert aggregate.survivors == (0, 1, 3)
+    assert aggregate.details["non_finite_dropped"] == 2
+    kept = [contributions[i] for i in (0, 1, 3)]
+    assert aggregate.weight_sum == sum(c.weight for c in kept)
+    got = WeightedMean()(torch.zeros(80), aggregate)
+    _assert_within(got, _exact_fedavg(kept, 80), aggregate.details["quantization_error_bound"])
+
+
+def test_a_round_left_with_one_finite_update_aborts():
+    contributions = _contributions(2, 30, seed=7)
+    nan_delta = torch.full((30,), float("nan"))
+    broken = [contributions[0], Contribution(1, nan_delta, contributions[1].weight, 0.0)]
+    with pytest.raises(ThresholdNotMetError) as raised:
+        _channel(30, 2).aggregate(broken, round_index=1)
+    assert raised.value.details == {"survivors": 0, "non_finite_dropped": 1}
