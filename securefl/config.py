@@ -236,6 +236,16 @@ class RunConfig:
                     f"{self.secagg.neighbors} >= clients per round {self.sampled_clients}: "
                     "lower --secagg-neighbors",
                 )
+        if self.central_dp is not None and self.secagg is not None:
+            # Under Poisson sampling, whether a round with dropouts reaches the threshold depends
+            # on how many clients were sampled, so one user can decide whether t clipped updates
+            # are released (sensitivity up to t·clip): see securefl.privacy.central.
+            _require(
+                self.central_dp.client_sampling != "poisson" or self.secagg.dropout_rate == 0,
+                "--central-dp with --secagg, --dropout-rate > 0 and Poisson client sampling has no "
+                "sound user-level bound (whether a round aborts depends on one user's presence): "
+                "use --client-sampling fixed, or --dropout-rate 0",
+            )
 
     @property
     def sampled_clients(self) -> int:

@@ -113,3 +113,14 @@ def test_sampled_clients():
     assert RunConfig(clients=20).sampled_clients == 20
     assert RunConfig(clients=20, clients_per_round=7).sampled_clients == 7
     assert RunConfig(clients=20, fraction=0.25).sampled_clients == 5
+
+
+def test_central_dp_secagg_dropouts_need_fixed_client_sampling():
+    """With dropouts, whether a Poisson round reaches the threshold depends on one user's presence
+    (sensitivity up to threshold·clip): refused, naming what to use (issue 9, point 8)."""
+    base = {"clients": 20, "clients_per_round": 5, "central_dp": True, "secagg": True, "dropout_rate": 0.1}
+    with pytest.raises(ConfigError, match="--client-sampling fixed"):
+        RunConfig.from_mapping(base)
+    assert RunConfig.from_mapping({**base, "client_sampling": "fixed"}).secagg.dropout_rate == 0.1
+    assert RunConfig.from_mapping({**base, "dropout_rate": 0.0}).central_dp.client_sampling == "poisson"
+    assert RunConfig.from_mapping({**base, "central_dp": False}).secagg.dropout_rate == 0.1

@@ -131,6 +131,30 @@ class SecureAggregationChannel:
             active_adversary=self.config.active_adversary,
         )
 
+    def smallest_round(self, max_clients: int) -> int:
+        """The fewest clients a round can start with and complete when nobody drops out.
+
+        A round with fewer aborts before the protocol starts (fewer than 2 clients, fewer than
+        the threshold, no more clients than SecAgg+ neighbours, ...), and so does nothing else:
+        every size from this one up to ``max_clients`` runs, or the channel is refused. DP-FedAvg
+        under Poisson sampling needs this number: whether a round releases a sum then depends on
+        whether one more user was sampled (:mod:`securefl.privacy.central`).
+        """
+        runnable = [m for m in range(2, max_clients + 1) if self._can_run(m)]
+        if not runnable or runnable != list(range(runnable[0], max_clients + 1)):
+            raise ConfigError(
+                f"secure aggregation runs rounds of {runnable or 'no'} clients, not every size from "
+                f"the smallest up to {max_clients}: change --secagg-threshold or --secagg-neighbors"
+            )
+        return runnable[0]
+
+    def _can_run(self, num_clients: int) -> bool:
+        try:
+            self.params_for(num_clients, self.codec_for(num_clients))
+        except ConfigError:
+            return False
+        return True
+
     def aggregate(self, contributions: list[Contribution], *, round_index: int) -> Aggregate:
         if len(contributions) < 2:
             raise SecureAggregationAborted(

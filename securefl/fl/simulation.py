@@ -104,9 +104,26 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
     eval_model = new_model()
     num_params = sum(p.numel() for p in eval_model.parameters())
     trainer = _build_trainer(config, new_model(), dataset, shards)
+    sampling = config.central_dp.client_sampling if config.central_dp is not None else "fixed"
+    max_clients = config.clients if sampling == "poisson" else config.sampled_clients
+    channel: AggregationChannel = PlainSum()
+    min_released_clients = 1  # a plain sum releases one client's update as a sum
+    if config.secagg is not None:
+        secure = SecureAggregationChannel(
+            config=config.secagg,
+            num_params=num_params,
+            # DP-FedAvg clients send weight 1; FedAvg clients their sample count.
+            weight_bound=1 if config.central_dp is not None else max(len(s) for s in shards),
+            clients_per_round=config.sampled_clients,
+            max_clients=max_clients,
+            dp_clip_norm=config.central_dp.clip_norm if config.central_dp is not None else None,
+            seed=config.seed,
+        )
+        if config.central_dp is not None and sampling == "poisson":
+            min_released_clients = secure.smallest_round(max_clients)
+        channel = secure
     transform: UpdateTransform = weight_by_samples
     server_update: ServerUpdate = WeightedMean()
-    sampling = "fixed"
     if config.central_dp is not None:
         from securefl.privacy import ClipUpdate, DPFedAvgServerUpdate  # Opacus only when asked for
 
@@ -121,22 +138,10 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
             client_sampling=central.client_sampling,
             generator=secret_generator(config.seed, 0, -1),
             accountant=central.accountant,
+            min_released_clients=min_released_clients,
         )
-        sampling = central.client_sampling
     if config.dp is not None or config.central_dp is not None:
         transform = _without_loss(transform)
-    channel: AggregationChannel = PlainSum()
-    if config.secagg is not None:
-        channel = SecureAggregationChannel(
-            config=config.secagg,
-            num_params=num_params,
-            # DP-FedAvg clients send weight 1; FedAvg clients their sample count.
-            weight_bound=1 if config.central_dp is not None else max(len(s) for s in shards),
-            clients_per_round=config.sampled_clients,
-            max_clients=config.clients if sampling == "poisson" else config.sampled_clients,
-            dp_clip_norm=config.central_dp.clip_norm if config.central_dp is not None else None,
-            seed=config.seed,
-        )
     return Federation(
         config=config,
         dataset=dataset,
@@ -247,19 +252,20 @@ def run_round(
         )
         for client_id in sampled
     ]
-    aggregate: Aggregate | None = Aggregate.empty(params)
+    aggregate = Aggregate.empty(params)
     if contributions:
         try:
             aggregate = fed.channel.aggregate(contributions, round_index=round_index)
-        except ThresholdNotMetError as error:  # nothing was revealed: the model stays as it is
+        except ThresholdNotMetError as error:  # nothing was revealed: the round is an empty one
             record.update(status="aborted", abort_reason=str(error), **getattr(error, "details", {}))
-            aggregate = None
-    if aggregate is not None:  # an empty round still runs the server update (DP-FedAvg noise)
-        params = fed.server_update(params, aggregate)
-        record["survivors"] = len(aggregate.survivors)
-        if aggregate.weight_sum > 0:
-            record["train_loss"] = aggregate.train_loss_sum / aggregate.weight_sum
-        record.update(aggregate.details)
+    # Every round goes through the server update, an empty or aborted one too: FedAvg leaves the
+    # model as it is, DP-FedAvg releases its noise and counts the round (skipping it would leave
+    # the round unaccounted and reveal that it aborted; see securefl.privacy.central).
+    params = fed.server_update(params, aggregate)
+    record["survivors"] = len(aggregate.survivors)
+    if aggregate.weight_sum > 0:
+        record["train_loss"] = aggregate.train_loss_sum / aggregate.weight_sum
+    record.update(aggregate.details)
     record.setdefault("bytes_up", 0)
     model_bytes = params.numel() * params.element_size()
     record["bytes_down"] = len(sampled) * model_bytes + record.get("bytes_down", 0)

@@ -28,9 +28,38 @@ whether or not a given user was sampled, which is what subsampling amplification
   loose; the Poisson figure at ``q = m/N`` is written to the ledger as ``epsilon_if_poisson`` for
   comparison only.  Prefer Poisson sampling with central DP.
 
-Every round must go through the server update, including a round where no client was sampled or
-every sampled client dropped out: its output is the noise alone.  Skipping it would reveal that
-the sample was empty and is not the mechanism analysed.
+Every round must go through the server update, including a round where no client was sampled,
+every sampled client dropped out, or secure aggregation aborted: its output is the noise alone,
+and it is counted.  Skipping it would reveal that the round was empty and leave it unaccounted.
+
+**Rounds that release noise only, and sensitivity** (``min_released_clients``).  Secure
+aggregation never releases the sum of fewer than ``m0`` clients (``m0 >= 2``: one client's "sum"
+is its update; a threshold count, or SecAgg+ neighbours, can raise it): a round that samples fewer
+aborts, and the server update sees an empty aggregate.  Under Poisson sampling without dropouts
+the output of one round, given the set ``S`` of *other* users sampled, is
+
+    M(S) = noise                      if |S| <  m0
+    M(S) = Σ_{i∈S} x_i + noise        if |S| >= m0,   noise ~ N(0, (z·clip)²·I).
+
+Adding user ``u`` (sampled with probability ``q``, independently of ``S``) turns ``M(S)`` into
+``(1-q)·M(S) + q·M(S ∪ {u})``.  The two Gaussians ``M(S)`` and ``M(S ∪ {u})`` differ in mean by
+``x_u`` (norm <= clip) when ``|S| >= m0``, by the sum of ``m0`` clipped updates (norm <=
+``m0·clip``) when ``|S| = m0 - 1``, and not at all below.  So for every ``S`` the pair is a
+Poisson-subsampled Gaussian mechanism with sensitivity at most ``m0·clip``, i.e. noise multiplier
+at least ``z/m0``, whose privacy profile is the worst at exactly ``z/m0`` (Mironov, Talwar, Zhang
+2019).  The released distribution is the mixture of these pairs over ``S`` with the same weights
+on both sides (``S`` does not depend on ``u``), and Rényi divergence is jointly quasi-convex and
+the hockey-stick divergence jointly convex, so the mixture is no less private than its worst
+component: each round is accounted as the Poisson-subsampled Gaussian ``(z/m0, q)``, with the
+same composition over rounds.  Without secure aggregation ``m0 = 1`` (an empty round releases
+noise alone, one client's update is released as a sum) and this is the ordinary ``(z, q)``.
+
+With dropouts, whether a round aborts depends on how many clients were sampled *and* survived the
+threshold, with a sensitivity that grows with the threshold; that combination is refused by
+:class:`~securefl.config.RunConfig` (use fixed-size sampling, whose count depends on no user).
+Under fixed-size sampling the count is ``m`` whoever is sampled, an abort is caused only by
+dropouts that do not depend on any user's data, and an aborted round is an ordinary noise-only
+round of the ``z/2`` bound above; ``min_released_clients`` does not change it.
 
 Noise is drawn from a seeded ``torch.Generator`` (DP noise, not a cryptographic secret:
 reproducible, and not hardened against floating-point attacks on the Gaussian sampler).
@@ -117,7 +146,12 @@ class DPFedAvgServerUpdate:
         client_sampling: str = "poisson",
         generator: torch.Generator,
         accountant: str = "rdp",
+        min_released_clients: int = 1,
     ) -> None:
+        """``min_released_clients`` is the fewest sampled clients whose sum the aggregation
+        channel releases (a smaller round releases noise only): 1 for a plain sum, the channel's
+        ``smallest_round`` under secure aggregation. Under Poisson sampling it multiplies the
+        sensitivity (module docstring); the composition root chooses it."""
         if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
             raise ConfigError(
                 f"central noise multiplier {noise_multiplier} < 0: use --central-noise-multiplier 0 or more"
@@ -142,7 +176,13 @@ class DPFedAvgServerUpdate:
                 f"DP δ must be < 1/N (or one user's data may leak outright): lower "
                 f"--central-delta below {1 / clients:.3g}"
             )
+        if not (isinstance(min_released_clients, int) and min_released_clients >= 1):
+            raise ConfigError(
+                f"min_released_clients {min_released_clients!r} must be a whole number >= 1: the "
+                "fewest clients whose sum a round releases"
+            )
         self.noise_multiplier = float(noise_multiplier)
+        self.min_released_clients = min_released_clients
         self.clip_norm = float(clip_norm)
         self.delta = float(delta)
         self.clients = int(clients)
@@ -162,6 +202,12 @@ class DPFedAvgServerUpdate:
     def sample_rate(self) -> float:
         """``q``: the probability that a given client is sampled in a round."""
         return self.expected_clients / self.clients
+
+    @property
+    def sensitivity_multiplier(self) -> int:
+        """L2 sensitivity of one round's sum in units of ``clip`` under the accounted sampling:
+        ``min_released_clients`` under Poisson sampling, 2 (substitution) under fixed-size."""
+        return self.min_released_clients if self.client_sampling == "poisson" else 2
 
     @property
     def noise_std(self) -> float:
@@ -204,8 +250,9 @@ class DPFedAvgServerUpdate:
     def _poisson_epsilon(self, rounds: int) -> float:
         if rounds == 0:
             return 0.0
+        noise = self.noise_multiplier / self.min_released_clients
         return epsilon_spent(
-            ((self.noise_multiplier, self.sample_rate, rounds),), accountant=self.accountant, delta=self.delta
+            ((noise, self.sample_rate, rounds),), accountant=self.accountant, delta=self.delta
         )
 
     def round_metrics(self) -> dict[str, float]:
@@ -227,8 +274,12 @@ class DPFedAvgServerUpdate:
                     "fixed-size sampling: bound without subsampling amplification, Gaussian "
                     "mechanism with noise multiplier z/2 per round (substitution sensitivity 2*clip)"
                     if fixed
-                    else "Poisson-subsampled Gaussian mechanism, (z, q) per round"
+                    else f"Poisson-subsampled Gaussian mechanism, (z/{self.min_released_clients}, q) "
+                    "per round"
                 ),
+                "sensitivity_multiplier": self.sensitivity_multiplier,
+                "sensitivity": self.sensitivity_multiplier * self.clip_norm,
+                "sensitivity_reasoning": self._sensitivity_reasoning(),
                 "accountant": self.accountant,
                 "delta": self.delta,
                 "noise_multiplier": self.noise_multiplier,
@@ -242,6 +293,28 @@ class DPFedAvgServerUpdate:
                 **({"epsilon_if_poisson": _json_float(self._poisson_epsilon(self.rounds))} if fixed else {}),
             }
         }
+
+    def _sensitivity_reasoning(self) -> str:
+        m0 = self.min_released_clients
+        if self.client_sampling == "fixed":
+            return (
+                "every round samples the same number of clients whoever they are; swapping one "
+                "user for another moves the sum by at most 2*clip, and rounds aborted by "
+                "dropouts (independent of any user) release noise only and are counted"
+            )
+        if m0 == 1:
+            return (
+                "adding or removing one user moves the released sum by at most clip; a round "
+                "without clients releases noise only and is counted"
+            )
+        return (
+            f"secure aggregation releases no sum of fewer than {m0} clients (smaller rounds abort "
+            f"and release noise only, and are counted), so one user can turn a noise-only round "
+            f"into noise + the sum of {m0} clipped updates: sensitivity {m0}*clip in that case, "
+            f"clip otherwise; given the other users' sample each round is a Poisson-subsampled "
+            f"Gaussian with sensitivity <= {m0}*clip, and by joint quasi-convexity the mixture "
+            f"over their sample is accounted as (z/{m0}, q)"
+        )
 
 
 def _json_float(value: float) -> float | None:

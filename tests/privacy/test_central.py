@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import create_accountant
 
-from securefl.errors import ConfigError
+from securefl.errors import ConfigError, ThresholdNotMetError
 from securefl.fl.types import Aggregate, Update
 from securefl.privacy import ClipUpdate, DPFedAvgServerUpdate
 
@@ -209,3 +210,75 @@ def test_a_non_finite_update_is_sent_as_zero_and_the_model_stays_finite(bad, cap
     assert bool(torch.isfinite(released).all())
     honest = (contributions[0].weighted_delta + contributions[2].weighted_delta) / 3
     torch.testing.assert_close(released, honest)
+
+
+class _SamplerWithALoneClientInRound2:
+    """Poisson sampling can draw one client; force it in round 2 so the test is deterministic."""
+
+    def sample(self, round_index, eligible):
+        return [0] if round_index == 2 else [0, 1, 2]
+
+
+def test_central_dp_secagg_accounts_every_round_including_aborted_ones():
+    """The review's case: 4 rounds ran, one aborted (a lone client cannot be securely summed), and
+    main reported ε for 3 rounds at z. Every round is now noised and counted, at z/2: one user
+    can turn a noise-only round into noise + the sum of 2 clipped updates (issue 9, point 8)."""
+    from securefl.config import CentralDPConfig, RunConfig, SecAggConfig
+    from securefl.fl.simulation import build_federation, run_simulation
+
+    z, clients, per_round, rounds = 1.0, 6, 3, 4
+    config = RunConfig(
+        dataset="digits",
+        model="mlp",
+        clients=clients,
+        clients_per_round=per_round,
+        rounds=rounds,
+        local_epochs=1,
+        central_dp=CentralDPConfig(noise_multiplier=z, client_sampling="poisson"),
+        secagg=SecAggConfig(),
+    )
+    federation = dataclasses.replace(build_federation(config), sampler=_SamplerWithALoneClientInRound2())
+    history = run_simulation(config, federation=federation)
+    assert [r["status"] for r in history.records] == ["ok", "aborted", "ok", "ok"]
+    reference = create_accountant(mechanism="rdp")
+    for _ in range(rounds):
+        reference.step(noise_multiplier=z / 2, sample_rate=per_round / clients)
+    user = history.privacy["user_level"]
+    assert user["rounds"] == rounds
+    assert user["epsilon"] == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-9)
+    assert history.records[-1]["user_epsilon"] == pytest.approx(user["epsilon"])
+    assert user["sensitivity_multiplier"] == 2 and user["sensitivity"] == 2 * config.central_dp.clip_norm
+    assert "noise only" in user["sensitivity_reasoning"]
+
+
+@pytest.mark.parametrize(("secagg", "smallest"), [({}, 2), ({"threshold": 3}, 3), ({"neighbors": 4}, 5)])
+def test_poisson_central_dp_sensitivity_follows_the_smallest_round_secagg_completes(secagg, smallest):
+    """A threshold count or SecAgg+ neighbours make smaller rounds abort too; the multiplier is
+    the size of the smallest round that completes, found by running rounds of every size."""
+    from securefl.config import CentralDPConfig, RunConfig, SecAggConfig
+    from securefl.fl.simulation import build_federation
+    from securefl.fl.types import Contribution
+
+    config = RunConfig(
+        dataset="digits",
+        model="mlp",
+        clients=8,
+        clients_per_round=6,
+        rounds=1,
+        central_dp=CentralDPConfig(client_sampling="poisson"),
+        secagg=SecAggConfig(**secagg),
+    )
+    federation = build_federation(config)
+    size = sum(p.numel() for p in federation.eval_model.parameters())
+    completes = []
+    for count in range(1, 9):
+        contributions = [Contribution(i, torch.zeros(size), 1.0, 0.0) for i in range(count)]
+        try:
+            federation.channel.aggregate(contributions, round_index=count)
+            completes.append(count)
+        except ThresholdNotMetError:
+            pass
+    assert completes == list(range(smallest, 9))
+    assert federation.server_update.sensitivity_multiplier == smallest
+    fixed = RunConfig(**{**config.__dict__, "central_dp": CentralDPConfig(client_sampling="fixed")})
+    assert build_federation(fixed).server_update.sensitivity_multiplier == 2  # substitution bound
