@@ -7,6 +7,7 @@ The server side of a round is exactly :class:`ClientSampler` (before) and :class
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,25 +17,35 @@ from securefl.fl.types import Aggregate, Contribution, Update
 
 
 class ClientSampler:
-    """Seeded client selection: ``fixed`` picks ``per_round`` clients uniformly without
-    replacement; ``poisson`` includes each client independently with probability
-    ``per_round / num_clients`` (the sampling user-level DP accounting assumes).
+    """Client selection: ``fixed`` picks ``per_round`` clients uniformly without replacement;
+    ``poisson`` includes each client independently with probability ``per_round / num_clients``
+    (the sampling user-level DP accounting assumes).
+
+    By default the draw is seeded by ``(seed, round)``: plain runs are reproducible. With
+    ``secret=True`` every round draws from a generator seeded by the operating system
+    (:mod:`secrets`) and never stored, and ``seed`` is not used: user-level DP's amplification by
+    sampling (Abadi et al. 2016; McMahan et al. 2018) assumes the server does not know who was
+    sampled, and a seed in ``config.json`` would let it recompute every round's sample.
 
     Clients that cannot train (an exhausted privacy budget) are never picked.
     """
 
-    def __init__(self, *, num_clients: int, per_round: int, scheme: str = "fixed", seed: int = 0):
+    def __init__(
+        self, *, num_clients: int, per_round: int, scheme: str = "fixed", seed: int = 0, secret: bool = False
+    ):
         self.num_clients = num_clients
         self.per_round = per_round
         self.scheme = scheme
-        self.seed = seed
+        self.secret = secret
+        self.seed = None if secret else seed
 
     @property
     def sample_rate(self) -> float:
         return self.per_round / self.num_clients
 
     def sample(self, round_index: int, eligible: Sequence[int]) -> list[int]:
-        rng = np.random.default_rng([self.seed, round_index, 0x5A])
+        seed = secrets.randbits(128) if self.secret else [self.seed, round_index, 0x5A]
+        rng = np.random.default_rng(seed)
         candidates = np.asarray(sorted(eligible), dtype=np.int64)
         if self.scheme == "poisson":
             chosen = candidates[rng.random(len(candidates)) < self.sample_rate]

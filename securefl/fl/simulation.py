@@ -153,8 +153,13 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
         channel=channel,
         server_update=server_update,
         generator_for=secret_generator if config.dp is not None else client_generator,
+        # Under central DP the sample must stay unknown to the server (amplification by sampling).
         sampler=ClientSampler(
-            num_clients=config.clients, per_round=config.sampled_clients, scheme=sampling, seed=config.seed
+            num_clients=config.clients,
+            per_round=config.sampled_clients,
+            scheme=sampling,
+            seed=config.seed,
+            secret=config.central_dp is not None,
         ),
     )
 

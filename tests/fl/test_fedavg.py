@@ -120,3 +120,30 @@ def test_poisson_sampler_rate_matches_its_probability():
     # Binomial(50, 0.2): mean 10, std of the mean over 2000 rounds ~0.063.
     assert abs(sizes.mean() - 10) < 0.3
     assert sizes.min() < 10 < sizes.max()
+
+
+def test_central_dp_samples_clients_from_os_randomness_that_the_seed_cannot_recompute():
+    """Amplification by sampling assumes the server does not know who was sampled: under central
+    DP two runs with one seed sample differently, and the seed in config.json does not give the
+    sets; plain runs keep their seeded sampling bit for bit (issue 9, point 9)."""
+    from securefl.config import CentralDPConfig, RunConfig
+    from securefl.data import load_dataset
+    from securefl.fl.simulation import build_federation
+
+    dataset = load_dataset("digits")
+    base = {"dataset": "digits", "model": "mlp", "clients": 10, "clients_per_round": 5, "seed": 4}
+    rounds, everyone = range(1, 41), list(range(10))
+    for sampling in ("poisson", "fixed"):
+        config = RunConfig(**base, central_dp=CentralDPConfig(client_sampling=sampling))
+        first = build_federation(config, dataset=dataset).sampler
+        second = build_federation(config, dataset=dataset).sampler
+        drawn = [first.sample(r, everyone) for r in rounds]
+        assert drawn != [second.sample(r, everyone) for r in rounds]
+        assert drawn != [first.sample(r, everyone) for r in rounds]  # not a function of the round
+        from_seed = ClientSampler(num_clients=10, per_round=5, scheme=sampling, seed=config.seed)
+        assert drawn != [from_seed.sample(r, everyone) for r in rounds]
+        assert first.seed is None  # nothing to recompute them from
+    plain = build_federation(RunConfig(**base), dataset=dataset).sampler
+    for r in rounds:  # the seeded draw, recomputed independently
+        expected = np.random.default_rng([4, r, 0x5A]).choice(np.arange(10), size=5, replace=False)
+        assert plain.sample(r, everyone) == sorted(int(c) for c in expected)
