@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.console import Console
 
-from securefl.cli import attack, data, train
+from securefl.cli import attack, audit, data, train
 from securefl.errors import ConfigError
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app = typer.Typer(
 app.command("train")(train.train)
 app.command("datasets")(data.datasets)
 app.add_typer(attack.attack_app, name="attack")
+app.command("audit")(audit.audit)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,69 @@
+"""What the curious server observes about the canaries, accumulated into one score per canary.
+
+The white-box threat model of federated learning (Steinke, Nasr and Jagielski 2023, Section 6:
+the auditor sees the updates, not just the final model): the server reads the canary coordinates
+of what reaches it every round and adds them up.  For a Dirac canary the coordinate is its
+(clipped) gradient plus Gaussian noise, so the sum over rounds is the likelihood-ratio statistic
+of the composed Gaussian mechanism.
+
+- :class:`ObservedChannel` wraps the aggregation channel and reads one client's contribution
+  (sample-level canaries inside that client: the server sees each update under plain aggregation);
+- :class:`ObservedServerUpdate` wraps the server update and reads the released change of the
+  global model (user-level canary clients under DP-FedAvg: only the noised sum is released).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from securefl.fl.types import Aggregate, AggregationChannel, Contribution, PrivacyAccounting, ServerUpdate
+
+
+class CanaryScores:
+    """The sum, over the rounds observed, of the last ``canaries`` coordinates of a vector."""
+
+    def __init__(self, canaries: int) -> None:
+        self.total = np.zeros(canaries, dtype=np.float64)
+        self.rounds = 0
+
+    def add(self, vector: torch.Tensor) -> None:
+        self.total += vector[-len(self.total) :].detach().double().numpy()
+        self.rounds += 1
+
+
+class ObservedChannel:
+    """An aggregation channel that also reads ``client_id``'s update (``weighted_delta / weight``)."""
+
+    def __init__(self, inner: AggregationChannel, *, client_id: int, canaries: int) -> None:
+        self.inner = inner
+        self.client_id = client_id
+        self.scores = CanaryScores(canaries)
+
+    def aggregate(self, contributions: list[Contribution], *, round_index: int) -> Aggregate:
+        for contribution in contributions:
+            if contribution.client_id == self.client_id:
+                self.scores.add(contribution.weighted_delta / contribution.weight)
+        return self.inner.aggregate(contributions, round_index=round_index)
+
+
+class ObservedServerUpdate:
+    """A server update that also reads each released change of the global model."""
+
+    def __init__(self, inner: ServerUpdate, *, canaries: int) -> None:
+        self.inner = inner
+        self.scores = CanaryScores(canaries)
+
+    def __call__(self, global_params: torch.Tensor, aggregate: Aggregate) -> torch.Tensor:
+        released = self.inner(global_params, aggregate)
+        self.scores.add(released - global_params)
+        return released
+
+    def round_metrics(self) -> dict[str, float]:
+        return self.inner.round_metrics() if isinstance(self.inner, PrivacyAccounting) else {}
+
+    def ledger(self) -> dict:
+        return self.inner.ledger() if isinstance(self.inner, PrivacyAccounting) else {}
+
+
+__all__ = ["CanaryScores", "ObservedChannel", "ObservedServerUpdate"]
