@@ -311,7 +311,8 @@ def test_active_client_refuses_signatures_over_a_different_survivor_set():
 
     def split_view(message):
         other_set = message.survivors[:-1]
-        forged = keys.sign(signing[3], survivor_set_payload(message.round_id, other_set))
+        # client 3's genuine signature, over another set (session and keys digest made up)
+        forged = keys.sign(signing[3], survivor_set_payload(bytes(32), bytes(32), other_set))
         signatures = tuple(SurvivorSignature(s.client_id, forged) if s.client_id == 3 else s
                            for s in message.signatures)
         return [dataclasses.replace(message, signatures=signatures)]

@@ -168,12 +168,27 @@ def test_corrupted_shares_never_yield_a_wrong_sum(corrupted_holders):
             run_secure_aggregation(inputs, params=params, dropouts=plan, network=network)
 
 
+def connected(graph, nodes) -> bool:
+    """Reference: whether ``nodes`` induce a connected subgraph, by union-find over its edges."""
+    parent = {v: v for v in nodes}
+
+    def root(v):
+        while parent[v] != v:
+            v = parent[v]
+        return v
+
+    for v in nodes:
+        for w in graph[v] & set(nodes):
+            parent[root(v)] = root(w)
+    return len({root(v) for v in nodes}) <= 1
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(3, 9), data=st.data())
 def test_any_graph_threshold_and_dropouts_match_the_reference_model(n, data):
     degree = data.draw(st.sampled_from([None] + list(range(2, n, 2))), label="neighbors")
     holders = n if degree is None else degree + 1
-    t = data.draw(st.integers(1, holders), label="threshold")
+    t = data.draw(st.integers(2, holders), label="threshold")
     bits = data.draw(st.sampled_from([8, 13, 32, 44, 62]), label="bits")
     params = SecAggParams(num_clients=n, threshold=t, bits=bits, neighbors=degree)
     steps = protocol_steps(params)
@@ -195,7 +210,7 @@ def test_any_graph_threshold_and_dropouts_match_the_reference_model(n, data):
         len(senders(step)) < t or any(len((graph[o] | {o}) & senders(step)) < t
                                       for o in (senders(step) if step <= Step.SHARE_KEYS
                                                 else shared))
-        for step in steps)
+        for step in steps) or not connected(graph, senders(Step.MASKED_INPUT))
     if must_abort:
         with pytest.raises(ThresholdNotMetError):
             run_secure_aggregation(inputs, params=params, dropouts=plan, graph_seed=seed)

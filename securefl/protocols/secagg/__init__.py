@@ -42,7 +42,7 @@ Researcher API::
     result.survivors   # frozenset({0, 1, 2, 3})
 """
 
-from securefl.protocols.secagg.client import ClientProtocol, ClientState
+from securefl.protocols.secagg.client import ClientProtocol, ClientState, RoundIdGuard
 from securefl.protocols.secagg.codec import decode, encode
 from securefl.protocols.secagg.driver import (
     Dropout,
@@ -59,7 +59,14 @@ from securefl.protocols.secagg.driver import (
     run_secure_aggregation,
 )
 from securefl.protocols.secagg.messages import Step
-from securefl.protocols.secagg.params import RoundSetup, SecAggParams, choose_parameters
+from securefl.protocols.secagg.params import (
+    RoundSetup,
+    SecAggParams,
+    assess_parameters,
+    choose_parameters,
+    enforce_parameter_rules,
+    session_hash,
+)
 from securefl.protocols.secagg.server import AggregationOutput, ServerProtocol, ServerState
 
 __all__ = [
@@ -72,6 +79,7 @@ __all__ = [
     "Packet",
     "Rejection",
     "RoundAbortedError",
+    "RoundIdGuard",
     "RoundSetup",
     "SecAggParams",
     "SecAggResult",
@@ -80,10 +88,13 @@ __all__ = [
     "ServerState",
     "Step",
     "TranscriptEntry",
+    "assess_parameters",
     "choose_parameters",
     "decode",
     "encode",
+    "enforce_parameter_rules",
     "protocol_steps",
     "reliable_network",
     "run_secure_aggregation",
+    "session_hash",
 ]

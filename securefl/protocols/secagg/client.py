@@ -11,10 +11,12 @@ Error contract:
 - :class:`RemoteProtocolError`: the incoming message is invalid (wrong round, wrong recipient,
   out of order or replayed, inconsistent keys).  The message is ignored and the state is
   unchanged, so the round can go on.
-- :class:`LocalProtocolError`: answering would break the protocol's guarantee (a request for both
-  shares of one client, overlapping survivor/dropped lists, lists that contradict earlier rounds,
-  a survivor set other than the one this client signed, missing or invalid signatures in active
-  mode).  The client refuses, reveals nothing, and aborts the round (state ``ABORTED``).
+- :class:`LocalProtocolError`: answering would break the protocol's guarantee (a round id this
+  client has seen before, a request for both shares of one client, overlapping survivor/dropped
+  lists, lists that contradict earlier rounds, a SecAgg+ survivor set whose induced graph is
+  disconnected, a survivor set other than the one this client signed, missing or invalid
+  signatures in active mode).  The client refuses, reveals nothing, and aborts the round (state
+  ``ABORTED``).
 - :class:`ThresholdNotMetError`: fewer than ``t`` peers are left; the client aborts the round.
 
 Sealed shares that fail authentication are not fatal: the client records the sender in
@@ -40,7 +42,7 @@ from securefl.errors import (
 from securefl.protocols.crypto import aead, keys, prg, shamir
 from securefl.protocols.crypto.keys import KEY_BYTES, KeyPurpose, RandomSource
 from securefl.protocols.secagg import ring
-from securefl.protocols.secagg.graph import neighbourhoods
+from securefl.protocols.secagg.graph import induces_connected_subgraph, neighbourhoods
 from securefl.protocols.secagg.messages import (
     AdvertiseKeys,
     ClientMessage,
@@ -57,11 +59,12 @@ from securefl.protocols.secagg.messages import (
     UnmaskingRequest,
     UnmaskingShares,
     advertise_signature_payload,
+    advertised_keys_digest,
     self_mask_commitment,
     share_associated_data,
     survivor_set_payload,
 )
-from securefl.protocols.secagg.params import RoundSetup, SecAggParams
+from securefl.protocols.secagg.params import RoundSetup, SecAggParams, session_hash
 
 
 class ClientState(enum.Enum):
@@ -109,11 +112,46 @@ def check_input_vector(vector: np.ndarray, *, params: SecAggParams, length: int,
                           f"{params.input_bound} (max {high}): clip the input or raise the bound")
 
 
+class RoundIdGuard:
+    """The round ids one client has started, so it never takes part in a round id twice.
+
+    The server chooses round ids; a client that forgot which it had seen would accept a second
+    session under an old id.  One guard belongs to one client and lives across its rounds (pass
+    it to every :class:`ClientProtocol` of that client); ``seen`` lets a caller persist it and
+    rebuild it with ``RoundIdGuard(seen)``.
+    """
+
+    def __init__(self, seen: frozenset[int] | set[int] = frozenset()) -> None:
+        self._seen = set(seen)
+
+    @property
+    def seen(self) -> frozenset[int]:
+        """Round ids already claimed."""
+        return frozenset(self._seen)
+
+    def claim(self, round_id: int) -> None:
+        """Record ``round_id``; :class:`LocalProtocolError` if it was claimed before."""
+        if round_id in self._seen:
+            raise LocalProtocolError(
+                f"refusing: round id {round_id} was used before; a server that reuses round ids "
+                "could replay signatures from an earlier session (start a round with a fresh id)")
+        self._seen.add(round_id)
+
+
 class ClientProtocol:
     """One client's side of one secure-aggregation round.
 
     ``signing_key`` (its own Ed25519 key) and ``verify_keys`` (every participant's Ed25519
     public key, known up front) are required in active-adversary mode and ignored otherwise.
+    ``round_guard``, the client's :class:`RoundIdGuard` kept across rounds, makes :meth:`start`
+    refuse a round id this client has seen.
+
+    Active mode signs, with the client's long-term key, the session hash
+    (:func:`~securefl.protocols.secagg.params.session_hash`: parameters and round setup) with its
+    advertised keys, and later the session hash, the digest of every advertised key it saw and
+    the survivor set, so signatures from one session are worthless in another.  To compute that
+    digest over the same set of clients everywhere, the active-mode key directory carries the
+    advertised keys of every client that advertised, neighbours or not.
     """
 
     def __init__(
@@ -126,6 +164,7 @@ class ClientProtocol:
         random_source: RandomSource = os.urandom,
         signing_key: Ed25519PrivateKey | None = None,
         verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
+        round_guard: RoundIdGuard | None = None,
     ) -> None:
         setup.check(params)
         if client_id not in setup.participants:
@@ -143,7 +182,11 @@ class ClientProtocol:
         self.setup = setup
         self.state = ClientState.IDLE
         self.rejected_shares: dict[int, RemoteProtocolError] = {}
-        self._neighbours = neighbourhoods(params, setup)[client_id]
+        self._graph = neighbourhoods(params, setup)
+        self._neighbours = self._graph[client_id]
+        self._session = session_hash(params, setup)
+        self._keys_digest = b""
+        self._round_guard = round_guard
         self._input: np.ndarray | None = input_vector
         self._random_source = random_source
         self._signing_key = signing_key if params.active_adversary else None
@@ -169,6 +212,12 @@ class ClientProtocol:
         """Begin the round: draw fresh key pairs and advertise their public halves."""
         if self.state is not ClientState.IDLE:
             raise LocalProtocolError(f"client {self.client_id} already started this round")
+        if self._round_guard is not None:
+            try:
+                self._round_guard.claim(self.setup.round_id)
+            except LocalProtocolError:
+                self._abort()
+                raise
         self._channel_key = keys.generate_agreement_key(self._random_source)
         self._mask_key = keys.generate_agreement_key(self._random_source)
         channel_public = keys.public_bytes(self._channel_key)
@@ -176,7 +225,7 @@ class ClientProtocol:
         signature = b""
         if self._signing_key is not None:
             signature = keys.sign(self._signing_key, advertise_signature_payload(
-                self.setup.round_id, self.client_id, channel_public, mask_public))
+                self._session, self.client_id, channel_public, mask_public))
         self.state = ClientState.AWAITING_KEY_DIRECTORY
         return [AdvertiseKeys(self.setup.round_id, self.client_id, channel_public, mask_public,
                               signature)]
@@ -214,12 +263,16 @@ class ClientProtocol:
     # ------------------------------------------------------------------------------ steps
 
     def _on_key_directory(self, message: KeyDirectory) -> list[ClientMessage]:
-        peers = {peer.client_id: peer for peer in message.peers}
-        strangers = set(peers) - self._neighbours
+        listed = {peer.client_id: peer for peer in message.peers}
+        # Active mode lists everyone who advertised (for the keys digest), passive neighbours only.
+        allowed = ((set(self.setup.participants) - {self.client_id}) if self.params.active_adversary
+                   else self._neighbours)
+        strangers = set(listed) - allowed
         if strangers:
-            raise RemoteProtocolError(f"key directory lists {sorted(strangers)}, not neighbours "
-                                      f"of client {self.client_id}: rejected")
-        public_keys = [keys.public_bytes(self._channel_key), keys.public_bytes(self._mask_key)]
+            raise RemoteProtocolError(f"key directory lists {sorted(strangers)}, who may not be "
+                                      f"in client {self.client_id}'s directory: rejected")
+        own_keys = (keys.public_bytes(self._channel_key), keys.public_bytes(self._mask_key))
+        public_keys = list(own_keys)
         for peer in message.peers:
             public_keys += [peer.channel_public_key, peer.mask_public_key]
         if len(set(public_keys)) != len(public_keys):
@@ -227,11 +280,12 @@ class ClientProtocol:
         for peer in message.peers:
             if self._verify_keys and not keys.verify(
                 self._verify_keys[peer.client_id], peer.signature,
-                advertise_signature_payload(self.setup.round_id, peer.client_id,
+                advertise_signature_payload(self._session, peer.client_id,
                                             peer.channel_public_key, peer.mask_public_key),
             ):
                 raise RemoteProtocolError(f"advertised keys of client {peer.client_id} are not "
                                           "signed by it: rejected")
+        peers = {v: peer for v, peer in listed.items() if v in self._neighbours}
         channel_secrets = {v: keys.agree(self._channel_key, peer.channel_public_key)
                            for v, peer in peers.items()}
         mask_secrets = {v: keys.agree(self._mask_key, peer.mask_public_key)
@@ -264,6 +318,11 @@ class ClientProtocol:
                 random_source=self._random_source)
             sealed.append(SealedShares(self.client_id, v, ciphertext))
         self._peer_keys = peers
+        if self.params.active_adversary:
+            advertised = {v: (peer.channel_public_key, peer.mask_public_key)
+                          for v, peer in listed.items()}
+            self._keys_digest = advertised_keys_digest(
+                self._session, {**advertised, self.client_id: own_keys})
         self._channel_secrets = channel_secrets
         self._mask_secrets = mask_secrets
         self._self_mask_seed = seed
@@ -336,8 +395,8 @@ class ClientProtocol:
 
     def _on_consistency_request(self, message: ConsistencyRequest) -> list[ClientMessage]:
         self._check_survivors(message.survivors)
-        signature = keys.sign(self._signing_key,
-                              survivor_set_payload(self.setup.round_id, message.survivors))
+        signature = keys.sign(self._signing_key, survivor_set_payload(
+            self._session, self._keys_digest, message.survivors))
         self._signed_survivors = message.survivors
         self.state = ClientState.AWAITING_UNMASKING_REQUEST
         return [ConsistencySignature(self.setup.round_id, self.client_id, signature)]
@@ -361,6 +420,18 @@ class ClientProtocol:
             raise ThresholdNotMetError(
                 f"client {self.client_id}: only {len(survivor_set)} survivors, fewer than "
                 f"threshold {self.params.threshold}: round aborted")
+        if self.params.complete_graph:
+            return
+        if not induces_connected_subgraph(self._graph, survivor_set):
+            raise LocalProtocolError(
+                "refusing: the survivors' graph is disconnected, so unmasking would reveal the "
+                "sum of each of its components, not only the sum of all survivors")
+        surviving = len(self._neighbours & survivor_set)
+        if self.params.active_adversary and 2 * surviving <= self.params.degree:
+            raise LocalProtocolError(
+                f"refusing: only {surviving} of client {self.client_id}'s "
+                f"{self.params.degree} neighbours are listed as survivors, not more than half "
+                "(on a Harary ring a server cutting the graph must declare k/2 neighbours dropped)")
 
     def _on_unmasking_request(self, message: UnmaskingRequest) -> list[ClientMessage]:
         survivors, dropped = set(message.survivors), set(message.dropped)
@@ -402,7 +473,7 @@ class ClientProtocol:
             raise LocalProtocolError(
                 f"refusing: the survivor set to unmask differs from the one client "
                 f"{self.client_id} signed in the consistency check")
-        payload = survivor_set_payload(self.setup.round_id, message.survivors)
+        payload = survivor_set_payload(self._session, self._keys_digest, message.survivors)
         signers = set()
         for record in message.signatures:
             if record.client_id not in self._signed_survivors:

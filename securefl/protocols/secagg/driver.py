@@ -15,6 +15,7 @@ rejects.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -35,7 +36,7 @@ from securefl.errors import (
 )
 from securefl.protocols.crypto import keys
 from securefl.protocols.crypto.keys import RandomSource
-from securefl.protocols.secagg.client import ClientProtocol
+from securefl.protocols.secagg.client import ClientProtocol, RoundIdGuard
 from securefl.protocols.secagg.codec import decode, encode
 from securefl.protocols.secagg.messages import ClientMessage, Step
 from securefl.protocols.secagg.params import RoundSetup, SecAggParams
@@ -264,6 +265,8 @@ def run_secure_aggregation(
     network: Network = reliable_network,
     record_transcript: bool = True,
     graph_seed: bytes | None = None,
+    round_guards: Mapping[int, RoundIdGuard] | None = None,
+    context: bytes = b"",
 ) -> SecAggResult:
     """Run one secure-aggregation round on ``inputs`` (client id -> vector in Z_{2^bits}).
 
@@ -274,7 +277,10 @@ def run_secure_aggregation(
     In active-adversary mode each client needs an Ed25519 signing key whose public half everyone
     knows up front: pass ``signing_keys`` or let the driver draw them from ``random_source``.
     ``record_transcript=False`` keeps memory flat for large benchmarks.  ``graph_seed`` (32 bytes)
-    fixes the SecAgg+ graph (default: drawn from ``random_source``).
+    fixes the SecAgg+ graph (default: drawn from ``random_source``).  ``round_guards`` maps
+    client ids to the :class:`RoundIdGuard` each keeps across rounds (a client whose guard has
+    seen ``round_id`` refuses to start, raising :class:`LocalProtocolError`); ``context`` is the
+    application data of :class:`RoundSetup`, bound into every signature.
     """
     length = _check_inputs(inputs, params)
     plan = dropouts if dropouts is not None else DropoutPlan()
@@ -286,9 +292,9 @@ def run_secure_aggregation(
         raise ConfigError("dropout plan uses the consistency check, which only runs with "
                           "active_adversary=True")
     setup = RoundSetup.create(list(inputs), vector_length=length, round_id=round_id,
-                              random_source=random_source)
+                              random_source=random_source, context=context)
     if graph_seed is not None:
-        setup = RoundSetup(setup.round_id, setup.participants, length, graph_seed)
+        setup = dataclasses.replace(setup, graph_seed=graph_seed)
     verify_keys = None
     if params.active_adversary:
         if signing_keys is None:
@@ -299,7 +305,8 @@ def run_secure_aggregation(
         c: ClientProtocol(client_id=c, params=params, setup=setup, input_vector=inputs[c],
                           random_source=random_source,
                           signing_key=signing_keys[c] if signing_keys else None,
-                          verify_keys=verify_keys)
+                          verify_keys=verify_keys,
+                          round_guard=(round_guards or {}).get(c))
         for c in setup.participants
     }
     record = _Recorder(record_transcript)

@@ -11,7 +11,7 @@ server and every client derive the same graph from the same :class:`RoundSetup`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -70,3 +70,23 @@ def neighbourhoods(params: SecAggParams, setup: RoundSetup) -> dict[int, frozens
         return {client: everyone - {client} for client in participants}
     order = random_permutation(participants, seed=setup.graph_seed, round_id=setup.round_id)
     return harary_ring(order, params.degree)
+
+
+def induces_connected_subgraph(graph: Mapping[int, frozenset[int]], nodes: Collection[int]) -> bool:
+    """Whether ``nodes`` induce a connected subgraph of ``graph`` (breadth-first search).
+
+    This is what secure aggregation over a sparse graph needs of the survivor set ``S``: if
+    ``G[S]`` is connected, every proper non-empty subset ``A`` of ``S`` has an edge into
+    ``S \\ A``, whose pairwise mask hides ``A``'s partial sum (Bell et al., CCS 2020, section 3).
+    The empty set counts as connected.
+    """
+    remaining = set(nodes)
+    if not remaining:
+        return True
+    frontier = [remaining.pop()]
+    while frontier:
+        node = frontier.pop()
+        reached = graph[node] & remaining
+        remaining -= reached
+        frontier.extend(reached)
+    return not remaining

@@ -24,6 +24,7 @@ sorted tuples of distinct ids, so every message has exactly one encoding.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -332,16 +333,33 @@ _BINDING_PREFIX = b"securefl/secagg/v1/"
 
 
 def advertise_signature_payload(
-    round_id: int, client_id: int, channel_public_key: bytes, mask_public_key: bytes
+    session: bytes, client_id: int, channel_public_key: bytes, mask_public_key: bytes
 ) -> bytes:
-    """What a client signs (active mode) when it advertises its two public keys."""
-    return (_BINDING_PREFIX + b"advertise-keys\x00" + round_id.to_bytes(8, "big")
-            + client_id.to_bytes(4, "big") + channel_public_key + mask_public_key)
+    """What a client signs (active mode) when it advertises its two public keys: the session
+    hash (:func:`~securefl.protocols.secagg.params.session_hash`), its id and the keys."""
+    return (_BINDING_PREFIX + b"advertise-keys\x00" + session + client_id.to_bytes(4, "big")
+            + channel_public_key + mask_public_key)
 
 
-def survivor_set_payload(round_id: int, survivors: tuple[int, ...]) -> bytes:
-    """What a client signs (active mode) in the ConsistencyCheck: the round and survivor set."""
-    return (_BINDING_PREFIX + b"survivor-set\x00" + round_id.to_bytes(8, "big")
+def advertised_keys_digest(session: bytes, advertised: Mapping[int, tuple[bytes, bytes]]) -> bytes:
+    """SHA-256 over the session hash and every advertised (channel, mask) key pair by client id.
+
+    Each client computes it over the keys of every client that advertised (U1) as it saw them,
+    its own included; equal digests mean equal views of U1 and of everyone's keys.
+    """
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(_BINDING_PREFIX + b"advertised-keys\x00" + session
+                  + len(advertised).to_bytes(4, "big"))
+    for client in sorted(advertised):
+        channel_public_key, mask_public_key = advertised[client]
+        digest.update(client.to_bytes(4, "big") + channel_public_key + mask_public_key)
+    return digest.finalize()
+
+
+def survivor_set_payload(session: bytes, keys_digest: bytes, survivors: tuple[int, ...]) -> bytes:
+    """What a client signs (active mode) in the ConsistencyCheck: the session hash, the digest of
+    the advertised keys it saw (:func:`advertised_keys_digest`) and the survivor set."""
+    return (_BINDING_PREFIX + b"survivor-set\x00" + session + keys_digest
             + len(survivors).to_bytes(4, "big")
             + b"".join(client.to_bytes(4, "big") for client in survivors))
 

@@ -9,17 +9,22 @@ in ``[0, input_bound]``, the sum of ``n`` inputs is at most ``n * input_bound``,
 below ``2**bits`` for the unmasked sum to be the true integer sum.
 
 :func:`choose_parameters` picks ``k`` and ``t`` from ``n``, the dropout rate and the corruption
-rate with the rule documented there.  :class:`RoundSetup` is what a round's server and clients
-agree on before it starts (round id, participants, vector length, the graph seed).
+rate with the rule documented there; :func:`assess_parameters` checks given parameters against the
+same rules.  :class:`RoundSetup` is what a round's server and clients agree on before it starts
+(round id, participants, vector length, the graph seed, application context), and
+:func:`session_hash` binds every signature of a round to all of it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
 
 from securefl.errors import ConfigError
 from securefl.protocols.crypto.keys import KEY_BYTES, RandomSource, random_bytes
@@ -27,6 +32,9 @@ from securefl.protocols.crypto.keys import KEY_BYTES, RandomSource, random_bytes
 MIN_BITS = 8
 MAX_BITS = 62
 MAX_CLIENT_ID = 2**32 - 2  # Shamir evaluates client ``u`` at x = u + 1, which must fit in 32 bits
+MIN_THRESHOLD = 2  # with t = 1 every share is the secret itself
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,20 @@ class SecAggParams:
     - ``active_adversary``: the server may deviate from the protocol; adds Ed25519-signed keys
       and the ConsistencyCheck round over the survivor set (clients' signing keys are known to
       everyone up front).
+    - ``max_colluders``: ``c``, how many clients may collude with the server; ``None`` takes the
+      largest ``c`` the other parameters tolerate (:attr:`colluders_tolerated`).  Combinations
+      that cannot be secure for ``c`` are refused:
+
+      * the complete graph needs ``t > c``: the server's coalition then holds fewer than ``t``
+        shares of any honest client's secrets (Bonawitz et al., theorems 6.3 and 6.5);
+      * active mode needs ``2 * signature_threshold > n + c`` (no split views, see
+        :attr:`signature_threshold`, which is chosen so this holds; ``c <= n - 2`` keeps it at
+        most ``n``);
+      * active mode with SecAgg+ needs ``c = 0``: a colluder inside a band the server declares
+        dropped bridges the survivors' graph, so no client can detect a cut locally;
+      * passive SecAgg+ takes any ``c``: its guarantee is probabilistic, under the assumptions
+        of :func:`choose_parameters` (colluders chosen independently of the random graph);
+        :func:`assess_parameters` says whether the rules hold for ``c`` and a dropout rate.
     """
 
     num_clients: int
@@ -55,6 +77,7 @@ class SecAggParams:
     neighbors: int | None = None
     input_bound: int | None = None
     active_adversary: bool = False
+    max_colluders: int | None = None
 
     def __post_init__(self) -> None:
         n, t, k = self.num_clients, self.threshold, self.neighbors
@@ -74,8 +97,10 @@ class SecAggParams:
             if k % 2:
                 raise ConfigError(f"neighbors {k} is odd: a Harary graph links k/2 peers on each "
                                   f"side, use {k + 1} or {k - 1}")
-        if not _is_int(t) or t < 1:
-            raise ConfigError(f"threshold {t!r} must be an integer >= 1")
+        if not _is_int(t) or t < MIN_THRESHOLD:
+            raise ConfigError(f"threshold {t!r} must be an integer >= {MIN_THRESHOLD}: with "
+                              "threshold 1 every share is the secret itself, so one share holder "
+                              "and the server could unmask a client")
         if t > n:
             raise ConfigError(f"threshold {t} > clients {n}: lower the threshold "
                               "(--secagg-threshold) or add clients")
@@ -93,6 +118,26 @@ class SecAggParams:
                     "clients per round")
         if not isinstance(self.active_adversary, bool):
             raise ConfigError("active_adversary must be True or False")
+        self._check_colluders()
+
+    def _check_colluders(self) -> None:
+        n, t, c = self.num_clients, self.threshold, self.max_colluders
+        if c is None:
+            return
+        if not _is_int(c) or not 0 <= c <= n - 2:
+            raise ConfigError(f"max_colluders {c!r} must be an integer in [0, {n - 2}]: at least "
+                              "two honest clients are needed for a sum to hide anything")
+        if self.complete_graph and t <= c:
+            raise ConfigError(
+                f"threshold {t} <= max_colluders {c}: {c} colluding clients would hold enough "
+                f"shares to unmask an honest client; raise the threshold to at least {c + 1} "
+                "or lower max_colluders")
+        if self.active_adversary and not self.complete_graph and c > 0:
+            raise ConfigError(
+                f"active_adversary with SecAgg+ (neighbors {self.neighbors}) is secure only for "
+                f"max_colluders 0, not {c}: a colluder inside a band of clients the server "
+                "declares dropped bridges the survivors' graph, which no client can detect; use "
+                "the complete graph (neighbors None), which tolerates c < t colluders")
 
     @property
     def complete_graph(self) -> bool:
@@ -110,14 +155,44 @@ class SecAggParams:
         return self.degree + 1
 
     @property
+    def colluders_tolerated(self) -> int:
+        """``c``: clients that may collude with the server while the guarantees hold.
+
+        ``max_colluders`` when given (validated on construction).  Otherwise the largest ``c`` the
+        threshold itself tolerates, without raising the signature threshold above ``t``, and
+        never more than ``n - 2`` (two honest clients, or the sum is one client's input):
+
+        - complete graph, passive: ``t - 1`` (``t > c``; Bonawitz et al., theorem 6.3);
+        - complete graph, active: ``min(t - 1, 2t - n - 1)``, at least 0 (``t > c`` and
+          ``2t > n + c``, theorem 6.5); the default threshold ``floor(2n/3) + 1`` of
+          :class:`~securefl.config.SecAggConfig` gives ``c = 3`` for ``n = 10``;
+        - SecAgg+, active: 0 (see the class docstring);
+        - SecAgg+, passive: ``t - 1``, so no client's share holders include ``t`` colluders;
+          whether colluders can also cut the random graph is for :func:`assess_parameters`.
+        """
+        if self.max_colluders is not None:
+            return int(self.max_colluders)
+        n, t = self.num_clients, self.threshold
+        if not self.active_adversary:
+            return min(t - 1, n - 2)
+        if not self.complete_graph:
+            return 0
+        return max(0, min(t - 1, 2 * t - n - 1, n - 2))
+
+    @property
     def signature_threshold(self) -> int:
         """Active mode: valid survivor-set signatures a client needs before it unmasks.
 
-        ``max(t, floor(n/2) + 1)``.  Honest clients sign one survivor set per round, so a server
-        colluding with ``c`` clients cannot show two different sets ``t``-signed to two honest
-        clients as long as ``2 * signature_threshold > n + c``.
+        ``max(t, floor((n + c) / 2) + 1)`` with ``c`` = :attr:`colluders_tolerated`.  Proof that
+        no two honest clients can be shown different survivor sets: honest clients sign one
+        survivor set per session (their state machine signs once), and signatures are bound to
+        the session (:func:`session_hash`).  If sets ``S != S'`` each carry ``s`` valid
+        signatures, at most ``c`` signers of each are colluders, so at least ``s - c`` honest
+        clients signed each; were these disjoint, ``2(s - c) + c <= n``, i.e. ``2s <= n + c``.
+        With ``s >= floor((n + c)/2) + 1``, ``2s > n + c``, so some honest client signed both: a
+        contradiction.  (Bonawitz et al., section 6.3, need exactly ``2s > n + c``.)
         """
-        return max(self.threshold, self.num_clients // 2 + 1)
+        return max(self.threshold, (self.num_clients + self.colluders_tolerated) // 2 + 1)
 
     @property
     def modulus(self) -> int:
@@ -144,15 +219,18 @@ class RoundSetup:
     """What server and clients agree on before a round: id, participants, vector length, graph.
 
     ``graph_seed`` (32 bytes) selects the random Harary graph of SecAgg+; it is drawn by whoever
-    sets the round up (the simulation draws it from the random source).  A server that can choose
-    it can choose who neighbours whom, which matters against an active adversary: see the threat
-    model in :mod:`securefl.protocols.secagg`.
+    sets the round up (the simulation draws it from the random source).  It is public.  A server
+    that chooses it chooses who neighbours whom; why that gives an active server nothing is in the
+    threat model of :mod:`securefl.protocols.secagg`.  ``context`` is application data every
+    party must agree on (e.g. the hash of the global model being trained); it enters the
+    :func:`session_hash` that every signature covers.
     """
 
     round_id: int
     participants: tuple[int, ...]
     vector_length: int
     graph_seed: bytes
+    context: bytes = b""
 
     def __post_init__(self) -> None:
         if not _is_int(self.round_id) or not 0 <= self.round_id < 2**64:
@@ -167,6 +245,8 @@ class RoundSetup:
             raise ConfigError(f"vector length {self.vector_length!r} must be in [1, 2^32)")
         if not isinstance(self.graph_seed, bytes) or len(self.graph_seed) != KEY_BYTES:
             raise ConfigError(f"graph_seed must be {KEY_BYTES} bytes")
+        if not isinstance(self.context, bytes) or len(self.context) >= 2**32:
+            raise ConfigError("context must be bytes shorter than 2^32")
 
     @classmethod
     def create(
@@ -176,6 +256,7 @@ class RoundSetup:
         vector_length: int,
         round_id: int = 0,
         random_source: RandomSource = os.urandom,
+        context: bytes = b"",
     ) -> RoundSetup:
         """A setup with a fresh graph seed from ``random_source``."""
         return cls(
@@ -183,6 +264,7 @@ class RoundSetup:
             participants=tuple(sorted(participants)),
             vector_length=vector_length,
             graph_seed=random_bytes(random_source, KEY_BYTES),
+            context=context,
         )
 
     def check(self, params: SecAggParams) -> None:
@@ -191,6 +273,32 @@ class RoundSetup:
             raise ConfigError(
                 f"{len(self.participants)} participants but num_clients is "
                 f"{params.num_clients}: make them equal")
+
+
+def session_hash(params: SecAggParams, setup: RoundSetup) -> bytes:
+    """SHA-256 of everything that defines a session: the parameters and the round setup.
+
+    Canonical and injective: a domain label, then every field as a 4-byte big-endian length and
+    its bytes (integers as 8-byte big-endian, ``None`` as the empty string, participants as
+    their 4-byte ids), in a fixed order.  Signatures cover this hash, so a signature from one
+    session (other keys, another graph seed, another context, other parameters or round id) is
+    worthless in any other.
+    """
+    def integer(value: int | None) -> bytes:
+        return b"" if value is None else int(value).to_bytes(8, "big")
+
+    fields = (
+        integer(params.num_clients), integer(params.threshold), integer(params.bits),
+        integer(params.neighbors), integer(params.input_bound),
+        integer(int(params.active_adversary)), integer(params.colluders_tolerated),
+        integer(setup.round_id), b"".join(p.to_bytes(4, "big") for p in setup.participants),
+        integer(setup.vector_length), setup.graph_seed, setup.context,
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(b"securefl/secagg/v1/session\x00")
+    for value in fields:
+        digest.update(len(value).to_bytes(4, "big") + value)
+    return digest.finalize()
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +343,77 @@ def hypergeometric_tail_at_least(population: int, marked: int, draws: int, at_le
     return favourable / math.comb(population, draws)
 
 
+def assess_parameters(
+    params: SecAggParams,
+    *,
+    dropout_rate: float,
+    security_bits: int = 40,
+    correctness_bits: int = 20,
+) -> tuple[str, ...]:
+    """The rules of :func:`choose_parameters` that ``params`` break at ``dropout_rate``.
+
+    Uses ``c`` = ``params.colluders_tolerated``, the dropout rate δ and the targets σ, η of
+    :func:`choose_parameters`; returns one sentence per violated rule (empty if all hold), each
+    saying what to change.  What a violation means is the caller's choice;
+    :func:`enforce_parameter_rules` refuses in active mode and warns in passive mode.
+    """
+    _check_rate("dropout_rate", dropout_rate)
+    n, t, k = params.num_clients, params.threshold, params.degree
+    c = params.colluders_tolerated
+    security, correctness = 2.0**-security_bits, 2.0**-correctness_bits
+    violated = []
+    if not params.complete_graph and n * n * min(1.0, dropout_rate + c / n) ** k > security:
+        violated.append(
+            f"connectivity: with dropout rate {dropout_rate} and {c} colluders, the survivors' "
+            f"graph of degree {k} can be cut (bound n^2 (δ + c/n)^k = "
+            f"{n * n * min(1.0, dropout_rate + c / n) ** k:.2g} > 2^-{security_bits}); raise "
+            "neighbors, lower the dropout rate or max_colluders")
+    if n * hypergeometric_tail_at_least(n - 1, c, k, t) > security:
+        violated.append(
+            f"share privacy: {c} colluders hold {t} of some client's {k + 1} shares with "
+            f"probability up to {n * hypergeometric_tail_at_least(n - 1, c, k, t):.2g} > "
+            f"2^-{security_bits}; raise the threshold or neighbors, or lower max_colluders")
+    unrecoverable = n * (1.0 - binomial_tail_at_least(k + 1, 1.0 - dropout_rate, t))
+    if unrecoverable > correctness:
+        violated.append(
+            f"correctness: with dropout rate {dropout_rate}, fewer than threshold {t} of some "
+            f"client's {k + 1} share holders survive with probability up to "
+            f"{unrecoverable:.2g} > 2^-{correctness_bits}; lower the threshold, raise neighbors "
+            "or lower the dropout rate")
+    if params.active_adversary:
+        unsigned = 1.0 - binomial_tail_at_least(n, 1.0 - dropout_rate, params.signature_threshold)
+        if unsigned > correctness:
+            violated.append(
+                f"correctness: with dropout rate {dropout_rate}, fewer than the "
+                f"{params.signature_threshold} survivor-set signatures needed for {c} colluders "
+                f"arrive with probability {unsigned:.2g} > 2^-{correctness_bits}; add clients, "
+                "lower max_colluders or lower the dropout rate")
+    return tuple(violated)
+
+
+def enforce_parameter_rules(params: SecAggParams, *, dropout_rate: float) -> tuple[str, ...]:
+    """Refuse (active mode) or warn loudly about (passive mode) rules ``params`` break.
+
+    Active mode raises :class:`ConfigError` listing every violated rule of
+    :func:`assess_parameters`; passive mode issues a :class:`UserWarning` and logs a warning per
+    rule.  Returns the violated rules.
+    """
+    violated = assess_parameters(params, dropout_rate=dropout_rate)
+    if violated and params.active_adversary:
+        raise ConfigError("secure-aggregation parameters refused against an active server: "
+                          + "; ".join(violated))
+    for rule in violated:
+        message = f"secure-aggregation parameters break a rule of choose_parameters: {rule}"
+        warnings.warn(message, UserWarning, stacklevel=2)
+        logger.warning(message)
+    return violated
+
+
+def _check_rate(name: str, rate: object) -> None:
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+        raise ConfigError(f"{name} {rate!r} must be in [0, 1)")
+
+
 def choose_parameters(
     num_clients: int,
     *,
@@ -264,58 +443,48 @@ def choose_parameters(
        ``n * P[Hypergeometric(n - 1, c, k) >= t] <= 2**-σ`` (a client's corrupted neighbours hold
        fewer than ``t`` of its shares; for the complete graph this is Bonawitz et al.'s
        ``t > c``);
-    3. active adversary only: the consistency check must stop split views,
-       ``2 * max(t, n//2 + 1) > n + c`` (raise ``t`` if needed);
+    3. active adversary only: SecAgg+ only if ``c = 0`` (see :class:`SecAggParams`), and the
+       consistency check must stop split views, ``2 * signature_threshold > n + c``, which
+       :attr:`SecAggParams.signature_threshold` guarantees for ``max_colluders = c``;
     4. correctness: ``n * P[Bin(k + 1, 1 - δ) < t] <= 2**-η`` (enough share holders survive to
-       unmask every client), and in active mode ``P[Bin(n, 1 - δ) < max(t, n//2 + 1)] <= 2**-η``.
+       unmask every client), and in active mode ``P[Bin(n, 1 - δ) < signature_threshold] <= 2**-η``.
 
-    Raises :class:`ConfigError` if even the complete graph cannot meet the targets.
+    The result has ``max_colluders = c``; :func:`assess_parameters` checks rules 1, 2 and 4 for
+    any given parameters.  Raises :class:`ConfigError` if even the complete graph cannot meet the
+    targets.
     """
     n = num_clients
     if not _is_int(n) or n < 2:
         raise ConfigError(f"num_clients {n!r} must be an integer >= 2")
-    for name, rate in (("dropout_rate", dropout_rate), ("corruption_rate", corruption_rate)):
-        if not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
-            raise ConfigError(f"{name} {rate!r} must be in [0, 1)")
+    _check_rate("dropout_rate", dropout_rate)
+    _check_rate("corruption_rate", corruption_rate)
     if dropout_rate + corruption_rate >= 1.0:
         raise ConfigError("dropout_rate + corruption_rate must be below 1: no honest survivors")
     security = 2.0 ** -security_bits
-    correctness = 2.0 ** -correctness_bits
     corrupted = math.ceil(corruption_rate * n)
-    removal = dropout_rate + corrupted / n
-    candidates: list[int | None] = [k for k in range(2, n - 1, 2)] + [None]
+    sparse_allowed = not (active_adversary and corrupted > 0)
+    candidates: list[int | None] = [k for k in range(2, n - 1, 2) if sparse_allowed] + [None]
     for k in candidates:
         degree = n - 1 if k is None else k
-        holders = degree + 1
-        if k is not None and n * n * removal**k > security:
-            continue
         threshold = next(
-            (t for t in range(2, holders + 1)
+            (t for t in range(2, degree + 2)
              if n * hypergeometric_tail_at_least(n - 1, corrupted, degree, t) <= security),
             None,
         )
-        if threshold is None:
+        if threshold is None or corrupted > n - 2:
             continue
-        if active_adversary:
-            needed = (n + corrupted) // 2 + 1
-            if n // 2 + 1 < needed:
-                threshold = max(threshold, needed)
-            if threshold > holders:
-                continue
-            signers = max(threshold, n // 2 + 1)
-            if 1.0 - binomial_tail_at_least(n, 1.0 - dropout_rate, signers) > correctness:
-                continue
-        unrecoverable = 1.0 - binomial_tail_at_least(holders, 1.0 - dropout_rate, threshold)
-        if n * unrecoverable > correctness:
-            continue
-        return SecAggParams(
+        params = SecAggParams(
             num_clients=n,
             threshold=threshold,
             bits=bits,
             neighbors=k,
             input_bound=input_bound,
             active_adversary=active_adversary,
+            max_colluders=corrupted,
         )
+        if not assess_parameters(params, dropout_rate=dropout_rate, security_bits=security_bits,
+                                 correctness_bits=correctness_bits):
+            return params
     raise ConfigError(
         f"no neighbour degree and threshold meet 2^-{security_bits} security and "
         f"2^-{correctness_bits} correctness for {n} clients with dropout_rate {dropout_rate} and "

@@ -16,7 +16,8 @@ advertised public key) and removes ``v``'s pairwise masks from the survivors who
 Errors: an invalid, late, replayed or wrong-round message raises :class:`RemoteProtocolError` and
 is ignored (state unchanged; the sender is treated as dropped if it sends nothing valid).  Fewer
 than ``t`` clients (or share holders) at any step raises :class:`ThresholdNotMetError` and the
-round is over: nothing is output.
+round is over: nothing is output.  So does, with SecAgg+, a survivor set whose induced graph is
+disconnected, before any share is asked for: unmasking it would reveal each component's sum.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from securefl.errors import (
 from securefl.protocols.crypto import keys, prg, shamir
 from securefl.protocols.crypto.keys import KeyPurpose
 from securefl.protocols.secagg import ring
-from securefl.protocols.secagg.graph import neighbourhoods
+from securefl.protocols.secagg.graph import induces_connected_subgraph, neighbourhoods
 from securefl.protocols.secagg.messages import (
     AdvertiseKeys,
     ClientMessage,
@@ -55,10 +56,11 @@ from securefl.protocols.secagg.messages import (
     UnmaskingRequest,
     UnmaskingShares,
     advertise_signature_payload,
+    advertised_keys_digest,
     self_mask_commitment,
     survivor_set_payload,
 )
-from securefl.protocols.secagg.params import RoundSetup, SecAggParams
+from securefl.protocols.secagg.params import RoundSetup, SecAggParams, session_hash
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class ServerProtocol:
                        if params.active_adversary or s is not Step.CONSISTENCY_CHECK]
         self._verify_keys = dict(verify_keys or {}) if params.active_adversary else {}
         self._neighbours = neighbourhoods(params, setup)
+        self._session = session_hash(params, setup)
+        self._keys_digest = b""
         self._eligible = frozenset(setup.participants)
         self._received: dict[int, ClientMessage] = {}
         self._advertised: dict[int, AdvertiseKeys] = {}
@@ -199,7 +203,7 @@ class ServerProtocol:
         keys.check_agreement_public_key(message.mask_public_key)
         if self._verify_keys and not keys.verify(
             self._verify_keys[message.sender], message.signature,
-            advertise_signature_payload(message.round_id, message.sender,
+            advertise_signature_payload(self._session, message.sender,
                                         message.channel_public_key, message.mask_public_key),
         ):
             raise RemoteProtocolError(f"advertised keys of client {message.sender} are not "
@@ -221,7 +225,8 @@ class ServerProtocol:
         np.add(self._masked_sum, masked, out=self._masked_sum)
 
     def _check_consistency_signature(self, message: ConsistencySignature) -> None:
-        payload = survivor_set_payload(self.setup.round_id, tuple(sorted(self._survivors)))
+        payload = survivor_set_payload(self._session, self._keys_digest,
+                                       tuple(sorted(self._survivors)))
         if not keys.verify(self._verify_keys[message.sender], message.signature, payload):
             raise RemoteProtocolError(f"client {message.sender}'s signature over the survivor "
                                       "set does not verify: rejected")
@@ -261,14 +266,16 @@ class ServerProtocol:
         self._require(answered, answered, self.params.threshold, "advertised keys")
         self._advertised = {u: self._received[u] for u in answered}
         self._with_keys = answered
-        outgoing = []
-        for u in sorted(answered):
-            peers = tuple(
-                PeerKeys(v, self._advertised[v].channel_public_key,
-                         self._advertised[v].mask_public_key, self._advertised[v].signature)
-                for v in sorted(self._neighbours[u] & answered))
-            outgoing.append(KeyDirectory(self.setup.round_id, u, peers))
-        return outgoing
+        everyone = tuple(PeerKeys(v, self._advertised[v].channel_public_key,
+                                  self._advertised[v].mask_public_key, self._advertised[v].signature)
+                         for v in sorted(answered))
+        if self.params.active_adversary:  # everyone's keys, for the digest the clients sign
+            self._keys_digest = advertised_keys_digest(self._session, {
+                v: (a.channel_public_key, a.mask_public_key) for v, a in self._advertised.items()})
+        return [KeyDirectory(self.setup.round_id, u, tuple(
+                    peer for peer in everyone if peer.client_id != u
+                    and (self.params.active_adversary or peer.client_id in self._neighbours[u])))
+                for u in sorted(answered)]
 
     def _close_share_keys(self, answered: frozenset[int]) -> list[ServerMessage]:
         self._require(answered, answered, self.params.threshold, "shared keys")
@@ -284,6 +291,11 @@ class ServerProtocol:
 
     def _close_masked_input(self, answered: frozenset[int]) -> list[ServerMessage]:
         self._require(answered, self._with_shares, self.params.threshold, "sent masked inputs")
+        if not induces_connected_subgraph(self._neighbours, answered):
+            raise ThresholdNotMetError(
+                f"the {len(answered)} survivors' graph is disconnected: unmasking would reveal the "
+                "sum of each component; round aborted, nothing revealed (raise neighbors or "
+                "expect fewer dropouts)")
         self._survivors = answered
         survivors = tuple(sorted(answered))
         if self.params.active_adversary:
