@@ -270,6 +270,14 @@ class DPFedAvgServerUpdate:
                 "mechanism": "DP-FedAvg (McMahan et al. 2018): clipped updates, Gaussian noise on "
                 "the sum, fixed denominator",
                 "client_sampling": self.client_sampling,
+                "neighbouring": "add/remove one user (all of one client's data)",
+                "public": [
+                    "the number of clients and the expected clients per round (the denominator)",
+                    "how many clients took part in each round and whether it aborted (clients, "
+                    "survivors, status in metrics.jsonl): released without noise, not covered",
+                    "the training settings in config.json; not which clients were sampled (drawn "
+                    "from OS randomness, never stored)",
+                ],
                 "accounting": (
                     "fixed-size sampling: bound without subsampling amplification, Gaussian "
                     "mechanism with noise multiplier z/2 per round (substitution sensitivity 2*clip)"

@@ -39,10 +39,20 @@ ledger records when.  With the noise calibrated this way that happens only past 
 rounds; given a noise multiplier *and* a target, the target is only a budget and stops clients
 mid-run.
 
-The guarantee is per client, for one example of that client's data (add/remove-one), covering
-the sequence of model updates it sends.  Whether a client takes part in a round is decided by the
-server independently of its data, so rounds it skips cost nothing.  It does not cover other
-values a client reports, such as its training loss.  Noise comes from the seeded
+The guarantee is per client, for one example of that client's data, covering the sequence of
+model updates it sends.  Exactly: each client's example count ``n_k`` is public metadata, as
+Opacus assumes (``make_private`` sets ``q = 1 / len(data_loader)`` from the data set's size).  It
+fixes the mechanism: the sample rate ``q_k = batch_size / n_k``, the steps per round, and the
+FedAvg weight ``n_k`` the client sends with its update, without noise (under secure aggregation
+inside the masked vector, so the server learns only sums of weights).  The guarantee is
+add/remove-one-example neighbouring with ``(q_k, steps, weight)`` held fixed at the declared
+``n_k``: the two
+neighbouring data sets are run by the same mechanism, and ``n_k`` itself is not protected (a
+client of 100 examples and one of 101 are told apart by their weights).  The trainer is planned
+from the declared counts (``client_sizes``) and refuses a shard of another size, so the weight the
+server receives is always the declared count.  Whether a client takes part in a round is decided
+by the server independently of its data, so rounds it skips cost nothing.  It does not cover
+other values a client reports, such as its training loss.  Noise comes from the seeded
 ``torch.Generator`` the simulation passes (reproducible; not Opacus' ``secure_mode``, which needs
 ``torchcsprng`` and protects against floating-point attacks on the noise).
 """
@@ -373,6 +383,15 @@ class DPSGDTrainer:
         return {
             "sample_level": {
                 "mechanism": "DP-SGD (Opacus), Poisson-sampled batches, per-example clipping",
+                "neighbouring": "add/remove one example of one client's data, with the mechanism's "
+                "parameters (sample rate q_k = expected_batch_size / n_k, steps per round, FedAvg "
+                "weight n_k) held fixed at the client's declared example count n_k",
+                "public": [
+                    "each client's example count n_k (num_samples below), as Opacus assumes: it "
+                    "sets q_k, the steps and the FedAvg weight the client sends, without noise",
+                    "which clients took part in each round",
+                    "the training settings in config.json",
+                ],
                 "max_grad_norm": self.config.max_grad_norm,
                 "target_epsilon": self.config.target_epsilon,
                 "expected_batch_size": self.batch_size,

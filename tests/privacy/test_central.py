@@ -148,6 +148,8 @@ def test_ledger_is_json():
     assert written["sample_rate"] == 0.1 and written["noise_std_on_average"] == pytest.approx(0.1)
     assert written["epsilon"] == pytest.approx(update.round_metrics()["user_epsilon"])
     assert len(written["epsilon_after_each_round"]) == 1
+    assert written["neighbouring"] == "add/remove one user (all of one client's data)"
+    assert any("not covered" in item for item in written["public"])  # per-round client counts
 
 
 @pytest.mark.parametrize(

@@ -345,3 +345,50 @@ def test_a_budget_with_given_noise_stops_the_client_mid_run():
     )
     assert trained >= 2 and within <= 6.0 < beyond
     assert trainer.epsilon(0) == pytest.approx(within, rel=1e-9)
+
+
+class _WeightSpy:
+    """An aggregation channel that records what the server side receives, then sums as usual."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.weights: dict[int, list[float]] = {}
+
+    def aggregate(self, contributions, *, round_index):
+        for contribution in contributions:
+            self.weights.setdefault(contribution.client_id, []).append(contribution.weight)
+        return self.inner.aggregate(contributions, round_index=round_index)
+
+
+def test_sample_counts_are_public_and_the_server_receives_the_declared_count():
+    """Under --dp each client's n_k is public metadata (it sets q_k, the steps and the FedAvg
+    weight): privacy.json says so, and the weight that reaches the server is the declared count
+    the ledger's q_k was computed from (issue 9, point 10)."""
+    import dataclasses
+
+    from securefl.config import RunConfig
+    from securefl.fl.simulation import build_federation, run_simulation
+
+    config = RunConfig(
+        dataset="digits",
+        model="mlp",
+        clients=3,
+        rounds=2,
+        local_epochs=1,
+        batch_size=32,
+        partition="dirichlet",
+        alpha=0.5,
+        dp=DPConfig(noise_multiplier=1.0, delta=1e-4),
+    )
+    federation = build_federation(config)
+    spy = _WeightSpy(federation.channel)
+    history = run_simulation(config, federation=dataclasses.replace(federation, channel=spy))
+    ledger = json.loads(json.dumps(history.privacy))["sample_level"]
+    assert "held fixed at the client's declared example count n_k" in ledger["neighbouring"]
+    assert any("example count n_k" in item and "FedAvg weight" in item for item in ledger["public"])
+    declared = {int(cid): record["num_samples"] for cid, record in ledger["clients"].items()}
+    assert len(set(declared.values())) == 3  # unequal shards: the weight identifies the count
+    assert spy.weights == {cid: [float(n)] * 2 for cid, n in declared.items()}
+    for cid, record in ledger["clients"].items():
+        assert record["sample_rate"] == pytest.approx(32 / declared[int(cid)])
+        assert declared[int(cid)] == len(federation.shards[int(cid)])
