@@ -136,7 +136,6 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
             clients=config.clients,
             clients_per_round=config.sampled_clients,
             client_sampling=central.client_sampling,
-            generator=secret_generator(config.seed, 0, -1),
             accountant=central.accountant,
             min_released_clients=min_released_clients,
         )

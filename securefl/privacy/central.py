@@ -61,15 +61,19 @@ Under fixed-size sampling the count is ``m`` whoever is sampled, an abort is cau
 dropouts that do not depend on any user's data, and an aborted round is an ordinary noise-only
 round of the ``z/2`` bound above; ``min_released_clients`` does not change it.
 
-Noise is drawn from a seeded ``torch.Generator`` (DP noise, not a cryptographic secret:
-reproducible, and not hardened against floating-point attacks on the Gaussian sampler).
-The train loss the clients report alongside is *not* covered by this guarantee.
+Noise is drawn from a ``torch.Generator`` that :class:`DPFedAvgServerUpdate` seeds from the
+operating system (:mod:`secrets`) and never stores: a seed in ``config.json`` would let the
+server subtract the noise, so runs under central DP are not bit-reproducible.  (Tests may pass a
+seeded generator of their own.)  The Gaussian sampler is torch's, not Opacus' ``secure_mode``: it
+is not hardened against floating-point attacks on the noise.  The train loss the clients report
+alongside is *not* covered by this guarantee.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
 
 import torch
 
@@ -144,11 +148,14 @@ class DPFedAvgServerUpdate:
         clients: int,
         clients_per_round: float,
         client_sampling: str = "poisson",
-        generator: torch.Generator,
+        generator: torch.Generator | None = None,
         accountant: str = "rdp",
         min_released_clients: int = 1,
     ) -> None:
-        """``min_released_clients`` is the fewest sampled clients whose sum the aggregation
+        """Without ``generator`` the noise comes from a generator seeded by the operating system
+        and never stored (pass one only to reproduce noise in a test).
+
+        ``min_released_clients`` is the fewest sampled clients whose sum the aggregation
         channel releases (a smaller round releases noise only): 1 for a plain sum, the channel's
         ``smallest_round`` under secure aggregation. Under Poisson sampling it multiplies the
         sensitivity (module docstring); the composition root chooses it."""
@@ -194,7 +201,7 @@ class DPFedAvgServerUpdate:
                 "the gdp accountant is an approximation that can underestimate user-level ε for "
                 "DP-FedAvg as for DP-SGD (Opacus); use rdp or prv for a guarantee"
             )
-        self.generator = generator
+        self.generator = generator if generator is not None else _os_seeded_generator()
         self.rounds = 0
         self._epsilons: list[float] = []
 
@@ -323,6 +330,11 @@ class DPFedAvgServerUpdate:
             f"Gaussian with sensitivity <= {m0}*clip, and by joint quasi-convexity the mixture "
             f"over their sample is accounted as (z/{m0}, q)"
         )
+
+
+def _os_seeded_generator() -> torch.Generator:
+    """DP noise must stay unknown to the server: seeded from the OS, the seed never kept."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
 
 
 def _json_float(value: float) -> float | None:

@@ -52,9 +52,14 @@ client of 100 examples and one of 101 are told apart by their weights).  The tra
 from the declared counts (``client_sizes``) and refuses a shard of another size, so the weight the
 server receives is always the declared count.  Whether a client takes part in a round is decided
 by the server independently of its data, so rounds it skips cost nothing.  It does not cover
-other values a client reports, such as its training loss.  Noise comes from the seeded
-``torch.Generator`` the simulation passes (reproducible; not Opacus' ``secure_mode``, which needs
-``torchcsprng`` and protects against floating-point attacks on the noise).
+other values a client reports, such as its training loss.
+
+Noise and Poisson batches come from the ``torch.Generator`` passed to :meth:`DPSGDTrainer.train`;
+the simulation passes one seeded by the operating system and never stored
+(:func:`securefl.fl.simulation.secret_generator`): a seed in ``config.json`` would let the server
+subtract the noise, so runs under ``--dp`` are not bit-reproducible.  The Gaussian sampler is not
+Opacus' ``secure_mode`` (which needs ``torchcsprng`` and protects against floating-point attacks
+on the noise).
 """
 
 from __future__ import annotations
