@@ -99,7 +99,12 @@ class CentralDPConfig:
 
 @dataclass(frozen=True)
 class SecAggConfig:
-    """Secure aggregation of every round's updates (``--secagg``)."""
+    """Secure aggregation of every round's updates (``--secagg``).
+
+    ``max_colluders`` (``--secagg-colluders``) is how many clients may collude with the server;
+    ``None`` takes the largest number the threshold tolerates
+    (:attr:`~securefl.protocols.secagg.SecAggParams.colluders_tolerated`).
+    """
 
     threshold: float | None = None
     neighbors: int | None = None
@@ -107,6 +112,7 @@ class SecAggConfig:
     clip: float | None = None
     dropout_rate: float = 0.0
     active_adversary: bool = False
+    max_colluders: int | None = None
 
     def __post_init__(self) -> None:
         _require(8 <= self.bits <= 62, f"secagg bits {self.bits} outside 8..62: set --secagg-bits")
@@ -122,6 +128,10 @@ class SecAggConfig:
             )
         if self.neighbors is not None:
             _require(self.neighbors >= 1, f"secagg neighbors {self.neighbors} < 1")
+        if self.max_colluders is not None:
+            _require(
+                self.max_colluders >= 0, f"secagg colluders {self.max_colluders} < 0: set --secagg-colluders"
+            )
 
     def share_holders(self, clients: int) -> int:
         """Holders of each client's shares: its SecAgg+ neighbours and itself, or every client."""
@@ -129,14 +139,16 @@ class SecAggConfig:
 
     def threshold_count(self, clients: int) -> int:
         """The Shamir threshold for a round of ``clients``: a fraction in (0, 1) of the share
-        holders, or a count >= 2; by default a strict majority of the share holders.
+        holders, or a count >= 2; by default a strict majority of the share holders, and against
+        an active server Bonawitz et al.'s ``floor(2h/3) + 1`` of the ``h`` share holders, which
+        on the complete graph tolerates ``c < n/3`` colluders (``t > c`` and ``2t > n + c``).
 
         A threshold of 1 is refused: each share would be the secret itself, so the server and a
         single neighbour could unmask that client's update.
         """
         holders = self.share_holders(clients)
         if self.threshold is None:
-            count = holders // 2 + 1
+            count = 2 * holders // 3 + 1 if self.active_adversary else holders // 2 + 1
         elif self.threshold < 1:
             count = math.ceil(self.threshold * holders - 1e-9)
         else:
@@ -318,6 +330,7 @@ _SECTION_FLAGS: dict[str, dict[str, str]] = {
         "secagg_clip": "clip",
         "dropout_rate": "dropout_rate",
         "active_adversary": "active_adversary",
+        "secagg_colluders": "max_colluders",
     },
 }
 _SECTIONS = {"dp": DPConfig, "central_dp": CentralDPConfig, "secagg": SecAggConfig}

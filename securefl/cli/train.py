@@ -70,7 +70,7 @@ def train(
     ] = None,
     secagg_threshold: Annotated[
         float | None,
-        Opt(help="Shamir threshold: a fraction in (0, 1) or a client count. (default majority)"),
+        Opt(help="Shamir threshold: a fraction in (0, 1) or a count. (default majority, active 2/3 + 1)"),
     ] = None,
     secagg_neighbors: Annotated[
         int | None, Opt(help="SecAgg+ neighbours per client (even). (default all clients)")
@@ -80,6 +80,10 @@ def train(
     dropout_rate: Annotated[float | None, Opt(help="Simulated dropout per client and round.")] = None,
     active_adversary: Annotated[
         bool | None, Opt("--active-adversary", help="Signed consistency check against a lying server.")
+    ] = None,
+    secagg_colluders: Annotated[
+        int | None,
+        Opt(help="Clients that may collude with the server. (default the most the threshold tolerates)"),
     ] = None,
     out: Annotated[Path | None, Opt(help="Run directory. (default runs/<timestamp>)")] = None,
     overwrite: Annotated[bool, Opt(help="Replace a non-empty --out directory.")] = False,
@@ -94,6 +98,8 @@ def train(
     check_output_dir(out_dir, overwrite=overwrite)
     console = Console()
     federation = build_federation(run_config)
+    if run_config.secagg is not None:
+        console.print(_collusion_bound(run_config, federation))
     history = _run_with_progress(run_config, federation, console)
     dataset = federation.dataset
     partition_figure = partial(
@@ -109,6 +115,22 @@ def train(
     if history.stopped_early:
         console.print(f"[yellow]stopped early:[/] {history.stopped_early}")
     console.print(f"results written to [bold]{out_dir}[/]")
+
+
+def _collusion_bound(config: RunConfig, federation: Any) -> str:
+    """One line: the adversary the planned secure-aggregation round is secure against."""
+    clients = config.sampled_clients
+    params = federation.channel.params_for(clients, federation.channel.codec_for(clients))
+    graph = "complete graph" if params.complete_graph else f"SecAgg+ with {params.neighbors} neighbours"
+    if params.active_adversary:
+        server = f"an active server ({params.signature_threshold} survivor-set signatures needed)"
+    else:
+        server = "an honest-but-curious server"
+    caveat = "" if params.complete_graph or params.active_adversary else " (w.h.p. over the random graph)"
+    return (
+        f"secure aggregation: {graph}, threshold {params.threshold} for {clients} clients per round; "
+        f"secure against {server} colluding with up to {params.colluders_tolerated} client(s){caveat}"
+    )
 
 
 def _run_with_progress(config: RunConfig, federation: Any, console: Console) -> History:

@@ -37,6 +37,7 @@ from securefl.protocols.secagg import (
     RoundAbortedError,
     SecAggParams,
     SecAggStats,
+    enforce_parameter_rules,
     protocol_steps,
     run_secure_aggregation,
 )
@@ -84,6 +85,7 @@ class SecureAggregationChannel:
         self.clip = config.clip if config.clip is not None else DEFAULT_CLIP
         self.dp_clip_norm = dp_clip_norm
         self.seed = seed
+        self._round_guards: dict = {}  # client id -> RoundIdGuard, filled by the protocol driver
         if clients_per_round < 2:
             raise ConfigError(
                 f"secure aggregation needs at least 2 clients per round, got "
@@ -121,15 +123,20 @@ class SecureAggregationChannel:
         return FixedPointCodec(bounds=bounds, level=level)
 
     def params_for(self, num_clients: int, codec: FixedPointCodec) -> SecAggParams:
-        """The protocol parameters of a round with ``num_clients`` clients."""
-        return SecAggParams(
+        """The protocol parameters of a round with ``num_clients`` clients, checked against the
+        rules of ``choose_parameters`` at the configured dropout rate: refused against an active
+        server, a loud warning otherwise (``enforce_parameter_rules``)."""
+        params = SecAggParams(
             num_clients=num_clients,
             threshold=self.config.threshold_count(num_clients),
             bits=self.config.bits,
             neighbors=self.config.neighbors,
             input_bound=codec.max_value,
             active_adversary=self.config.active_adversary,
+            max_colluders=self.config.max_colluders,
         )
+        enforce_parameter_rules(params, dropout_rate=self.config.dropout_rate)
+        return params
 
     def smallest_round(self, max_clients: int) -> int:
         """The fewest clients a round can start with and complete when nobody drops out.
@@ -184,7 +191,12 @@ class SecureAggregationChannel:
         )
         try:
             result = run_secure_aggregation(
-                inputs, params=params, dropouts=dropouts, round_id=round_index, record_transcript=False
+                inputs,
+                params=params,
+                dropouts=dropouts,
+                round_id=round_index,
+                record_transcript=False,
+                round_guards=self._round_guards,  # one per client, kept across rounds
             )
         except RoundAbortedError as error:
             details = {**self._details(error.stats), "abort_step": error.step.label, "survivors": 0}

@@ -86,6 +86,12 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         (["--secagg", "--clients-per-round", "1"], "at least 2 clients per round"),
         (["--secagg-bits", "16"], "--secagg-bits given without --secagg"),
         (["--dropout-rate", "0.1"], "--dropout-rate given without --secagg"),
+        (["--secagg", "--secagg-colluders", "6"], "raise the threshold to at least 7"),
+        (["--secagg", "--secagg-colluders", "-1"], "secagg colluders -1 < 0"),
+        (
+            ["--secagg", "--active-adversary", "--secagg-neighbors", "4", "--secagg-colluders", "1"],
+            "use the complete graph",
+        ),
         (["--dp", "--noise-multiplier", "-1"], "noise multiplier -1.0 < 0"),
         (["--dp", "--max-grad-norm", "0"], "max grad norm 0.0 <= 0"),
         (["--dp", "--delta", "0"], "outside (0, 1)"),
@@ -161,6 +167,22 @@ def test_secagg_run_records_survivors_dropouts_bytes_and_step_times(tmp_path):
         if record["status"] == "ok":
             assert 3 <= record["survivors"] <= 5
             assert set(record["secagg_client_seconds"]) >= {"advertise_keys", "masked_input"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "bound"),
+    [
+        (["--active-adversary"], "active server (7 survivor-set signatures needed) colluding with up to 3"),
+        (["--active-adversary", "--secagg-colluders", "2"], "signatures needed) colluding with up to 2"),
+        ([], "honest-but-curious server colluding with up to 5 client(s)"),
+    ],
+)
+def test_secagg_run_prints_the_collusion_bound_it_is_secure_for(tmp_path, capsys, extra, bound):
+    """Defaults: 10 clients; active t = floor(20/3) + 1 = 7 tolerates c = 3 (t > c, 2t > n + c)
+    with 7 signatures; passive t = 6 tolerates c = 5."""
+    args = [*SMALL, "--clients", "10", "--rounds", "1", "--secagg", *extra]
+    assert main(["train", *args, "--out", str(tmp_path / "run")]) == 0
+    assert bound in " ".join(capsys.readouterr().out.split())
 
 
 def test_dp_run_writes_a_privacy_ledger_and_reports_epsilon(tmp_path):

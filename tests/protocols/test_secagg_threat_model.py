@@ -272,7 +272,7 @@ def test_a_client_refuses_a_round_id_it_has_seen():
     n = 5
     params = SecAggParams(num_clients=n, threshold=3)
     inputs = random_inputs(n, 4, 32, seed=14)
-    guards = {c: RoundIdGuard() for c in range(n)}
+    guards: dict[int, RoundIdGuard] = {}  # filled by the driver, kept by the caller
     run_secure_aggregation(inputs, params=params, round_id=9, round_guards=guards)
     assert all(guard.seen == {9} for guard in guards.values())
     with pytest.raises(LocalProtocolError, match="round id 9 was used before"):

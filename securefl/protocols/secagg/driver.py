@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -265,7 +265,7 @@ def run_secure_aggregation(
     network: Network = reliable_network,
     record_transcript: bool = True,
     graph_seed: bytes | None = None,
-    round_guards: Mapping[int, RoundIdGuard] | None = None,
+    round_guards: MutableMapping[int, RoundIdGuard] | None = None,
     context: bytes = b"",
 ) -> SecAggResult:
     """Run one secure-aggregation round on ``inputs`` (client id -> vector in Z_{2^bits}).
@@ -278,9 +278,10 @@ def run_secure_aggregation(
     knows up front: pass ``signing_keys`` or let the driver draw them from ``random_source``.
     ``record_transcript=False`` keeps memory flat for large benchmarks.  ``graph_seed`` (32 bytes)
     fixes the SecAgg+ graph (default: drawn from ``random_source``).  ``round_guards`` maps
-    client ids to the :class:`RoundIdGuard` each keeps across rounds (a client whose guard has
-    seen ``round_id`` refuses to start, raising :class:`LocalProtocolError`); ``context`` is the
-    application data of :class:`RoundSetup`, bound into every signature.
+    client ids to the :class:`RoundIdGuard` each keeps across rounds; a missing client gets a new
+    guard, stored in the mapping, so passing the same mapping every round suffices.  A client
+    whose guard has seen ``round_id`` refuses to start (:class:`LocalProtocolError`).
+    ``context`` is the application data of :class:`RoundSetup`, bound into every signature.
     """
     length = _check_inputs(inputs, params)
     plan = dropouts if dropouts is not None else DropoutPlan()
@@ -306,7 +307,8 @@ def run_secure_aggregation(
                           random_source=random_source,
                           signing_key=signing_keys[c] if signing_keys else None,
                           verify_keys=verify_keys,
-                          round_guard=(round_guards or {}).get(c))
+                          round_guard=(None if round_guards is None
+                                       else round_guards.setdefault(c, RoundIdGuard())))
         for c in setup.participants
     }
     record = _Recorder(record_transcript)
