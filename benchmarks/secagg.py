@@ -122,6 +122,8 @@ def main() -> None:
     print(f"securefl secagg benchmark: n={n} D={dim:,} bits={args.bits} "
           f"graph={'complete' if neighbors is None else f'harary k={neighbors}'} t={threshold} "
           f"active={args.active} dropped={len(dropped)} at {step.label}")
+    print(f"secure against {params.colluders_tolerated} colluding client(s)"
+          + (f", {params.signature_threshold} survivor-set signatures needed" if args.active else ""))
     print(f"survivors {len(survivors)}; wall time of the round {wall:.2f} s (one process)")
     print(f"{'step':<20}{'client mean s':>15}{'server s':>12}")
     for s in steps:
