@@ -167,7 +167,11 @@ def run_audit(
     )
     layout = CanaryLayout(dataset.info, canaries=config.canaries, norm=config.canary_scale * config.clip_norm)
     included = draw_inclusion(config.canaries)
-    fed = build_federation(run, dataset=dataset)
+    # The composition root checks DP-SGD batches against the real shards; the audit's trainer is
+    # rebuilt below for the canary client's larger shard, so only the other parts are used.
+    fed = build_federation(
+        dataclasses.replace(run, batch_size=1) if config.mode == "dp" else run, dataset=dataset
+    )
     audited, scores, claim = _AUDITS[config.mode](config, fed, layout, included)
     history = run_simulation(run, federation=audited, on_round=on_round)
     outcome = best_bound(scores.total, included, delta=config.delta, beta=config.beta)
@@ -219,8 +223,9 @@ def _with_canary_examples(fed: Federation, layout: CanaryLayout, included: np.nd
     return shards
 
 
-def _plain_trainer(fed: Federation, layout: CanaryLayout, *, full_batch: bool = False) -> LocalSGDTrainer:
-    run = fed.config
+def _plain_trainer(
+    run: RunConfig, fed: Federation, layout: CanaryLayout, *, full_batch: bool = False
+) -> LocalSGDTrainer:
     return LocalSGDTrainer(
         model=_new_model(fed, layout),
         task=fed.dataset.task,
@@ -236,7 +241,7 @@ def _audit_none(
     config: AuditConfig, fed: Federation, layout: CanaryLayout, included: np.ndarray
 ) -> tuple[Federation, CanaryScores, Claim]:
     shards = _with_canary_examples(fed, layout, included)
-    trainer = _plain_trainer(fed, layout, full_batch=config.full_batch)
+    trainer = _plain_trainer(config.run, fed, layout, full_batch=config.full_batch)
     channel = ObservedChannel(fed.channel, client_id=CANARY_CLIENT, canaries=config.canaries)
     audited = dataclasses.replace(_with_canary_model(fed, layout, shards), trainer=trainer, channel=channel)
     return audited, channel.scores, lambda rounds: math.inf
@@ -247,7 +252,7 @@ def _audit_dp(
 ) -> tuple[Federation, CanaryScores, Claim]:
     from securefl.privacy import DPSGDTrainer, epsilon_spent
 
-    run = fed.config
+    run = config.run
     assert run.dp is not None
     shards = _with_canary_examples(fed, layout, included)
     sizes = {s.client_id: len(s) for s in shards}
@@ -297,7 +302,7 @@ def _audit_central_dp(
 ) -> tuple[Federation, CanaryScores, Claim]:
     from securefl.privacy import DPFedAvgServerUpdate
 
-    run = fed.config
+    run = config.run
     central = run.central_dp
     assert central is not None
     first = len(fed.shards)
@@ -310,7 +315,7 @@ def _audit_central_dp(
     audited = _with_canary_model(fed, layout, shards)
     num_params = sum(p.numel() for p in audited.eval_model.parameters())
     trainer = CanaryClientTrainer(
-        _plain_trainer(fed, layout),
+        _plain_trainer(config.run, fed, layout),
         first=first,
         included=included,
         num_params=num_params,

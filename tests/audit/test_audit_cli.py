@@ -1,0 +1,56 @@
+"""`securefl audit` end to end, and every bad input mapped to exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from securefl.cli.app import main
+
+SMALL = ["--dataset", "toy", "--rounds", "2", "--canaries", "200"]
+
+
+def test_audit_writes_audit_json_and_the_figure(tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert (
+        main(["audit", "--dp", *SMALL, "--full-batch", "--noise-multiplier", "0.5", "--out", str(out)]) == 0
+    )
+    document = json.loads((out / "audit.json").read_text())
+    assert document["mode"] == "dp" and document["break"] is None
+    assert len(document["canary_scores"]) == len(document["canary_included"]) == 200
+    assert 0 <= document["correct"] <= document["guesses"] <= 200
+    assert document["accountant_epsilon"] > 0 and document["epsilon_lower_bound"] >= 0
+    assert document["beta"] == pytest.approx(0.05)
+    assert (out / "audit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ε lower bound" in capsys.readouterr().out
+
+
+def test_central_audit_with_a_break_is_flagged(tmp_path, capsys):
+    out = tmp_path / "audit"
+    args = ["audit", "--central-dp", *SMALL, "--central-noise-multiplier", "4", "--break", "clip"]
+    assert main([*args, "--out", str(out)]) == 0
+    document = json.loads((out / "audit.json").read_text())
+    assert document["break"] == "clip" and document["violation"] is True
+    assert "guarantee is false" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--dp", "--central-dp"],
+        ["--dp", "--break", "everything"],
+        ["--dp", "--break", "noise", "--break-factor", "2"],
+        ["--break", "noise"],
+        ["--canaries", "1"],
+        ["--confidence", "1.5"],
+        ["--central-dp", "--full-batch"],
+        ["--dp", "--delta", "2"],
+        ["--dataset", "nope"],
+        ["--canaries", "many"],
+    ],
+)
+def test_bad_inputs_exit_2(tmp_path, capsys, args):
+    assert main(["audit", *args, "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+    assert "Traceback" not in capsys.readouterr().err
