@@ -109,6 +109,7 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         (["--dp", "--algorithm", "fedsgd"], "--algorithm fedavg"),
         (["--central-dp", "--central-accountant", "moments"], "unknown accountant"),
         (["--central-accountant", "prv"], "--central-accountant given without --central-dp"),
+        (["--central-dp", "--secagg", "--dropout-rate", "0.1"], "use --client-sampling fixed"),
     ],
 )
 def test_bad_input_exits_2_with_a_one_line_message(tmp_path, capsys, args, fragment):
@@ -220,3 +221,25 @@ def test_privacy_budget_stops_clients_and_the_run_ends_cleanly(tmp_path, capsys)
     assert "train_loss" not in records[0]  # clients' un-noised losses are not released under DP
     ledger = json.loads((out / "privacy.json").read_text())["sample_level"]
     assert sorted(ledger["excluded_clients"]) == [0, 1, 2]
+
+
+def test_gdp_past_its_search_bracket_finishes_the_run_with_infinite_epsilon(tmp_path, caplog):
+    """The review's case: fixed client sampling, default z, gdp: round 15 crashed the run on main
+    (issue 9, point 12). Now it finishes; ε past Opacus' bracket is written as null."""
+    out = tmp_path / "run"
+    args = [
+        *SMALL,
+        "--rounds",
+        "15",
+        "--central-dp",
+        "--client-sampling",
+        "fixed",
+        "--central-accountant",
+        "gdp",
+    ]
+    assert main(["train", *args, "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 15
+    assert records[13]["user_epsilon"] > 400 and records[14]["user_epsilon"] is None
+    assert json.loads((out / "privacy.json").read_text())["user_level"]["epsilon"] is None
+    assert "search bracket" in caplog.text and "underestimate" in caplog.text
