@@ -88,6 +88,7 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         (["--dropout-rate", "0.1"], "--dropout-rate given without --secagg"),
         (["--secagg", "--secagg-colluders", "6"], "raise the threshold to at least 7"),
         (["--secagg", "--secagg-colluders", "-1"], "secagg colluders -1 < 0"),
+        (["--secagg", "--active-adversary", "--dropout-rate", "0.3"], "refused against an active server"),
         (
             ["--secagg", "--active-adversary", "--secagg-neighbors", "4", "--secagg-colluders", "1"],
             "use the complete graph",

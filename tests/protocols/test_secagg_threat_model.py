@@ -8,6 +8,7 @@ positive control) it must recover an honest input exactly, so the attack code is
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -29,6 +30,9 @@ from securefl.protocols.secagg import (
     SecAggParams,
     ServerProtocol,
     Step,
+    assess_parameters,
+    choose_parameters,
+    enforce_parameter_rules,
     protocol_steps,
     run_secure_aggregation,
     session_hash,
@@ -372,6 +376,29 @@ def test_honest_server_aborts_every_round_whose_survivors_graph_is_disconnected(
                                    record_transcript=False)
         assert aborted.value.step <= Step.MASKED_INPUT  # before any share was asked for
     assert disconnected_tried >= 5 and completed >= 5
+
+
+@pytest.mark.parametrize(("n", "dropout", "corruption", "active"), [
+    (100, 0.1, 0.05, False), (50, 0.05, 0.0, True), (60, 0.05, 0.1, True), (20, 0.1, 0.1, False)])
+def test_chosen_parameters_pass_the_assessment_and_the_review_case_does_not(
+        n, dropout, corruption, active):
+    chosen = choose_parameters(n, dropout_rate=dropout, corruption_rate=corruption,
+                               active_adversary=active)
+    assert assess_parameters(chosen, dropout_rate=dropout) == ()
+    assert chosen.max_colluders == math.ceil(corruption * n)
+    review = SecAggParams(num_clients=20, threshold=3, neighbors=4)
+    assert any(rule.startswith("connectivity") for rule in
+               assess_parameters(review, dropout_rate=0.1))
+
+
+def test_rule_violations_warn_in_passive_mode_and_are_refused_in_active_mode():
+    passive = SecAggParams(num_clients=20, threshold=3, neighbors=4, max_colluders=0)
+    with pytest.warns(UserWarning, match="connectivity"):
+        assert enforce_parameter_rules(passive, dropout_rate=0.1)
+    active = dataclasses.replace(passive, active_adversary=True)
+    with pytest.raises(ConfigError, match="refused against an active server: connectivity"):
+        enforce_parameter_rules(active, dropout_rate=0.1)
+    assert enforce_parameter_rules(active, dropout_rate=0.0) == ()
 
 
 # ------------------------------------------------------------------ point 6: threshold 1
