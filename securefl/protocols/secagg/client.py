@@ -152,6 +152,15 @@ class ClientProtocol:
     the survivor set, so signatures from one session are worthless in another.  To compute that
     digest over the same set of clients everywhere, the active-mode key directory carries the
     advertised keys of every client that advertised, neighbours or not.
+
+    With SecAgg+, a client refuses a survivor set ``S`` whose induced graph is disconnected (the
+    check that matters, proof in :mod:`securefl.protocols.secagg`), and in active mode also one
+    that keeps at most ``k/2`` of its own neighbours (the local rule of issue 9).  The local rule
+    alone already stops every cut of a Harary ring: ``G[S]`` disconnected means, going round the
+    ring, a run of at least ``k/2`` consecutive clients outside ``S`` between two survivors, and the
+    survivor next to that run has all ``k/2`` neighbours on that side outside ``S``.  Passive mode
+    skips the local rule: the honest server's ``S`` is the true one, and the rule would make a
+    client refuse in about 44% of honest rounds at n=20, k=4, 10% dropouts (1% are disconnected).
     """
 
     def __init__(
