@@ -90,13 +90,33 @@ def validate_accountant(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=8192)
 def epsilon_spent(history: History, *, accountant: str, delta: float) -> float:
     """ε after ``history`` at ``delta``, from Opacus' accountant ``accountant``.
 
     Memoised on the (hashable) history: clients with the same data size, noise and rounds share
     one computation, and a look-ahead (``can_train``) is never recomputed when the round happens.
+    Past the ``gdp`` accountant's search bracket the result is ``inf``, logged on every call.
     """
+    try:
+        return _epsilon_spent(history, accountant=accountant, delta=delta)
+    except _PastSearchBracket:
+        # Opacus' GDP accountant finds ε by a root search in [0, 500]
+        # (opacus.accountants.analysis.gdp.eps_from_mu), which has no root once ε passes 500.
+        log.warning(
+            "the gdp accountant cannot express ε for %s at δ=%g (past Opacus' search bracket, "
+            "ε > 500): reporting ε = inf; use --accountant rdp or prv for a finite bound",
+            history,
+            delta,
+        )
+        return math.inf
+
+
+class _PastSearchBracket(Exception):
+    """Opacus' GDP accountant found no ε in its search bracket (not cached, so it is logged)."""
+
+
+@functools.lru_cache(maxsize=8192)
+def _epsilon_spent(history: History, *, accountant: str, delta: float) -> float:
     validate_accountant(accountant)
     if not 0 < delta < 1:
         raise ValueError(f"delta {delta} outside (0, 1)")
@@ -119,14 +139,7 @@ def epsilon_spent(history: History, *, accountant: str, delta: float) -> float:
     except ValueError:
         if accountant != "gdp":
             raise
-    # Opacus' GDP accountant finds ε by a root search in [0, 500] (opacus.accountants.analysis.gdp
-    # .eps_from_mu), which has no root once ε passes 500.
-    message = (
-        f"the gdp accountant cannot express ε for {history} at δ={delta:g} (past Opacus' search "
-        "bracket, ε > 500): reporting ε = inf; use --accountant rdp or prv for a finite bound"
-    )
-    log.warning(message)
-    return math.inf
+        raise _PastSearchBracket from None
 
 
 @dataclass(frozen=True)
