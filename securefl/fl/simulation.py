@@ -55,8 +55,9 @@ def client_generator(seed: int, round_index: int, client_id: int) -> torch.Gener
 
 
 def secret_generator(seed: int, round_index: int, client_id: int) -> torch.Generator:
-    """A generator seeded from the operating system, never stored: for DP noise and DP batch
-    sampling, which must stay unknown to the server (a seed in config.json would let it subtract
+    """A generator seeded from the operating system, never stored: for DP-SGD's noise and batch
+    sampling on each client (DP-FedAvg's server noise owns one of its own), which must stay
+    unknown to the server (a seed in config.json would let it subtract
     the noise). DP runs are therefore not bit-reproducible, by design."""
     return torch.Generator().manual_seed(secrets.randbits(63))
 

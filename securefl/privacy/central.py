@@ -17,7 +17,9 @@ whether or not a given user was sampled, which is what subsampling amplification
 
 - ``client_sampling="poisson"`` (each client independently with probability ``q = clients_per_round
   / clients``, the sampling of McMahan et al. 2018): exactly the Poisson-subsampled Gaussian
-  mechanism Opacus' accountants analyse, ``(z, q)`` per round.  Reported as ``user_epsilon``.
+  mechanism Opacus' accountants analyse, ``(z, q)`` per round (``(z/m0, q)`` when secure
+  aggregation cannot release a sum of fewer than ``m0`` clients: below).  Reported as
+  ``user_epsilon``.
 - ``client_sampling="fixed"`` (exactly ``m`` of ``N`` without replacement): Opacus' accountants do
   not analyse this sampling, so we do not pretend they do.  We report a bound that holds for it:
   a user's presence changes the sampled sum by at most ``2·clip`` under the coupling that swaps it
