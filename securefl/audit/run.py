@@ -44,7 +44,7 @@ from securefl.data import Dataset, load_dataset
 from securefl.errors import ConfigError
 from securefl.fl.client import LocalSGDTrainer
 from securefl.fl.history import History
-from securefl.fl.simulation import Federation, build_federation, run_simulation, secret_generator
+from securefl.fl.simulation import Federation, build_federation, run_simulation
 from securefl.fl.types import ClientShard
 from securefl.models import build_model
 
@@ -330,7 +330,6 @@ def _audit_central_dp(
             clients=clients,
             clients_per_round=expected_clients,
             client_sampling=central.client_sampling,
-            generator=secret_generator(run.seed, 0, -1),
             accountant=central.accountant,
         )
 

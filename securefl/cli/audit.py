@@ -153,11 +153,14 @@ def _summary(result: AuditResult) -> Table:
     table = Table(title=title, show_header=False)
     table.add_column("", justify="left")
     table.add_column("", justify="right")
-    verdict = (
-        f"[bold red]bound > accountant ε: the guarantee is false ({config.confidence:.0%} confidence)[/]"
-        if result.violation
-        else "no violation found (a bound below the claim does not prove the claim)"
-    )
+    if not math.isfinite(result.accountant_epsilon):
+        verdict = "no DP, nothing claimed: the bound is what the run leaks, up to the ceiling"
+    elif result.violation:
+        verdict = (
+            f"[bold red]bound > accountant ε: the guarantee is false ({config.confidence:.0%} confidence)[/]"
+        )
+    else:
+        verdict = "no violation found (a bound below the claim does not prove the claim)"
     rows = [
         ("accountant ε", _epsilon(result.accountant_epsilon)),
         (f"ε lower bound ({config.confidence:.0%})", f"{outcome.epsilon:.3g}"),
