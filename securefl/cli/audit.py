@@ -34,7 +34,7 @@ def audit(
         str | None, Opt("--break", help="Research: weaken the mechanism: noise | clip | sample-rate.")
     ] = None,
     break_factor: Annotated[
-        float, Opt(help="--break noise / sample-rate: the factor (0, 1) applied. (default 0.1)")
+        float, Opt(help="--break noise / sample-rate: the factor in (0, 1) applied.")
     ] = 0.1,
     canaries: Annotated[int, Opt(help="Canaries m, each included with probability 1/2.")] = 1000,
     confidence: Annotated[float, Opt(help="Confidence 1-β of the lower bound.")] = 0.95,

@@ -71,6 +71,14 @@ def test_training_without_dp_audits_near_the_ceiling():
         ({"weakness": Break("noise")}, "--break"),
         ({"full_batch": True, "run": RunConfig(**{**BASE, "clients": 2})}, "--full-batch"),
         ({"run": RunConfig(**BASE, dp=DPConfig(), central_dp=CentralDPConfig())}, "one DP mode"),
+        ({"canaries": 20_001}, "canaries"),
+        (
+            {
+                "run": RunConfig(**BASE, central_dp=CentralDPConfig(client_sampling="fixed")),
+                "weakness": Break("sample-rate"),
+            },
+            "poisson",
+        ),
     ],
 )
 def test_bad_audit_configurations_say_what_to_change(changes, message):
