@@ -4,6 +4,8 @@ that never holds one client's update."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -216,3 +218,16 @@ def test_a_round_left_with_one_finite_update_aborts():
     with pytest.raises(ThresholdNotMetError) as raised:
         _channel(30, 2).aggregate(broken, round_index=1)
     assert raised.value.details == {"survivors": 0, "non_finite_dropped": 1}
+
+
+def test_probing_the_smallest_round_is_quiet(recwarn, caplog):
+    """smallest_round asks every size whether it runs; passive SecAgg+ rule warnings belong to the
+    rounds that run, not to the probe (35 repeated warnings before)."""
+    channel = SecureAggregationChannel(
+        config=SecAggConfig(neighbors=4), num_params=50, weight_bound=1, clients_per_round=10, seed=0
+    )
+    recwarn.clear()
+    caplog.clear()
+    assert channel.smallest_round(40) == 5
+    assert len(recwarn) == 0 and caplog.records == []
+    assert not logging.getLogger("securefl.protocols.secagg.params").disabled
