@@ -122,6 +122,13 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
         )
         if config.central_dp is not None and sampling == "poisson":
             min_released_clients = secure.smallest_round(max_clients)
+            log.info(
+                "DP-FedAvg with secure aggregation: a Poisson round of fewer than %d clients "
+                "releases noise only, so one user can move a round by %d·clip: accounted at z/%d",
+                min_released_clients,
+                min_released_clients,
+                min_released_clients,
+            )
         channel = secure
     transform: UpdateTransform = weight_by_samples
     server_update: ServerUpdate = WeightedMean()
