@@ -11,6 +11,8 @@ gradient canaries, Nasr et al. 2023) on scikit-learn's digits with the ``mlp`` m
 - no DP, and every ``--break`` variant of both modes at a claimed ε ≈ 2;
 - for each ε, the *ideal* one-run bound of the same Gaussian mechanism (μ = √R / z, m canaries),
   from simulated scores: what no implementation of this audit can beat;
+- black box: 200 mislabelled examples, 40 local epochs, scored by the final model's loss, with and
+  without DP;
 - wall time of an audit ÷ the same training without canaries (full batch of the real shard).
 
     .venv/bin/python benchmarks/audit.py [--repeats 3] [--canaries 1000] [--figure docs/images/audit.png]
@@ -148,6 +150,18 @@ def main() -> None:
             f"central-dp eps~2 --break {variant}",
             audit(AuditConfig(run=central2, canaries=m, weakness=weakness), dataset, args.repeats),
         )
+
+    # Black box: 200 of client 0's examples mislabelled, 40 local epochs in one round, final-model loss.
+    memorise = {**BASE, "rounds": 1, "local_epochs": 40, "batch_size": 32, "lr": 0.1, "momentum": 0.5}
+    report(
+        "black box, no DP",
+        audit(AuditConfig(run=RunConfig(**memorise), canaries=200, black_box=True), dataset, args.repeats),
+    )
+    private = RunConfig(**memorise, dp=DPConfig(target_epsilon=8.0, delta=DELTA))
+    report(
+        "black box, dp eps~8",
+        audit(AuditConfig(run=private, canaries=200, black_box=True), dataset, args.repeats),
+    )
 
     # Cost: the audit (canaries in the shard, observer, bound) ÷ the same training without canaries.
     run = RunConfig(**BASE, batch_size=len(dataset.train_y), dp=DPConfig(target_epsilon=8.0, delta=DELTA))

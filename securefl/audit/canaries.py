@@ -14,6 +14,10 @@ coordinate is all that hides them.  We build them without touching the trainer:
   zero logits, and its gradient is ``s - s.detach()``, constant whatever the weights are;
 - a *blank* row (flag 0, empty slot) has gradient zero everywhere.
 
+Black-box canaries (:meth:`CanaryLayout.mislabelled_rows`) are ordinary examples of the canary
+client with a wrong label, scored from the final model's loss alone; they are much weaker
+(Steinke et al. 2023, Section 7) and exist to show what an observer of the model alone learns.
+
 An excluded canary is a blank row rather than a missing one, and an excluded canary client sends a
 zero update: with Poisson sampling at a fixed rate and a fixed expected batch (or client count)
 in the denominator, a zero-gradient row is exactly the "remove one" neighbour DP-SGD and DP-FedAvg
@@ -101,6 +105,23 @@ class CanaryLayout:
         rows[chosen, self.input_size + 1 + chosen] = self.slot_value
         dtype = torch.int64 if self.info.task == "classification" else torch.float32
         return rows, torch.full((self.canaries,), self.target, dtype=dtype)
+
+    def mislabelled_rows(
+        self, x: torch.Tensor, y: torch.Tensor, included: np.ndarray, *, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Black-box canaries: the examples ``x`` with a wrong label each (Steinke et al. 2023,
+        Section 7), as real rows if included and blank rows if not.
+
+        Returns the training rows, the wrong labels and the probe rows (every canary as a real
+        row), on which the final model's loss scores each canary.
+        """
+        if self.info.task != "classification":
+            raise ValueError("mislabelled canaries need a classification task")
+        shift = torch.randint(1, self.info.num_outputs, (len(y),), generator=generator)
+        labels = (y + shift) % self.info.num_outputs
+        probe = self.real_rows(x)
+        rows = probe * torch.as_tensor(included, dtype=torch.float32)[:, None]
+        return rows, labels, probe
 
     def augment(self, dataset: Dataset) -> Dataset:
         """The data set with every input as a real row (the test split evaluates the base model)."""

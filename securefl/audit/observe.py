@@ -9,7 +9,8 @@ of the composed Gaussian mechanism.
 - :class:`ObservedChannel` wraps the aggregation channel and reads one client's contribution
   (sample-level canaries inside that client: the server sees each update under plain aggregation);
 - :class:`ObservedServerUpdate` wraps the server update and reads the released change of the
-  global model (user-level canary clients under DP-FedAvg: only the noised sum is released).
+  global model (user-level canary clients under DP-FedAvg: only the noised sum is released);
+- :func:`loss_scores` is the black-box view: the final model's loss on each canary.
 """
 
 from __future__ import annotations
@@ -66,4 +67,12 @@ class ObservedServerUpdate:
         return self.inner.ledger() if isinstance(self.inner, PrivacyAccounting) else {}
 
 
-__all__ = ["CanaryScores", "ObservedChannel", "ObservedServerUpdate"]
+def loss_scores(model: torch.nn.Module, rows: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Black box: minus the final model's cross-entropy on each canary (higher = more likely used)."""
+    model.eval()
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(rows), labels, reduction="none")
+    return (-loss).double().numpy()
+
+
+__all__ = ["CanaryScores", "ObservedChannel", "ObservedServerUpdate", "loss_scores"]

@@ -7,7 +7,9 @@ NeurIPS 2023) with white-box Dirac canaries (Nasr et al., USENIX Security 2023):
   with probability 1/2; the server reads client 0's update every round it trains;
 - ``central-dp`` (user-level DP-FedAvg, ``--central-dp``): ``m`` canary clients next to the real
   ones, each included with probability 1/2; the server reads the released global-model change;
-- ``none`` (no DP): the ``dp`` canaries in plain FedAvg, the baseline an audit should flag.
+- ``none`` (no DP): the ``dp`` canaries in plain FedAvg, the baseline an audit should flag;
+- ``black_box`` (sample level): m of client 0's examples, each mislabelled and kept with
+  probability 1/2, scored by the final model's loss only (the weaker black-box view).
 
 The run goes through securefl's own composition root (:func:`~securefl.fl.simulation.build_federation`)
 and simulation loop; only the model (wrapped with canary coordinates), the data (rows with canary
@@ -38,7 +40,7 @@ from securefl.audit.bound import max_epsilon_lower_bound
 from securefl.audit.breaks import Break, unclipped_update
 from securefl.audit.canaries import CanaryClientTrainer, CanaryLayout, draw_inclusion
 from securefl.audit.guesses import GuessOutcome, best_bound
-from securefl.audit.observe import CanaryScores, ObservedChannel, ObservedServerUpdate
+from securefl.audit.observe import CanaryScores, ObservedChannel, ObservedServerUpdate, loss_scores
 from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset
 from securefl.errors import ConfigError
@@ -69,6 +71,8 @@ class AuditConfig:
     """Crafted canary gradients (updates) have norm ``canary_scale × clip`` before clipping."""
     full_batch: bool = False
     """Sample-level: one Poisson batch of rate 1 per local epoch (the tightest white-box setting)."""
+    black_box: bool = False
+    """Sample-level: mislabelled examples scored from the final model's loss, not gradient canaries."""
 
     def __post_init__(self) -> None:
         run = self.run
@@ -98,6 +102,8 @@ class AuditConfig:
                 "--break sample-rate misreports the Poisson rate; the fixed-sampling bound does not use "
                 "it: use --client-sampling poisson"
             )
+        if self.black_box and self.mode == "central-dp":
+            raise ConfigError("--black-box canaries are examples: use --dp (or no DP), not --central-dp")
         if self.full_batch and (self.mode == "central-dp" or run.clients != 1):
             raise ConfigError(
                 "--full-batch is for sample-level audits of one client: use --dp (or no DP) with --clients 1"
@@ -135,6 +141,7 @@ class AuditConfig:
             "break": None if self.weakness is None else dataclasses.asdict(self.weakness),
             "canary_scale": self.canary_scale,
             "full_batch": self.full_batch,
+            "black_box": self.black_box,
             "run": dataclasses.asdict(self.run),
         }
 
@@ -184,19 +191,31 @@ def run_audit(
     fed = build_federation(
         dataclasses.replace(run, batch_size=1) if config.mode == "dp" else run, dataset=dataset
     )
-    audited, scores, claim = _AUDITS[config.mode](config, fed, layout, included)
-    history = run_simulation(run, federation=audited, on_round=on_round)
-    outcome = best_bound(scores.total, included, delta=config.delta, beta=config.beta)
+    if config.black_box and fed.dataset.task != "classification":
+        raise ConfigError(f"--black-box canaries are mislabelled examples: {run.dataset} has no labels")
+    if config.black_box and config.canaries >= len(fed.shards[CANARY_CLIENT]):
+        raise ConfigError(
+            f"--black-box takes its {config.canaries} canaries from client {CANARY_CLIENT}'s "
+            f"{len(fed.shards[CANARY_CLIENT])} examples: use fewer --canaries or --clients"
+        )
+    audit = _AUDITS[config.mode](config, fed, layout, included)
+    history = run_simulation(run, federation=audit.federation, on_round=on_round)
+    if audit.probe is None:
+        scores = audit.observed.total.copy()
+    else:
+        assert history.model is not None
+        scores = loss_scores(history.model, *audit.probe)
+    outcome = best_bound(scores, included, delta=config.delta, beta=config.beta)
     return AuditResult(
         config=config,
-        accountant_epsilon=claim(scores.rounds),
+        accountant_epsilon=audit.claim(audit.observed.rounds),
         outcome=outcome,
         ceiling=max_epsilon_lower_bound(
             canaries=config.canaries, delta=config.delta, beta=config.beta / len(outcome.candidates)
         ),
-        scores=scores.total.copy(),
+        scores=scores,
         included=included,
-        rounds_observed=scores.rounds,
+        rounds_observed=audit.observed.rounds,
         seconds=time.perf_counter() - started,
         history=history,
     )
@@ -204,6 +223,17 @@ def run_audit(
 
 Claim = Callable[[int], float]
 """The claimed ε after the canary client (or the server) took part in that many rounds."""
+
+
+@dataclass(frozen=True)
+class _Audit:
+    """An audited federation: what the server observes, what the run claims, and (black box) the
+    probe rows and wrong labels on which the final model is scored."""
+
+    federation: Federation
+    observed: CanaryScores
+    claim: Claim
+    probe: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _with_canary_model(fed: Federation, layout: CanaryLayout, shards: list[ClientShard]) -> Federation:
@@ -225,14 +255,28 @@ def _real_shards(fed: Federation, layout: CanaryLayout) -> list[ClientShard]:
     return [ClientShard(client_id=s.client_id, x=layout.real_rows(s.x), y=s.y) for s in fed.shards]
 
 
-def _with_canary_examples(fed: Federation, layout: CanaryLayout, included: np.ndarray) -> list[ClientShard]:
+def _with_canary_examples(
+    config: AuditConfig, fed: Federation, layout: CanaryLayout, included: np.ndarray
+) -> tuple[list[ClientShard], tuple[torch.Tensor, torch.Tensor] | None]:
+    """Client 0's shard with the canary rows appended (black box: its last m examples mislabelled)."""
     shards = _real_shards(fed, layout)
-    rows, targets = layout.canary_rows(included)
     first = shards[CANARY_CLIENT]
+    probe = None
+    if config.black_box:
+        m = config.canaries
+        own = fed.shards[CANARY_CLIENT]
+        generator = torch.Generator().manual_seed(config.run.seed)  # which labels: public, not secret
+        rows, targets, probe_rows = layout.mislabelled_rows(
+            own.x[-m:], own.y[-m:], included, generator=generator
+        )
+        first = ClientShard(client_id=CANARY_CLIENT, x=first.x[:-m], y=first.y[:-m])
+        probe = (probe_rows, targets)
+    else:
+        rows, targets = layout.canary_rows(included)
     shards[CANARY_CLIENT] = ClientShard(
         client_id=CANARY_CLIENT, x=torch.cat([first.x, rows]), y=torch.cat([first.y, targets])
     )
-    return shards
+    return shards, probe
 
 
 def _plain_trainer(
@@ -249,24 +293,20 @@ def _plain_trainer(
     )
 
 
-def _audit_none(
-    config: AuditConfig, fed: Federation, layout: CanaryLayout, included: np.ndarray
-) -> tuple[Federation, CanaryScores, Claim]:
-    shards = _with_canary_examples(fed, layout, included)
+def _audit_none(config: AuditConfig, fed: Federation, layout: CanaryLayout, included: np.ndarray) -> _Audit:
+    shards, probe = _with_canary_examples(config, fed, layout, included)
     trainer = _plain_trainer(config.run, fed, layout, full_batch=config.full_batch)
     channel = ObservedChannel(fed.channel, client_id=CANARY_CLIENT, canaries=config.canaries)
     audited = dataclasses.replace(_with_canary_model(fed, layout, shards), trainer=trainer, channel=channel)
-    return audited, channel.scores, lambda rounds: math.inf
+    return _Audit(audited, channel.scores, lambda rounds: math.inf, probe)
 
 
-def _audit_dp(
-    config: AuditConfig, fed: Federation, layout: CanaryLayout, included: np.ndarray
-) -> tuple[Federation, CanaryScores, Claim]:
+def _audit_dp(config: AuditConfig, fed: Federation, layout: CanaryLayout, included: np.ndarray) -> _Audit:
     from securefl.privacy import DPSGDTrainer, epsilon_spent
 
     run = config.run
     assert run.dp is not None
-    shards = _with_canary_examples(fed, layout, included)
+    shards, probe = _with_canary_examples(config, fed, layout, included)
     sizes = {s.client_id: len(s) for s in shards}
     batch_size = sizes[CANARY_CLIENT] if config.full_batch else run.batch_size
 
@@ -306,12 +346,12 @@ def _audit_dp(
 
     channel = ObservedChannel(fed.channel, client_id=CANARY_CLIENT, canaries=config.canaries)
     audited = dataclasses.replace(_with_canary_model(fed, layout, shards), trainer=trainer, channel=channel)
-    return audited, channel.scores, claim
+    return _Audit(audited, channel.scores, claim, probe)
 
 
 def _audit_central_dp(
     config: AuditConfig, fed: Federation, layout: CanaryLayout, included: np.ndarray
-) -> tuple[Federation, CanaryScores, Claim]:
+) -> _Audit:
     from securefl.privacy import DPFedAvgServerUpdate
 
     run = config.run
@@ -367,7 +407,7 @@ def _audit_central_dp(
         server_update=observed,
         sampler=sampler,
     )
-    return audited, observed.scores, claimed.epsilon_after
+    return _Audit(audited, observed.scores, claimed.epsilon_after)
 
 
 _AUDITS = {"none": _audit_none, "dp": _audit_dp, "central-dp": _audit_central_dp}

@@ -42,6 +42,9 @@ def audit(
     full_batch: Annotated[
         bool, Opt("--full-batch", help="One Poisson batch of rate 1 per local epoch (needs --clients 1).")
     ] = False,
+    black_box: Annotated[
+        bool, Opt("--black-box", help="Mislabelled examples scored by the final model's loss (weaker).")
+    ] = False,
     dataset: Annotated[str, Opt(help="Data set (see `securefl datasets`).")] = "digits",
     model: Annotated[str, Opt(help="cnn | lenet | resnet18 | mlp.")] = "mlp",
     clients: Annotated[int, Opt(help="Real clients N (central DP adds m canary clients).")] = 1,
@@ -110,6 +113,7 @@ def audit(
         weakness=None if weakness is None else Break(weakness, break_factor),
         canary_scale=canary_scale,
         full_batch=full_batch,
+        black_box=black_box,
     )
     out_dir = out or Path("runs") / dt.datetime.now().strftime("audit-%Y%m%d-%H%M%S")
     check_output_dir(out_dir, overwrite=overwrite)

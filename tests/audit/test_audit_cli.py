@@ -48,6 +48,8 @@ def test_central_audit_with_a_break_is_flagged(tmp_path, capsys):
         ["--dp", "--delta", "2"],
         ["--dataset", "nope"],
         ["--canaries", "many"],
+        ["--black-box", "--dataset", "toy"],
+        ["--black-box", "--canaries", "5000"],
     ],
 )
 def test_bad_inputs_exit_2(tmp_path, capsys, args):

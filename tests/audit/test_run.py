@@ -62,6 +62,17 @@ def test_training_without_dp_audits_near_the_ceiling():
     assert result.epsilon_lower_bound > 4  # what 1000 canaries can show at all is about 5.8
 
 
+def test_black_box_canaries_flag_memorisation_and_stay_under_dp():
+    digits = load_dataset("digits", seed=0)
+    base = {**BASE, "dataset": "digits", "rounds": 1, "local_epochs": 40, "batch_size": 32, "lr": 0.1}
+    plain = run_audit(AuditConfig(run=RunConfig(**base), canaries=200, black_box=True), dataset=digits)
+    assert plain.epsilon_lower_bound > 1.0  # the model memorised its mislabelled canaries
+    assert plain.history.final["test_accuracy"] > 0.85
+    private = RunConfig(**base, dp=DPConfig(noise_multiplier=1.0))
+    result = run_audit(AuditConfig(run=private, canaries=200, black_box=True), dataset=digits)
+    assert result.epsilon_lower_bound <= result.accountant_epsilon
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -72,6 +83,7 @@ def test_training_without_dp_audits_near_the_ceiling():
         ({"full_batch": True, "run": RunConfig(**{**BASE, "clients": 2})}, "--full-batch"),
         ({"run": RunConfig(**BASE, dp=DPConfig(), central_dp=CentralDPConfig())}, "one DP mode"),
         ({"canaries": 20_001}, "canaries"),
+        ({"black_box": True, "run": RunConfig(**BASE, central_dp=CentralDPConfig())}, "--black-box"),
         (
             {
                 "run": RunConfig(**BASE, central_dp=CentralDPConfig(client_sampling="fixed")),
