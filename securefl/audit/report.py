@@ -74,7 +74,11 @@ def plot_audit(result: AuditResult, path: Path) -> None:
     if 0 < k < len(ordered):
         left.axvline(ordered[-k], color="k", linestyle="--", linewidth=1, label=f"top/bottom {k} guessed")
         left.axvline(ordered[k - 1], color="k", linestyle="--", linewidth=1)
-    left.set_xlabel("canary score (sum of its coordinate over the observed rounds)")
+    left.set_xlabel(
+        "canary score (minus the final model's loss on it)"
+        if result.config.black_box
+        else "canary score (sum of its coordinate over the observed rounds)"
+    )
     left.set_ylabel("canaries")
     left.legend(fontsize=8)
     config = result.config

@@ -50,7 +50,6 @@ from securefl.fl.simulation import Federation, build_federation, run_simulation
 from securefl.fl.types import ClientShard
 from securefl.models import build_model
 
-MODES = ("dp", "central-dp", "none")
 CANARY_CLIENT = 0
 """Sample-level audits put their canaries in this client's shard."""
 MAX_CANARIES = 20_000
@@ -413,4 +412,4 @@ def _audit_central_dp(
 _AUDITS = {"none": _audit_none, "dp": _audit_dp, "central-dp": _audit_central_dp}
 
 
-__all__ = ["MODES", "AuditConfig", "AuditResult", "run_audit"]
+__all__ = ["AuditConfig", "AuditResult", "run_audit"]
