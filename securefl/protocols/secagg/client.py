@@ -286,7 +286,11 @@ class ClientProtocol:
             public_keys += [peer.channel_public_key, peer.mask_public_key]
         if len(set(public_keys)) != len(public_keys):
             raise RemoteProtocolError("key directory repeats a public key: rejected")
-        for peer in message.peers:
+        peers = {v: peer for v, peer in listed.items() if v in self._neighbours}
+        # Only keys this client uses need verifying: a non-neighbour's keys enter nothing but the
+        # keys digest, which all unmasking clients agree on anyway (they hold a majority of
+        # signatures over it), so a forged one cannot change what any client computes.
+        for peer in peers.values():
             if self._verify_keys and not keys.verify(
                 self._verify_keys[peer.client_id], peer.signature,
                 advertise_signature_payload(self._session, peer.client_id,
@@ -294,7 +298,6 @@ class ClientProtocol:
             ):
                 raise RemoteProtocolError(f"advertised keys of client {peer.client_id} are not "
                                           "signed by it: rejected")
-        peers = {v: peer for v, peer in listed.items() if v in self._neighbours}
         channel_secrets = {v: keys.agree(self._channel_key, peer.channel_public_key)
                            for v, peer in peers.items()}
         mask_secrets = {v: keys.agree(self._mask_key, peer.mask_public_key)
