@@ -5,8 +5,8 @@ canaries are each included independently with probability 1/2; after one run the
 ``r`` guesses ("in" or "out", abstaining on the other ``m - r``) and ``v`` of them are right.
 If the training algorithm is ε-DP with respect to each canary, the number of correct guesses is
 stochastically dominated by ``Binomial(r, p)`` with ``p = e^ε / (1 + e^ε)`` (the accuracy of
-ε-randomized response), so ``P[W ≥ v] ≤ f(v) := P[Binomial(r, p) ≥ v]`` (their Theorem 2).  For
-(ε, δ)-DP the bound gains a δ term (their Theorem 3)::
+ε-randomized response), so ``P[W ≥ v] ≤ f(v) := P[Binomial(r, p) ≥ v]`` (their main theorem,
+pure DP).  For (ε, δ)-DP the bound gains a δ term (their approximate-DP theorem)::
 
     P[W ≥ v] ≤ f(v) + 2 m δ · max_{1 ≤ i ≤ v} (f(v - i) - f(v)) / i
 
@@ -39,7 +39,7 @@ def _check_counts(canaries: int, guesses: int, correct: int) -> None:
 def p_value(*, canaries: int, guesses: int, correct: int, epsilon: float, delta: float = 0.0) -> float:
     """Probability of ``correct`` or more right guesses out of ``guesses`` under (ε, δ)-DP.
 
-    Theorem 3 of Steinke et al. (Theorem 2 when ``delta`` is 0); at most 1.
+    Steinke et al.'s approximate-DP bound (their pure-DP bound when ``delta`` is 0); at most 1.
     """
     _check_counts(canaries, guesses, correct)
     if not epsilon >= 0:
@@ -98,7 +98,7 @@ def max_epsilon_lower_bound(*, canaries: int, delta: float = 0.0, beta: float = 
     """The best bound ``canaries`` canaries can give: every one guessed, every guess right.
 
     An audit with fewer canaries cannot certify more, however leaky the algorithm
-    (Steinke et al., Figure 1's ceiling).
+    (the ceiling Steinke et al. discuss for few canaries).
     """
     if canaries < 1:
         return 0.0

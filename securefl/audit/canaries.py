@@ -16,7 +16,7 @@ coordinate is all that hides them.  We build them without touching the trainer:
 
 Black-box canaries (:meth:`CanaryLayout.mislabelled_rows`) are ordinary examples of the canary
 client with a wrong label, scored from the final model's loss alone; they are much weaker
-(Steinke et al. 2023, Section 7) and exist to show what an observer of the model alone learns.
+(Steinke et al. 2023, black-box experiments) and exist to show what an observer of the model alone learns.
 
 An excluded canary is a blank row rather than a missing one, and an excluded canary client sends a
 zero update: with Poisson sampling at a fixed rate and a fixed expected batch (or client count)
@@ -110,7 +110,7 @@ class CanaryLayout:
         self, x: torch.Tensor, y: torch.Tensor, included: np.ndarray, *, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Black-box canaries: the examples ``x`` with a wrong label each (Steinke et al. 2023,
-        Section 7), as real rows if included and blank rows if not.
+        black box), as real rows if included and blank rows if not.
 
         Returns the training rows, the wrong labels and the probe rows (every canary as a real
         row), on which the final model's loss scores each canary.

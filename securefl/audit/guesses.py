@@ -1,6 +1,6 @@
 """The auditor's game: scores in, guesses out, the best certified ε over a few guess counts.
 
-Steinke, Nasr and Jagielski (NeurIPS 2023, Algorithm 1): rank the ``m`` canaries by a score that
+Steinke, Nasr and Jagielski (NeurIPS 2023): rank the ``m`` canaries by a score that
 is larger when a canary was used, guess "in" for the ``k`` highest, "out" for the ``k`` lowest and
 abstain on the rest (``r = 2k`` guesses).  Which ``k`` is best depends on how well the scores
 separate, which the auditor does not know in advance.  Trying several ``k`` and keeping the best

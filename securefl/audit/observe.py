@@ -1,6 +1,6 @@
 """What the curious server observes about the canaries, accumulated into one score per canary.
 
-The white-box threat model of federated learning (Steinke, Nasr and Jagielski 2023, Section 6:
+The white-box threat model of federated learning (Steinke, Nasr and Jagielski 2023:
 the auditor sees the updates, not just the final model): the server reads the canary coordinates
 of what reaches it every round and adds them up.  For a Dirac canary the coordinate is its
 (clipped) gradient plus Gaussian noise, so the sum over rounds is the likelihood-ratio statistic

@@ -1,8 +1,9 @@
 """The guess-count → ε conversion against independent references (Steinke, Nasr, Jagielski 2023).
 
-References: a root search on scipy's binomial survival function (δ = 0, their Theorem 2), the
-closed form for all-correct guesses, a term-by-term evaluation of Theorem 3's δ term, and Monte
-Carlo runs of randomized response, the mechanism for which Theorem 2 is exactly tight.
+References: a root search on scipy's binomial survival function (δ = 0, their pure-DP theorem),
+the closed form for all-correct guesses, a term-by-term evaluation of the approximate-DP theorem's
+δ term, and Monte Carlo runs of randomized response, the mechanism for which the pure-DP bound is
+exactly tight.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def test_bad_counts_are_refused():
 
 @pytest.mark.parametrize("epsilon", [0.5, 2.0])
 def test_randomized_response_violates_its_own_epsilon_at_most_beta_often(epsilon):
-    """ε-randomized response makes Binomial(r, e^ε/(1+e^ε)) correct guesses, Theorem 2's worst case:
+    """ε-randomized response makes Binomial(r, e^ε/(1+e^ε)) correct guesses, the pure-DP worst case:
     the bound may exceed ε in at most a β fraction of runs, and should come close to ε."""
     rng = np.random.default_rng(0)
     r, beta, runs = 1000, 0.05, 4000

@@ -17,7 +17,7 @@ from securefl.audit.guesses import best_bound, guess_counts, make_guesses
 
 
 def gaussian_epsilon(mu: float, delta: float) -> float:
-    """Exact ε(δ) of the Gaussian mechanism with sensitivity / σ = μ (Balle & Wang 2018, Thm. 8)."""
+    """Exact ε(δ) of the Gaussian mechanism with sensitivity / σ = μ (Balle & Wang, ICML 2018)."""
 
     def gap(epsilon: float) -> float:
         return (
