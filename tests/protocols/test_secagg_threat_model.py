@@ -32,13 +32,19 @@ from securefl.protocols.secagg import (
     Step,
     assess_parameters,
     choose_parameters,
+    decode,
+    encode,
     enforce_parameter_rules,
     protocol_steps,
     run_secure_aggregation,
     session_hash,
 )
 from securefl.protocols.secagg.graph import neighbourhoods, random_permutation
-from securefl.protocols.secagg.messages import ConsistencySignature, SurvivorSignature
+from securefl.protocols.secagg.messages import (
+    ConsistencySignature,
+    KeyDirectory,
+    SurvivorSignature,
+)
 
 TARGET = 0
 
@@ -287,6 +293,31 @@ def test_a_client_refuses_a_round_id_it_has_seen():
     with pytest.raises(LocalProtocolError, match="used before"):
         client.start()
     run_secure_aggregation(inputs, params=params, round_id=10, round_guards=guards)
+
+
+def test_a_client_shown_other_advertised_keys_cannot_sign_the_others_view():
+    """Active SecAgg+: the key directory lists everyone who advertised, and the survivor-set
+    signature covers all those keys as the client saw them.  A client shown a directory without
+    one non-neighbour signs a different digest: its signature does not verify for the others
+    (here: the honest server rejects it), and the round finishes without it."""
+    params = SecAggParams(num_clients=12, threshold=3, neighbors=4, active_adversary=True)
+    inputs = random_inputs(12, 8, 32, seed=18)
+    seed = bytes(range(32))
+    graph = neighbourhoods(params, RoundSetup(0, tuple(range(12)), 8, seed))
+    stranger = min(set(range(1, 12)) - graph[TARGET])
+
+    def hide_stranger(packet):
+        message = decode(packet.payload)
+        if isinstance(message, KeyDirectory) and message.recipient == TARGET:
+            assert stranger in {peer.client_id for peer in message.peers}
+            peers = tuple(peer for peer in message.peers if peer.client_id != stranger)
+            return [encode(dataclasses.replace(message, peers=peers))]
+        return [packet.payload]
+
+    result = run_secure_aggregation(inputs, params=params, network=hide_stranger, graph_seed=seed)
+    [rejection] = [r for r in result.stats.rejections if r.party is None]
+    assert rejection.peer == TARGET and "does not verify" in str(rejection.error)
+    assert np.array_equal(result.sum, plain_sum(inputs, result.survivors, 32))
 
 
 SETUP = RoundSetup(3, (0, 1, 2, 3, 4), 8, bytes(32))
