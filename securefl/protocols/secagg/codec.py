@@ -38,7 +38,10 @@ from securefl.protocols.secagg.messages import (
 from securefl.protocols.secagg.ring import packed_size, trailing_bits_are_zero
 
 MAGIC = b"SFSA"
-VERSION = 1
+VERSION = 2
+"""2: the layouts of version 1, but peers of the two versions cannot complete a round (active
+mode signs the session hash and the keys digest, and its key directory lists every client that
+advertised), so a version-1 message is refused at decoding instead of failing a signature."""
 
 _TYPE_CODES: dict[type, int] = {
     AdvertiseKeys: 1,
