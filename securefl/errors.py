@@ -55,3 +55,12 @@ class NonFiniteUpdateError(SecureFLError, ValueError):
 
 class PrivacyBudgetExceeded(SecureFLError):
     """A client's next round would push its privacy loss past the budget."""
+
+
+class ModelRefusedError(SecureFLError):
+    """A client refused the global model the server sent (another architecture, or weights with the
+    structure of a known malicious-server attack): it does not train on it or send anything.
+
+    Deliberate in a federation whose config pins the model; to study the attacks anyway, turn the
+    client-side check off (``securefl attack --no-pinning`` / ``--no-parameter-checks``).
+    """

@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections import Counter
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -171,7 +173,17 @@ class SecureAggregationChannel:
             rules_log.disabled = was_disabled
         return True
 
-    def aggregate(self, contributions: list[Contribution], *, round_index: int) -> Aggregate:
+    def aggregate(
+        self,
+        contributions: list[Contribution],
+        *,
+        round_index: int,
+        contexts: Mapping[int, bytes] | None = None,
+    ) -> Aggregate:
+        """The survivors' sums. ``contexts``: the model context each client computed from the
+        model it received (:func:`securefl.defences.consistency.model_context`), bound into its
+        session; clients shown different models end up in different sessions (the server runs in
+        the context most clients hold)."""
         if len(contributions) < 2:
             raise SecureAggregationAborted(
                 f"{len(contributions)} client(s) sampled: secure aggregation needs at least 2, "
@@ -192,6 +204,8 @@ class SecureAggregationChannel:
                 f"{len(inputs)} clients cannot run this protocol: {error}",
                 {"survivors": 0, "non_finite_dropped": non_finite},
             ) from None
+        contexts = {c: contexts[c] for c in inputs} if contexts else {}
+        server_context = Counter(contexts.values()).most_common(1)[0][0] if contexts else b""
         dropouts = DropoutPlan.random(
             sorted(inputs),
             rate=self.config.dropout_rate,
@@ -206,6 +220,8 @@ class SecureAggregationChannel:
                 round_id=round_index,
                 record_transcript=False,
                 round_guards=self._round_guards,  # one per client, kept across rounds
+                context=server_context,
+                client_contexts=contexts,
             )
         except RoundAbortedError as error:
             details = {**self._details(error.stats), "abort_step": error.step.label, "survivors": 0}

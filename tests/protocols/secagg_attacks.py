@@ -21,7 +21,13 @@ from secagg_helpers import DeterministicRandom
 from securefl.errors import LocalProtocolError, ProtocolError
 from securefl.protocols.crypto import keys, prg, shamir
 from securefl.protocols.crypto.keys import KeyPurpose
-from securefl.protocols.secagg import ClientProtocol, RoundSetup, SecAggParams, ServerProtocol
+from securefl.protocols.secagg import (
+    ClientProtocol,
+    RoundSetup,
+    SecAggParams,
+    ServerProtocol,
+    session_hash,
+)
 from securefl.protocols.secagg.graph import neighbourhoods
 from securefl.protocols.secagg.messages import (
     ConsistencyRequest,
@@ -159,7 +165,8 @@ class MaliciousServer:
                 else:
                     return None
                 pair_key = keys.derive_key(agreed, purpose=KeyPurpose.PAIRWISE_MASK,
-                                           round_id=round_id, parties=tuple(sorted((u, w))))
+                                           round_id=round_id, parties=tuple(sorted((u, w))),
+                                           session=session_hash(self.params, self.setup))
                 mask = prg.expand_mask(pair_key, length=len(total),
                                        dtype=np.uint64 if bits > 32 else np.uint32)
                 if u < w:  # u added +PRG(s_uw)

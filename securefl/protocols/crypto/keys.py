@@ -118,17 +118,25 @@ def derivation_label(purpose: KeyPurpose, *, round_id: int, parties: Sequence[in
 
 
 def derive_key(
-    secret: bytes, *, purpose: KeyPurpose, round_id: int, parties: Sequence[int]
+    secret: bytes,
+    *,
+    purpose: KeyPurpose,
+    round_id: int,
+    parties: Sequence[int],
+    session: bytes | None = None,
 ) -> bytes:
     """A 256-bit key for ``purpose`` from the full agreed (or random) secret via HKDF-SHA256.
 
     ``parties`` is order-sensitive: pass them sorted for symmetric keys (pairwise masks) and as
-    (sender, recipient) for directional ones (share encryption).
+    (sender, recipient) for directional ones (share encryption).  ``session`` (a session hash) is
+    HKDF's salt: pairwise masks pass it, so two clients in different sessions (e.g. shown
+    different models, whose hash is in the session) derive masks that do not cancel.  ``None`` is
+    HKDF's default salt, the derivation the frozen test vectors pin.
     """
     if len(secret) != KEY_BYTES:
         raise ValueError(f"derive_key needs a {KEY_BYTES}-byte secret, got {len(secret)}")
     info = derivation_label(purpose, round_id=round_id, parties=parties)
-    return hkdf_sha256(secret, salt=None, info=info, length=KEY_BYTES)
+    return hkdf_sha256(secret, salt=session, info=info, length=KEY_BYTES)
 
 
 def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:

@@ -366,7 +366,8 @@ class ClientProtocol:
         masks = [(self_key, 1)]
         for v in senders:
             pair_key = keys.derive_key(self._mask_secrets[v], purpose=KeyPurpose.PAIRWISE_MASK,
-                                       round_id=round_id, parties=tuple(sorted((self.client_id, v))))
+                                       round_id=round_id, parties=tuple(sorted((self.client_id, v))),
+                                       session=self._session)
             masks.append((pair_key, 1 if self.client_id < v else -1))
         masked = np.empty(self.setup.vector_length, dtype=self.params.word_dtype)
         prg.apply_masks(masked, masks, base=vector)

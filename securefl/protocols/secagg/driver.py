@@ -267,6 +267,7 @@ def run_secure_aggregation(
     graph_seed: bytes | None = None,
     round_guards: MutableMapping[int, RoundIdGuard] | None = None,
     context: bytes = b"",
+    client_contexts: Mapping[int, bytes] | None = None,
 ) -> SecAggResult:
     """Run one secure-aggregation round on ``inputs`` (client id -> vector in Z_{2^bits}).
 
@@ -281,7 +282,14 @@ def run_secure_aggregation(
     client ids to the :class:`RoundIdGuard` each keeps across rounds; a missing client gets a new
     guard, stored in the mapping, so passing the same mapping every round suffices.  A client
     whose guard has seen ``round_id`` refuses to start (:class:`LocalProtocolError`).
-    ``context`` is the application data of :class:`RoundSetup`, bound into every signature.
+    ``context`` is the application data of :class:`RoundSetup`, bound into every signature and
+    (through the session hash) into every pairwise mask.  ``client_contexts`` simulates a server
+    that shows clients different contexts: client ``c`` runs in the setup with
+    ``client_contexts[c]`` (missing clients get ``context``), the server in ``context``.  This is
+    how a server that sends different models to different clients looks once every client binds
+    the hash of the model it received (:mod:`securefl.defences.consistency`): clients with
+    different contexts are in different sessions, so their signatures do not verify for each
+    other and their pairwise masks do not cancel.
     """
     length = _check_inputs(inputs, params)
     plan = dropouts if dropouts is not None else DropoutPlan()
@@ -302,8 +310,11 @@ def run_secure_aggregation(
             signing_keys = {c: keys.generate_signing_key(random_source) for c in inputs}
         verify_keys = {c: k.public_key() for c, k in signing_keys.items()}
     server = ServerProtocol(params=params, setup=setup, verify_keys=verify_keys)
+    own_context = dict(client_contexts or {})
     clients = {
-        c: ClientProtocol(client_id=c, params=params, setup=setup, input_vector=inputs[c],
+        c: ClientProtocol(client_id=c, params=params,
+                          setup=dataclasses.replace(setup, context=own_context.get(c, context)),
+                          input_vector=inputs[c],
                           random_source=random_source,
                           signing_key=signing_keys[c] if signing_keys else None,
                           verify_keys=verify_keys,

@@ -340,7 +340,8 @@ class ServerProtocol:
             for w in sorted(self._neighbours[v] & self._survivors):
                 agreed = keys.agree(mask_key, self._advertised[w].mask_public_key)
                 pair_key = keys.derive_key(agreed, purpose=KeyPurpose.PAIRWISE_MASK,
-                                           round_id=round_id, parties=tuple(sorted((v, w))))
+                                           round_id=round_id, parties=tuple(sorted((v, w))),
+                                           session=self._session)
                 # Survivor w added +PRG if w < v and -PRG otherwise; remove exactly that.
                 masks.append((pair_key, -1 if w < v else 1))
         total = self._masked_sum

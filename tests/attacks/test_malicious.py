@@ -1,0 +1,132 @@
+"""Malicious-server attacks through the real round: the imprint layer recovers individual images
+from the secure-aggregation sum, model inconsistency isolates the target, and the client-side
+defences stop both.  PSNR is recomputed here from the arrays with metrics.psnr, image by image."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from securefl.attacks.imprint import recover
+from securefl.attacks.malicious import (
+    ClientDefences,
+    MaliciousConfig,
+    play_trial,
+    prepare_malicious,
+)
+from securefl.attacks.metrics import psnr
+from securefl.attacks.observation import Observation
+from securefl.fl.types import ClientShard
+
+OFF = ClientDefences(consistency=False, pinning=False, parameter_checks=False)
+
+
+def _shards(dataset, clients: int, batch: int, offset: int = 0) -> list[ClientShard]:
+    return [
+        ClientShard(
+            c,
+            dataset.train_x[offset + c * batch : offset + (c + 1) * batch],
+            dataset.train_y[offset + c * batch : offset + (c + 1) * batch],
+        )
+        for c in range(clients)
+    ]
+
+
+def _best(candidates: torch.Tensor, image: torch.Tensor) -> float:
+    return max((psnr(candidate, image) for candidate in candidates), default=0.0)
+
+
+def _round(dataset, shards, **config):
+    prepared = prepare_malicious(MaliciousConfig(**config), dataset=dataset)
+    return play_trial(prepared, shards, trial=0)
+
+
+def test_recovery_reads_only_the_observation_and_the_attackers_own_layout():
+    assert list(inspect.signature(recover).parameters) == ["observation", "layout", "tolerance"]
+    assert inspect.signature(recover).parameters["observation"].annotation in (Observation, "Observation")
+
+
+def test_imprint_recovers_individual_images_from_the_secure_sum_of_four_clients(mnist):
+    shards = _shards(mnist, clients=4, batch=8)
+    result, candidates = _round(
+        mnist, shards, attack="imprint", placement="front", bins=256, clients=4, defences=OFF
+    )
+    assert result.aborted is None and not result.refused
+    images = torch.cat([s.x for s in shards])
+    scores = [_best(candidates, image) for image in images]
+    recovered = [s >= 30 for s in scores]
+    # 32 images in 256 quantile bins: about exp(-31/256) ≈ 89% sit alone in theirs.
+    assert sum(recovered) >= 20, scores
+    # Not only the target's: images of every client come back out of the sum.
+    assert all(any(recovered[c * 8 : (c + 1) * 8]) for c in range(4))
+    assert result.everyone_recovered == pytest.approx(sum(recovered) / len(images))
+
+
+def test_imprint_in_the_pinned_mlp_recovers_colour_images(photos):
+    shards = _shards(photos, clients=2, batch=4)
+    result, candidates = _round(
+        photos, shards, attack="imprint", placement="mlp", clients=2, batch_size=4, defences=OFF
+    )
+    scores = [_best(candidates, image) for image in torch.cat([s.x for s in shards])]
+    assert sum(s >= 30 for s in scores) >= 4, scores
+
+
+def test_model_inconsistency_gives_the_target_alone_out_of_the_secure_sum(mnist):
+    shards = _shards(mnist, clients=8, batch=8)
+    result, candidates = _round(
+        mnist, shards, attack="inconsistency", placement="mlp", clients=8, defences=OFF
+    )
+    target = [_best(candidates, image) for image in shards[0].x]
+    others = [_best(candidates, image) for s in shards[1:] for image in s.x]
+    assert sum(s >= 30 for s in target) >= 6, target  # 8 images in 64 bins
+    assert max(others) < 30  # the others' bins were switched off: nothing of theirs is in the sum
+    # The same model to everyone spreads the 64 bins over 64 images: the target loses most of them.
+    _, shared = _round(mnist, shards, attack="imprint", placement="mlp", clients=8, defences=OFF)
+    assert sum(_best(shared, image) >= 30 for image in shards[0].x) < sum(s >= 30 for s in target)
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_model_consistency_defeats_model_inconsistency(mnist, active):
+    shards = _shards(mnist, clients=8, batch=8)
+    consistency_only = ClientDefences(consistency=True, pinning=False, parameter_checks=False)
+    result, candidates = _round(
+        mnist,
+        shards,
+        attack="inconsistency",
+        placement="mlp",
+        clients=8,
+        active=active,
+        defences=consistency_only,
+    )
+    assert not result.refused
+    assert all(_best(candidates, image) < 30 for image in shards[0].x)
+    assert result.target_recovered == 0
+
+
+def test_architecture_pinning_refuses_the_imprint_block_and_parameter_checks_the_repurposed_mlp(
+    mnist, caplog
+):
+    shards = _shards(mnist, clients=4, batch=8)
+    pinned = ClientDefences(consistency=False, pinning=True, parameter_checks=False)
+    result, candidates = _round(
+        mnist, shards, attack="imprint", placement="front", clients=4, defences=pinned
+    )
+    assert result.refused == (0, 1, 2, 3) and len(candidates) == 0
+    assert "not the pinned 'mlp'" in result.findings[0]
+    assert "client 0 refuses the global model" in caplog.text
+
+    # The pinned architecture passes the pin; the weight checks refuse it.
+    result, _ = _round(mnist, shards, attack="imprint", placement="mlp", clients=4, defences=pinned)
+    assert result.refused == ()
+    checked = ClientDefences(consistency=False, pinning=True, parameter_checks=True)
+    result, candidates = _round(mnist, shards, attack="imprint", placement="mlp", clients=4, defences=checked)
+    assert result.refused == (0, 1, 2, 3) and len(candidates) == 0
+    assert "rank-one share" in result.findings[0]
+
+
+def test_with_every_defence_on_the_inconsistency_targets_are_refused_or_defeated(mnist):
+    shards = _shards(mnist, clients=4, batch=8)
+    result, candidates = _round(mnist, shards, attack="inconsistency", placement="mlp", clients=4)
+    assert 0 in result.refused and len(candidates) == 0
