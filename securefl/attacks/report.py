@@ -21,6 +21,8 @@ import torch
 from matplotlib.figure import Figure
 
 from securefl.attacks.experiment import LEAKED_PSNR, AttackOutcome
+from securefl.attacks.malicious import LEAKED_PSNR as MALICIOUS_LEAKED_PSNR
+from securefl.attacks.malicious import MaliciousOutcome
 
 RECONSTRUCTION_FIGURE = "reconstruction.png"
 METRICS_FILE = "metrics.json"
@@ -207,3 +209,59 @@ def write_comparison(outcomes: Sequence[AttackOutcome], out: Path) -> list[Path]
     save_comparison_figure(outcomes, figure)
     document.write_text(json.dumps(comparison_document(outcomes), indent=2) + "\n")
     return [figure, document]
+
+
+def malicious_document(outcome: MaliciousOutcome) -> dict[str, Any]:
+    """Everything ``metrics.json`` of a malicious-server run holds."""
+    config = outcome.config
+    return {
+        "config": {
+            **{k: v for k, v in asdict(config).items() if k not in ("defences", "data_dir")},
+            "bins": config.resolved_bins,
+            "client_defences": asdict(config.defences),
+        },
+        "summary": {
+            "label": config.label,
+            "recovered_share": outcome.recovered_share,
+            "recovered_of": "all clients' images" if config.attack == "imprint" else "the target's images",
+            "leaked_psnr_threshold": MALICIOUS_LEAKED_PSNR,
+            "target_refused_share": outcome.refused_share,
+            "defeated_share": outcome.defeated_share,
+            "seconds": outcome.seconds,
+        },
+        "trials": [
+            {
+                **{k: v for k, v in asdict(t).items() if k not in ("target_psnr", "everyone_psnr")},
+                "target_psnr": [_finite(p) for p in t.target_psnr],
+                "target_recovered": t.target_recovered,
+                "everyone_recovered": t.everyone_recovered,
+            }
+            for t in outcome.trials
+        ],
+    }
+
+
+def write_malicious_outcome(outcome: MaliciousOutcome, out: Path) -> list[Path]:
+    """reconstruction.png (the target's images and the attacker's closest candidates),
+    metrics.json and arrays.npz, into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    figure_path, metrics, arrays = out / RECONSTRUCTION_FIGURE, out / METRICS_FILE, out / ARRAYS_FILE
+    count = len(outcome.originals)
+    figure = Figure(figsize=(max(1.3 * count + 0.6, 3.2), 3.2), dpi=100)
+    axes = figure.subplots(2, count, squeeze=False)
+    for column in range(count):
+        _show(axes[0][column], outcome.originals[column])
+        _show(axes[1][column], outcome.reconstructions[column])
+        axes[1][column].set_xlabel(_psnr_text(outcome.trials[0].target_psnr[column]), fontsize=8)
+    axes[0][0].set_ylabel("target's", fontsize=8)
+    axes[1][0].set_ylabel("recovered", fontsize=8)
+    figure.suptitle(outcome.config.label, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(figure_path)
+    metrics.write_text(json.dumps(malicious_document(outcome), indent=2) + "\n")
+    np.savez_compressed(
+        arrays,
+        original=outcome.originals.numpy().astype(np.float32),
+        reconstructed=outcome.reconstructions.numpy().astype(np.float32),
+    )
+    return [figure_path, metrics, arrays]

@@ -29,7 +29,16 @@ from securefl.attacks.experiment import (
     run_comparison,
 )
 from securefl.attacks.inversion import AttackProgress
-from securefl.attacks.report import write_comparison, write_outcome
+from securefl.attacks.malicious import (
+    DEFAULT_BINS,
+    MALICIOUS_ATTACKS,
+    ClientDefences,
+    MaliciousConfig,
+    MaliciousOutcome,
+    prepare_malicious,
+    run_malicious,
+)
+from securefl.attacks.report import write_comparison, write_malicious_outcome, write_outcome
 from securefl.errors import ConfigError
 from securefl.fl.history import check_output_dir
 
@@ -42,7 +51,9 @@ attack_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-AttackOpt = Annotated[str, Opt(help="dlg | idlg | ig.")]
+AttackOpt = Annotated[
+    str, Opt(help="dlg | idlg | ig; malicious server: imprint | inconsistency (secagg or none).")
+]
 DatasetOpt = Annotated[str, Opt(help="mnist-sample | images | cifar10 (needs --data-dir) | mnist.")]
 ModelOpt = Annotated[str, Opt(help="lenet (sigmoid) | cnn | resnet18 | mlp; DLG/iDLG need lenet.")]
 BatchOpt = Annotated[int, Opt(help="Images per client in the attacked round.")]
@@ -93,9 +104,60 @@ def attack(
     threads: ThreadsOpt = 1,
     out: Annotated[Path | None, Opt(help="Output directory. (default runs/attack-<timestamp>)")] = None,
     overwrite: OverwriteOpt = False,
+    placement: Annotated[
+        str, Opt(help="imprint/inconsistency: front (block before the mlp) | mlp (its first layer).")
+    ] = "front",
+    bins: Annotated[
+        int | None,
+        Opt(help=f"imprint/inconsistency: bins. (default {DEFAULT_BINS['front']} front, the mlp's 64)"),
+    ] = None,
+    trials: Annotated[int, Opt(help="imprint/inconsistency: attacked rounds, disjoint clients.")] = 1,
+    active_secagg: Annotated[
+        bool, Opt(help="imprint/inconsistency: SecAgg in active-adversary mode (signatures).")
+    ] = False,
+    consistency: Annotated[
+        bool, Opt("--consistency/--no-consistency", help="Clients bind the model's hash into SecAgg.")
+    ] = True,
+    pinning: Annotated[
+        bool, Opt("--pinning/--no-pinning", help="Clients refuse a model that is not the pinned mlp.")
+    ] = True,
+    parameter_checks: Annotated[
+        bool, Opt("--parameter-checks/--no-parameter-checks", help="Clients check received weights.")
+    ] = True,
 ) -> None:
     """Attack K victim images and write reconstruction.png, metrics.json and arrays.npz."""
     if ctx.invoked_subcommand is not None:
+        return
+    if attack in MALICIOUS_ATTACKS:
+        if defense not in ("secagg", "none"):
+            raise ConfigError(f"--attack {attack} runs with --defense secagg or none, not {defense!r}")
+        malicious = MaliciousConfig(
+            attack=attack,
+            dataset=dataset,
+            placement=placement,
+            bins=bins,
+            clients=clients if clients is not None else (16 if defense == "secagg" else 1),
+            batch_size=batch_size,
+            learning_rate=lr,
+            trials=trials,
+            secagg=defense == "secagg",
+            active=active_secagg,
+            defences=ClientDefences(consistency, pinning, parameter_checks),
+            seed=seed,
+            data_dir=data_dir,
+        )
+        _execute(
+            malicious,
+            run_malicious,
+            write_malicious_outcome,
+            _malicious_table,
+            out=out,
+            name="attack",
+            overwrite=overwrite,
+            threads=threads,
+            prepare_with=prepare_malicious,
+            bar=_trials_bar,
+        )
         return
     defence = Defence(
         name=defense,
@@ -178,24 +240,26 @@ def compare(
 
 
 def _execute(
-    config: ExperimentConfig,
+    config: Any,
     run: Callable[..., Any],
-    write: Callable[[Any, Path], None],
+    write: Callable[[Any, Path], Any],
     table: Callable[[Any], Table],
     *,
     out: Path | None,
     name: str,
     overwrite: bool,
     threads: int,
+    prepare_with: Callable[[Any], Any] = prepare,
+    bar: Callable[[Console], Any] | None = None,
 ) -> None:
     """Validate everything, run with a progress bar, write the files, print the table."""
     out_dir = out or Path("runs") / dt.datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S")
     _check_threads(threads)
     check_output_dir(out_dir, overwrite=overwrite)
-    prepared = prepare(config)
+    prepared = prepare_with(config)
     torch.set_num_threads(threads)
     console = Console()
-    with _progress_bar(console) as on_progress:
+    with (bar or _progress_bar)(console) as on_progress:
         result = run(prepared, progress=on_progress)
     write(result, out_dir)
     console.print(table(result))
@@ -238,6 +302,56 @@ class _progress_bar:
         for task in self.tasks.values():
             self.progress.update(task, completed=self.progress.tasks[task].total)
         self.progress.__exit__(*exc)
+
+
+class _trials_bar:
+    """One rich bar over the attacked rounds of a malicious-server run."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("malicious server"),
+            BarColumn(),
+            TextColumn("round {task.completed:.0f}/{task.total:.0f}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task: int | None = None
+
+    def __enter__(self) -> Callable[[int, int], None]:
+        self.progress.__enter__()
+
+        def on_progress(done: int, total: int) -> None:
+            if self.task is None:
+                self.task = self.progress.add_task("rounds", total=total)
+            self.progress.update(self.task, completed=done)
+
+        return on_progress
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+
+def _malicious_table(outcome: MaliciousOutcome) -> Table:
+    table = Table(title=f"securefl attack: {outcome.config.label}")
+    for column in ("round", "refused", "aborted", "candidates", "target ≥30 dB", "all ≥30 dB", "attack s"):
+        table.add_column(column, justify="right")
+    for index, trial in enumerate(outcome.trials):
+        table.add_row(
+            str(index + 1),
+            str(len(trial.refused)),
+            "-" if trial.aborted is None else trial.aborted[:40],
+            str(trial.candidates),
+            f"{trial.target_recovered:.0%}",
+            f"{trial.everyone_recovered:.0%}",
+            f"{trial.attack_seconds:.3f}",
+        )
+    whose = "all clients'" if outcome.config.attack == "imprint" else "the target's"
+    table.caption = (
+        f"recovered {outcome.recovered_share:.0%} of "
+        f"{whose} images; "
+        f"target refused the model in {outcome.refused_share:.0%} of rounds; {outcome.seconds:.1f} s"
+    )
+    return table
 
 
 def _db(value: float) -> str:

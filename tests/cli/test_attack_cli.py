@@ -114,3 +114,40 @@ def test_compare_bad_input_and_existing_output_exit_2(tmp_path, capsys):
     (busy / "keep.txt").write_text("mine")
     assert main(["attack", "--images", "1", "--out", str(busy)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_imprint_under_secagg_recovers_images_and_the_defaults_refuse_it(tmp_path):
+    out = tmp_path / "imprint"
+    flags = ["attack", "--attack", "imprint", "--defense", "secagg", "--clients", "4", "--batch-size", "4"]
+    code = main([*flags, "--bins", "128", "--no-pinning", "--no-parameter-checks", "--out", str(out)])
+    assert code == 0
+    assert (out / "reconstruction.png").read_bytes()[:8] == PNG
+    arrays = np.load(out / "arrays.npz")
+    metrics = json.loads((out / "metrics.json").read_text())
+    recomputed = [
+        10 * np.log10(1 / np.mean((o.astype(np.float64) - r) ** 2))
+        for o, r in zip(arrays["original"], arrays["reconstructed"], strict=True)
+    ]
+    assert metrics["trials"][0]["target_psnr"] == pytest.approx(recomputed, rel=1e-4)
+    assert sum(p >= 30 for p in recomputed) >= 3
+    assert metrics["summary"]["recovered_share"] >= 0.5
+
+    refused = tmp_path / "refused"
+    assert main([*flags, "--out", str(refused)]) == 0  # pinning and checks are on by default
+    summary = json.loads((refused / "metrics.json").read_text())["summary"]
+    assert summary["target_refused_share"] == 1 and summary["recovered_share"] == 0
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--attack", "imprint", "--defense", "dp"],
+        ["--attack", "inconsistency", "--defense", "none"],
+        ["--attack", "imprint", "--placement", "mlp", "--bins", "32"],
+        ["--attack", "imprint", "--placement", "side"],
+        ["--attack", "imprint", "--defense", "secagg", "--clients", "1"],
+    ],
+)
+def test_bad_malicious_server_flags_exit_2(tmp_path, flags):
+    assert main(["attack", *flags, "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
