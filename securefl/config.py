@@ -72,13 +72,17 @@ class DPConfig:
 
 @dataclass(frozen=True)
 class CentralDPConfig:
-    """User-level DP-FedAvg (McMahan et al. 2018) at the server (``--central-dp``)."""
+    """User-level DP-FedAvg (McMahan et al. 2018): noise added by a trusted server
+    (``--central-dp``), or ``distributed`` (``--distributed-dp``): each client adds a Skellam
+    share under secure aggregation and the server adds none (:mod:`securefl.privacy.distributed`).
+    The knobs mean the same in both modes, so the two compare at the same settings."""
 
     noise_multiplier: float = 1.0
     clip_norm: float = 1.0
     delta: float = 1e-5
     client_sampling: str = "poisson"
     accountant: str = "rdp"
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -95,6 +99,16 @@ class CentralDPConfig:
             self.accountant in ACCOUNTANTS,
             f"unknown accountant {self.accountant!r}: choose one of {', '.join(ACCOUNTANTS)}",
         )
+        if self.distributed:
+            _require(
+                self.noise_multiplier > 0,
+                "--distributed-dp needs noise: use a positive --central-noise-multiplier",
+            )
+            _require(
+                self.accountant == "rdp",
+                f"--distributed-dp accounts the Skellam mechanism by RDP only, not "
+                f"{self.accountant!r}: use --central-accountant rdp",
+            )
 
 
 @dataclass(frozen=True)
@@ -248,7 +262,19 @@ class RunConfig:
                     f"{self.secagg.neighbors} >= clients per round {self.sampled_clients}: "
                     "lower --secagg-neighbors",
                 )
-        if self.central_dp is not None and self.secagg is not None:
+        if self.central_dp is not None and self.central_dp.distributed:
+            if self.secagg is None:
+                raise ConfigError(
+                    "--distributed-dp needs --secagg: each client's noise share is too small to "
+                    "protect its own update, only the sum of the survivors' shares is; without "
+                    "secure aggregation the server would see every update with its small share"
+                )
+            _require(
+                self.secagg.clip is None,
+                "--secagg-clip does not apply under --distributed-dp (updates are clipped in L2 by "
+                "--clip-norm): drop --secagg-clip",
+            )
+        elif self.central_dp is not None and self.secagg is not None:
             # Under Poisson sampling, whether a round with dropouts reaches the threshold depends
             # on how many clients were sampled, so one user can decide whether t clipped updates
             # are released (sensitivity up to t·clip): see securefl.privacy.central.
@@ -334,6 +360,9 @@ _SECTION_FLAGS: dict[str, dict[str, str]] = {
     },
 }
 _SECTIONS = {"dp": DPConfig, "central_dp": CentralDPConfig, "secagg": SecAggConfig}
+# Flags that switch a section on and set one of its fields: --distributed-dp is central DP's
+# knobs with the noise added by the clients.
+_SECTION_SWITCHES = {"distributed_dp": ("central_dp", "distributed")}
 _FLAG_OF_SECTION = {"dp": "--dp", "central_dp": "--central-dp", "secagg": "--secagg"}
 
 
@@ -343,8 +372,12 @@ def _build(flat: dict[str, Any]) -> RunConfig:
     section_values: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     given: dict[str, list[str]] = {name: [] for name in _SECTIONS}
     enabled = {name: bool(flat.get(name, False)) for name in _SECTIONS}
+    for switch, (section, field) in _SECTION_SWITCHES.items():
+        if flat.get(switch, False):
+            enabled[section] = True
+            section_values[section][field] = True
     for key, value in flat.items():
-        if key in _SECTIONS:
+        if key in _SECTIONS or key in _SECTION_SWITCHES:
             continue
         if key in top_level:
             top[key] = value
@@ -360,7 +393,8 @@ def _build(flat: dict[str, Any]) -> RunConfig:
                 given[name].append(key)
                 break
         else:
-            valid = sorted(top_level | set(_SECTIONS) | {k for m in _SECTION_FLAGS.values() for k in m})
+            flags = {k for m in _SECTION_FLAGS.values() for k in m}
+            valid = sorted(top_level | set(_SECTIONS) | set(_SECTION_SWITCHES) | flags)
             raise ConfigError(
                 f"unknown setting {key.replace('_', '-')!r}: valid settings are "
                 f"{', '.join(v.replace('_', '-') for v in valid)}"

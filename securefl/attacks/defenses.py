@@ -16,6 +16,11 @@ A round is played through securefl's own code paths, never a re-implementation:
 - ``secagg``: the victim and ``clients − 1`` other clients send their updates through
   :class:`~securefl.fl.secure_channel.SecureAggregationChannel`, the real secure-aggregation
   protocol (Bonawitz et al., CCS 2017); the server gets only the protocol's sum.
+- ``distributed-dp``: the same ``clients`` clip their updates to ``max_grad_norm`` and each adds
+  its Skellam share before secure aggregation, through
+  :class:`~securefl.privacy.distributed.DistributedDPChannel` (the path of ``train
+  --distributed-dp``); the server gets a sum that is already noised at ``noise_multiplier``
+  (shares sized for a server that colludes with no client, ``--secagg-colluders 0``).
 
 The announced parameters of a defence (clipping norm, pruning ratio, number of clients) are
 public: the attacker's :class:`~securefl.attacks.observation.PublicKnowledge` carries them.
@@ -40,14 +45,17 @@ from securefl.fl.secure_channel import SecureAggregationChannel
 from securefl.fl.types import Aggregate, ClientShard, Contribution, Update
 from securefl.fl.vectors import to_vector
 from securefl.privacy.central import ClipUpdate
+from securefl.privacy.distributed import DistributedDPChannel
 from securefl.privacy.dp_client import DPSGDTrainer
 
-DEFENCES = ("none", "clip", "prune", "noise", "dp", "secagg")
+DEFENCES = ("none", "clip", "prune", "noise", "dp", "secagg", "distributed-dp")
 
 DEFAULT_MAX_GRAD_NORM = 1.0
 DEFAULT_DP_DELTA = 1e-5
 SECAGG_BITS = 48
 """Ring size for the attack demos: the quantization step stays far below the update's values."""
+DISTRIBUTED_DP_BITS = 20
+"""Ring size of the distributed-DP demos: rounding inflates the clip by well under 0.1%."""
 SECAGG_COORDINATE_BOUND = 16.0
 """Public per-coordinate clip of the secure channel, set well above any update entry of the demos
 so the aggregate differs from the plain mean only by quantization (the clipped fraction is
@@ -70,11 +78,11 @@ class Defence:
         if self.name not in DEFENCES:
             raise ConfigError(f"unknown defence {self.name!r}: choose one of {', '.join(DEFENCES)}")
         owners = {
-            "max_grad_norm": ("clip", "dp"),
+            "max_grad_norm": ("clip", "dp", "distributed-dp"),
             "prune_ratio": ("prune",),
             "noise_std": ("noise",),
-            "noise_multiplier": ("dp",),
-            "clients": ("secagg",),
+            "noise_multiplier": ("dp", "distributed-dp"),
+            "clients": ("secagg", "distributed-dp"),
         }
         for knob, defences in owners.items():
             if getattr(self, knob) is not None and self.name not in defences:
@@ -116,6 +124,8 @@ class Defence:
             return f"noise σ={self.resolved_noise_std:g}"
         if self.name == "dp":
             return f"DP-SGD z={self.resolved_noise_multiplier:g}"
+        if self.name == "distributed-dp":
+            return f"distributed DP z={self.resolved_noise_multiplier:g} N={self.resolved_clients}"
         return f"SecAgg N={self.resolved_clients}"
 
     @property
@@ -141,7 +151,7 @@ class Defence:
     @property
     def others_needed(self) -> int:
         """Other clients whose data the round needs besides the victim."""
-        return self.resolved_clients - 1 if self.name == "secagg" else 0
+        return self.resolved_clients - 1 if self.name in ("secagg", "distributed-dp") else 0
 
 
 class PruneUpdate:
@@ -205,7 +215,8 @@ class RoundFacts:
     """What the experiment (not the attacker) records about the round."""
 
     epsilon: float | None = None
-    """DP-SGD: the victim's ε for this round at ``delta``, from Opacus' accountant (via the ledger)."""
+    """DP-SGD: the victim's ε for this round at ``delta``, from Opacus' accountant (via the ledger);
+    distributed DP: the user-level ε of the round (Skellam accountant)."""
     delta: float | None = None
     clipped: bool | None = None
     """``clip``: whether the bound changed the update."""
@@ -301,6 +312,29 @@ def observe_round(
     if defence.name == "noise":
         contribution = NoiseUpdate(defence.resolved_noise_std, generator=generator)(updates[0])
         return _client_observation(setup, global_params, contribution, public), facts
+
+    if defence.name == "distributed-dp":
+        bound = defence.resolved_max_grad_norm
+        distributed = DistributedDPChannel(
+            secure=SecureAggregationChannel(
+                config=SecAggConfig(bits=DISTRIBUTED_DP_BITS, max_colluders=0),  # the server alone
+                num_params=global_params.numel(),
+                weight_bound=1,
+                clients_per_round=len(clients),
+                seed=seed,
+            ),
+            num_params=global_params.numel(),
+            clip_norm=bound,
+            noise_multiplier=defence.resolved_noise_multiplier,
+            delta=DEFAULT_DP_DELTA,
+            max_clients=len(clients),
+            seed=seed,
+        )
+        clip = ClipUpdate(bound)
+        aggregate = distributed.aggregate([clip(u) for u in updates], round_index=0)
+        release = distributed.take_release()
+        facts = RoundFacts(epsilon=distributed.epsilon_of([release.honest_variance]), delta=DEFAULT_DP_DELTA)
+        return aggregate_observation(setup, global_params, aggregate), facts
 
     # secagg: the server side only ever holds the protocol's output.
     channel = SecureAggregationChannel(

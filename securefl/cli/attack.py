@@ -81,13 +81,17 @@ def attack(
     batch_size: BatchOpt = 1,
     local_steps: StepsOpt = 1,
     lr: LrOpt = 0.1,
-    defense: Annotated[str, Opt(help="none | dp | secagg | clip | prune | noise.")] = "none",
-    noise_multiplier: Annotated[float | None, Opt(help="dp: DP-SGD noise multiplier. (default 1.0)")] = None,
+    defense: Annotated[str, Opt(help="none | dp | secagg | distributed-dp | clip | prune | noise.")] = "none",
+    noise_multiplier: Annotated[
+        float | None, Opt(help="dp, distributed-dp: noise multiplier. (default 1.0)")
+    ] = None,
     max_grad_norm: Annotated[
-        float | None, Opt(help="dp: per-example clip; clip: update L2 bound. (default 1.0)")
+        float | None,
+        Opt(help="dp: per-example clip; clip, distributed-dp: update L2 bound. (default 1.0)"),
     ] = None,
     clients: Annotated[
-        int | None, Opt(help="secagg: clients N summed, the victim among them. (default 16)")
+        int | None,
+        Opt(help="secagg, distributed-dp: clients N summed, the victim among them. (default 16)"),
     ] = None,
     prune_ratio: Annotated[
         float | None, Opt(help="prune: fraction of each layer zeroed. (default 0.9)")

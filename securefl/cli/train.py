@@ -58,6 +58,14 @@ def train(
     central_dp: Annotated[
         bool | None, Opt("--central-dp/--no-central-dp", help="User-level DP-FedAvg at the server.")
     ] = None,
+    distributed_dp: Annotated[
+        bool | None,
+        Opt(
+            "--distributed-dp/--no-distributed-dp",
+            help="User-level DP with the noise added by the clients under --secagg (Skellam); "
+            "takes the --central-dp knobs.",
+        ),
+    ] = None,
     central_noise_multiplier: Annotated[float | None, Opt(help="DP-FedAvg noise z. (default 1.0)")] = None,
     clip_norm: Annotated[float | None, Opt(help="DP-FedAvg client update clip. (default 1.0)")] = None,
     central_delta: Annotated[float | None, Opt(help="User-level δ, below 1/clients. (default 1e-5)")] = None,
@@ -175,6 +183,8 @@ SUMMARY_COLUMNS = {
     "epsilon_max": "ε max",
     "epsilon_median": "ε median",
     "user_epsilon": "user ε",
+    "central_epsilon_same_noise": "central ε, same z",
+    "released_noise_variance": "noise var",
     "secagg_bytes_up_per_client": "up/client",
     "seconds": "s",
 }

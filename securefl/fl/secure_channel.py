@@ -39,6 +39,7 @@ from securefl.protocols.secagg import (
     DropoutPlan,
     RoundAbortedError,
     SecAggParams,
+    SecAggResult,
     SecAggStats,
     enforce_parameter_rules,
     protocol_steps,
@@ -125,16 +126,19 @@ class SecureAggregationChannel:
         )
         return FixedPointCodec(bounds=bounds, level=level)
 
-    def params_for(self, num_clients: int, codec: FixedPointCodec) -> SecAggParams:
+    def params_for(self, num_clients: int, codec: FixedPointCodec | None) -> SecAggParams:
         """The protocol parameters of a round with ``num_clients`` clients, checked against the
         rules of ``choose_parameters`` at the configured dropout rate: refused against an active
-        server, a loud warning otherwise (``enforce_parameter_rules``)."""
+        server, a loud warning otherwise (``enforce_parameter_rules``).
+
+        ``codec=None``: the inputs are already ring elements and the sum is taken modulo
+        ``2^bits``; the caller bounds the probability that it wraps (distributed DP)."""
         params = SecAggParams(
             num_clients=num_clients,
             threshold=self.config.threshold_count(num_clients),
             bits=self.config.bits,
             neighbors=self.config.neighbors,
-            input_bound=codec.max_value,
+            input_bound=None if codec is None else codec.max_value,
             active_adversary=self.config.active_adversary,
             max_colluders=self.config.max_colluders,
         )
@@ -150,7 +154,7 @@ class SecureAggregationChannel:
         under Poisson sampling needs this number: whether a round releases a sum then depends on
         whether one more user was sampled (:mod:`securefl.privacy.central`).
         """
-        runnable = [m for m in range(2, max_clients + 1) if self._can_run(m)]
+        runnable = [m for m in range(2, max_clients + 1) if self.probe_params(m) is not None]
         if not runnable or runnable != list(range(runnable[0], max_clients + 1)):
             raise ConfigError(
                 f"secure aggregation runs rounds of {runnable or 'no'} clients, not every size from "
@@ -158,20 +162,20 @@ class SecureAggregationChannel:
             )
         return runnable[0]
 
-    def _can_run(self, num_clients: int) -> bool:
-        """Whether a round of ``num_clients`` gets parameters. Only the answer matters here: the
-        passive-mode rule warnings are silenced for the probe (a round that runs still warns)."""
+    def probe_params(self, num_clients: int) -> SecAggParams | None:
+        """The parameters a round of ``num_clients`` would get, or ``None`` if it cannot run.
+        Only the answer matters here: the passive-mode rule warnings are silenced for the probe
+        (a round that runs still warns)."""
         rules_log = logging.getLogger(enforce_parameter_rules.__module__)
         was_disabled, rules_log.disabled = rules_log.disabled, True
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                self.params_for(num_clients, self.codec_for(num_clients))
+                return self.params_for(num_clients, self.codec_for(num_clients))
         except ConfigError:
-            return False
+            return None
         finally:
             rules_log.disabled = was_disabled
-        return True
 
     def aggregate(
         self,
@@ -182,8 +186,7 @@ class SecureAggregationChannel:
     ) -> Aggregate:
         """The survivors' sums. ``contexts``: the model context each client computed from the
         model it received (:func:`securefl.defences.consistency.model_context`), bound into its
-        session; clients shown different models end up in different sessions (the server runs in
-        the context most clients hold)."""
+        session; clients shown different models end up in different sessions."""
         if len(contributions) < 2:
             raise SecureAggregationAborted(
                 f"{len(contributions)} client(s) sampled: secure aggregation needs at least 2, "
@@ -204,6 +207,39 @@ class SecureAggregationChannel:
                 f"{len(inputs)} clients cannot run this protocol: {error}",
                 {"survivors": 0, "non_finite_dropped": non_finite},
             ) from None
+        result, details = self.run_protocol(
+            inputs, params=params, round_index=round_index, non_finite=non_finite, contexts=contexts
+        )
+        survivors = len(result.survivors)
+        sums = codec.decode_sum(result.sum, count=survivors)
+        weight_sum = float(sums[self.num_params])
+        if self.dp_clip_norm is None:
+            details["secagg_clipped_fraction"] = float(sums[-1]) / (survivors * self.num_params)
+        details["quantization_error_bound"] = (
+            survivors * float(codec.step[0]) / weight_sum if weight_sum > 0 else math.inf
+        )
+        return Aggregate(
+            weighted_delta_sum=sums[: self.num_params].to(torch.float32),
+            weight_sum=weight_sum,
+            survivors=tuple(sorted(result.survivors)),
+            train_loss_sum=float(sums[self.num_params + 1]),
+            details=details,
+        )
+
+    def run_protocol(
+        self,
+        inputs: dict[int, np.ndarray],
+        *,
+        params: SecAggParams,
+        round_index: int,
+        non_finite: int = 0,
+        contexts: Mapping[int, bytes] | None = None,
+    ) -> tuple[SecAggResult, dict]:
+        """One protocol round on the clients' ring vectors, with this round's simulated dropouts:
+        the survivors' sum and the round's details (byte counts, timings, dropouts per step).
+        Raises :class:`SecureAggregationAborted` below threshold (``non_finite`` is recorded).
+        ``contexts`` (client id -> context) puts each client in the session of its own context;
+        the server runs in the context most clients hold."""
         contexts = {c: contexts[c] for c in inputs} if contexts else {}
         server_context = Counter(contexts.values()).most_common(1)[0][0] if contexts else b""
         dropouts = DropoutPlan.random(
@@ -227,23 +263,9 @@ class SecureAggregationChannel:
             details = {**self._details(error.stats), "abort_step": error.step.label, "survivors": 0}
             details["non_finite_dropped"] = non_finite
             raise SecureAggregationAborted(str(error), details) from None
-        survivors = len(result.survivors)
-        sums = codec.decode_sum(result.sum, count=survivors)
-        weight_sum = float(sums[self.num_params])
         details = self._details(result.stats)
         details["non_finite_dropped"] = non_finite
-        if self.dp_clip_norm is None:
-            details["secagg_clipped_fraction"] = float(sums[-1]) / (survivors * self.num_params)
-        details["quantization_error_bound"] = (
-            survivors * float(codec.step[0]) / weight_sum if weight_sum > 0 else math.inf
-        )
-        return Aggregate(
-            weighted_delta_sum=sums[: self.num_params].to(torch.float32),
-            weight_sum=weight_sum,
-            survivors=tuple(sorted(result.survivors)),
-            train_loss_sum=float(sums[self.num_params + 1]),
-            details=details,
-        )
+        return result, details
 
     def _encode_finite(
         self, contributions: list[Contribution], codec: FixedPointCodec, round_index: int

@@ -117,7 +117,11 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
             weight_bound=1 if config.central_dp is not None else max(len(s) for s in shards),
             clients_per_round=config.sampled_clients,
             max_clients=max_clients,
-            dp_clip_norm=config.central_dp.clip_norm if config.central_dp is not None else None,
+            dp_clip_norm=(
+                config.central_dp.clip_norm
+                if config.central_dp is not None and not config.central_dp.distributed
+                else None
+            ),
             seed=config.seed,
         )
         if config.central_dp is not None and sampling == "poisson":
@@ -147,6 +151,25 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
             accountant=central.accountant,
             min_released_clients=min_released_clients,
         )
+        if central.distributed:  # the clients add the noise; central DP's ε is kept for comparison
+            from securefl.privacy.distributed import DistributedDPChannel, DistributedDPServerUpdate
+
+            assert isinstance(channel, SecureAggregationChannel)  # RunConfig requires --secagg
+            distributed = DistributedDPChannel(
+                secure=channel,
+                num_params=num_params,
+                clip_norm=central.clip_norm,
+                noise_multiplier=central.noise_multiplier,
+                delta=central.delta,
+                max_clients=max_clients,
+                seed=config.seed,
+            )
+            channel = distributed
+            server_update = DistributedDPServerUpdate(
+                channel=distributed,
+                expected_clients=config.sampled_clients,
+                central_reference=server_update,
+            )
     if config.dp is not None or config.central_dp is not None:
         transform = _without_loss(transform)
     return Federation(

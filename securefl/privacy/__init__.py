@@ -3,6 +3,8 @@
 - :mod:`securefl.privacy.dp_client`: sample-level DP-SGD on every client (``--dp``), with
   per-client accounting that adds up across rounds and an optional ε budget;
 - :mod:`securefl.privacy.central`: user-level DP-FedAvg at the server (``--central-dp``);
+- :mod:`securefl.privacy.distributed`: user-level DP with the noise added by the clients under
+  secure aggregation (``--distributed-dp``), accounted by :mod:`securefl.privacy.skellam`;
 - :mod:`securefl.privacy.ledger`: the immutable per-client record of privacy events.
 """
 

@@ -98,6 +98,22 @@ def clip_to_norm(vector: torch.Tensor, clip_norm: float) -> torch.Tensor:
     return vector * (clip_norm / norm * (1 - CLIP_MARGIN))
 
 
+def sensitivity_multiplier(
+    *, client_sampling: str, min_released_clients: int, sample_known: bool = False
+) -> int:
+    """How far one user can move a round's released sum, in units of the clip norm.
+
+    - the adversary knows who took part (``sample_known``: distributed DP, where the adversary is
+      the server that runs the sampling and sees every participant), or fixed-size sampling: 2,
+      the substitution of one user's clipped update for another's (module docstring);
+    - Poisson sampling with a sample the adversary does not see: ``min_released_clients``, the
+      fewest clients whose sum the channel releases (1 for a plain sum; module docstring).
+    """
+    if sample_known or client_sampling == "fixed":
+        return 2
+    return min_released_clients
+
+
 class ClipUpdate:
     """DP-FedAvg's client side: send the update clipped to ``clip_norm``, with weight 1.
 
@@ -216,7 +232,9 @@ class DPFedAvgServerUpdate:
     def sensitivity_multiplier(self) -> int:
         """L2 sensitivity of one round's sum in units of ``clip`` under the accounted sampling:
         ``min_released_clients`` under Poisson sampling, 2 (substitution) under fixed-size."""
-        return self.min_released_clients if self.client_sampling == "poisson" else 2
+        return sensitivity_multiplier(
+            client_sampling=self.client_sampling, min_released_clients=self.min_released_clients
+        )
 
     @property
     def noise_std(self) -> float:
@@ -343,4 +361,4 @@ def _json_float(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-__all__ = ["ClipUpdate", "DPFedAvgServerUpdate", "clip_to_norm"]
+__all__ = ["ClipUpdate", "DPFedAvgServerUpdate", "clip_to_norm", "sensitivity_multiplier"]

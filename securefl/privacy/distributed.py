@@ -1,0 +1,505 @@
+"""Distributed user-level DP under secure aggregation: every client noises its own update, the
+server adds nothing and can only unmask a sum that is already private.
+
+The pipeline of Kairouz, Liu & Steinke, "The Distributed Discrete Gaussian Mechanism for Federated
+Learning with Secure Aggregation" (ICML 2021), with the Skellam noise of Agarwal, Kairouz & Liu,
+"The Skellam Mechanism for Differentially Private Federated Learning" (NeurIPS 2021).  Per client
+and round, on the client side (:meth:`DistributedDPChannel.encode`):
+
+1. clip the update to L2 norm ``c`` (DP-FedAvg's :class:`~securefl.privacy.central.ClipUpdate`);
+2. rotate it with a randomized Hadamard transform ``x -> H·D·x / sqrt(d)`` (zero-padded to the
+   next power of two ``d``; the signs ``D`` come from a public per-round seed, so the server can
+   invert it), which spreads the norm evenly over the coordinates;
+3. scale by ``s`` and round each coordinate randomly up or down (unbiased), *conditionally*:
+   redraw until the rounded vector's squared norm is at most
+   ``Δ2² = min((s·c + sqrt(d))², (s·c)² + d/4 + sqrt(2·ln(1/β))·(s·c + sqrt(d)/2))`` (Kairouz et
+   al. 2021, section 4.1; each draw succeeds with probability at least ``1 − β``, ``β = e^-0.5``);
+4. add Skellam noise of variance ``μ/(t − c)`` to every coordinate (integers: the sum of the
+   survivors' shares is again Skellam), ``μ = (z·s·c)²``, ``t`` the round's secure-aggregation
+   threshold and ``c`` the clients that may collude with the server (the protocol's
+   :attr:`~securefl.protocols.secagg.SecAggParams.colluders_tolerated`, ``--secagg-colluders``);
+5. reduce modulo ``2^bits`` and hand the vector to the secure-aggregation protocol
+   (:meth:`~securefl.fl.secure_channel.SecureAggregationChannel.run_protocol`, the same run as
+   plain secure aggregation).
+
+The server side gets the protocol's sum, maps it to signed integers, divides by ``s``, un-rotates
+and (:class:`DistributedDPServerUpdate`) divides by the expected number of clients per round.
+
+**Dropouts and colluders (approach (a) of issue 13).**  A round that completes has at least ``t``
+survivors (complete graph: ``t`` must remain at every step; SecAgg+: at least ``t`` of a
+survivor's share holders survived).  Up to ``c`` of them may be the server's accomplices, who know
+their own shares and can subtract them; the other ``survivors − c >= t − c`` add noise of
+variance ``(survivors − c) · μ/(t − c) >= μ``: at least the variance central DP-FedAvg adds at the
+same noise multiplier ``z``.  The accountant uses exactly that honest variance with the
+*realised* survivor count of every round (:class:`Release`).  Sizing each share for all ``m``
+sampled clients instead (``μ/m``) would release only ``survivors/m · μ`` when clients drop; the
+benchmark reports the ε that would have given.  The price: without dropouts a round carries
+``m/(t − c)`` times the target variance, and with the default ``c = t − 1`` (the most the
+threshold tolerates) every client adds the whole ``μ``, which is local DP's noise; state the
+colluders you assume with ``--secagg-colluders``.  (The Dordis add-then-remove scheme, which
+releases exactly ``μ``, is not implemented: it needs the noise seeds secret-shared inside the
+protocol.)
+
+**Neighbouring and accounting.**  The adversary is the server, which runs the client sampling and
+sees who takes part in every protocol run: participation is public, and amplification by
+subsampling (which needs a secret sample) does not apply, under Poisson or fixed-size sampling
+alike.  The guarantee is for replacing all of one user's data: given who takes part, that moves
+the sum of rounded vectors by at most ``2·Δ2`` in L2 and ``2·Δ1`` in L1, ``Δ1 = min(sqrt(d)·Δ2,
+Δ2²)`` (an integer vector's L1 norm is at most its squared L2 norm), which is the substitution
+multiplier 2 of central DP (:func:`~securefl.privacy.central.sensitivity_multiplier`).  Each round
+that completes is the Skellam mechanism with those sensitivities and the realised variance
+(:mod:`securefl.privacy.skellam`); RDP composes over rounds and is converted to (ε, δ).  A round
+that aborts releases nothing, and whether it aborts depends on dropouts and participation only,
+not on any user's data: it is counted, at zero cost.  Dropouts may be combined with either
+sampling scheme (unlike central DP's Poisson case, where the server's output reveals the abort).
+
+**Wrap-around.**  The scale ``s`` is the largest for which the sum of the most clients a round can
+have, with the most noise a round can carry, wraps the ``2^bits`` ring with probability at most
+``WRAP_PROBABILITY`` per round: each rotated coordinate of the clients' sum is sub-Gaussian with
+variance proxy ``(n·s·c)²/d`` (Hoeffding over the random signs), the rounding adds at most ``n``,
+and the Skellam noise obeys Bernstein's inequality; a union bound over the ``d`` coordinates
+(:func:`choose_scale`).
+
+**Randomness.**  The rounding and the noise of each client come from a numpy generator seeded by
+the operating system (:mod:`secrets`) for that client and round and never stored: a seed in
+``config.json`` would let the server subtract the noise.  The rotation signs are public (derived
+from the run's seed and the round).  numpy's Poisson sampler is not hardened against
+floating-point attacks on the noise.  Compared with central DP at the same settings, the price is
+the rounding (``Δ2 / (s·c)`` > 1 in the sensitivity), the Skellam correction term, the noise of
+``survivors/t`` threshold-sized shares, and no subsampling amplification.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from securefl.errors import ConfigError
+from securefl.fl.secure_channel import SecureAggregationAborted, SecureAggregationChannel
+from securefl.fl.types import Aggregate, Contribution
+from securefl.privacy.central import DPFedAvgServerUpdate, sensitivity_multiplier
+from securefl.privacy.skellam import skellam_epsilon
+from securefl.protocols.secagg import SecAggParams
+
+log = logging.getLogger(__name__)
+
+ROUNDING_BETA = math.exp(-0.5)
+"""``β`` of conditional rounding: a draw is redrawn with probability at most ``β`` (TFF's choice)."""
+
+WRAP_PROBABILITY = 1e-9
+"""Largest probability that one round's sum wraps the ring (union bound, :func:`choose_scale`)."""
+
+MAX_ROUNDING_DRAWS = 1000
+"""Conditional rounding gives up after this many draws (probability below ``β^1000``)."""
+
+
+def hadamard(x: torch.Tensor) -> torch.Tensor:
+    """The unnormalised Walsh-Hadamard transform ``H·x`` of a vector whose length is a power of
+    two (Sylvester's ``H``: symmetric, ``H·H = d·I``), in ``O(d log d)``."""
+    d = x.shape[-1]
+    if d & (d - 1):
+        raise ValueError(f"length {d} is not a power of two")
+    y, h = x, 1
+    while h < d:
+        pairs = y.reshape(d // (2 * h), 2, h)
+        y = torch.stack((pairs[:, 0] + pairs[:, 1], pairs[:, 0] - pairs[:, 1]), dim=1)
+        h *= 2
+    return y.reshape(d)
+
+
+def padded_length(dim: int) -> int:
+    """The next power of two at or above ``dim``."""
+    return 1 << max(0, (int(dim) - 1).bit_length())
+
+
+class RandomizedHadamard:
+    """``x -> H·D·x / sqrt(d)`` with public random signs ``D``: an orthogonal rotation of ``R^dim``
+    zero-padded to ``R^d``, ``d`` the next power of two."""
+
+    def __init__(self, dim: int, *, seed: Sequence[int]) -> None:
+        self.dim = int(dim)
+        self.padded = padded_length(self.dim)
+        signs = np.random.default_rng(list(seed)).integers(0, 2, self.padded) * 2 - 1
+        self.signs = torch.from_numpy(signs.astype(np.float64))
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        padded = torch.zeros(self.padded, dtype=torch.float64)
+        padded[: self.dim] = x.to(torch.float64)
+        return hadamard(self.signs * padded) / math.sqrt(self.padded)
+
+    def unrotate(self, y: torch.Tensor) -> torch.Tensor:
+        return (self.signs * hadamard(y.to(torch.float64)) / math.sqrt(self.padded))[: self.dim]
+
+
+def rounded_l2_bound(scaled_clip: float, dim: int, beta: float = ROUNDING_BETA) -> float:
+    """``Δ2``: the L2 norm conditional rounding lets through for inputs of norm ``scaled_clip``
+    in ``dim`` coordinates (Kairouz et al. 2021, section 4.1)."""
+    deterministic = (scaled_clip + math.sqrt(dim)) ** 2
+    conditional = (
+        scaled_clip**2 + dim / 4 + math.sqrt(2 * math.log(1 / beta)) * (scaled_clip + math.sqrt(dim) / 2)
+    )
+    return math.sqrt(min(deterministic, conditional))
+
+
+def conditional_round(x: np.ndarray, *, l2_bound: float, rng: np.random.Generator) -> np.ndarray:
+    """Round every coordinate down or up with the probabilities that keep it unbiased, redrawn
+    until the rounded vector's L2 norm is at most ``l2_bound`` (int64)."""
+    floor = np.floor(x)
+    fraction = x - floor
+    for _ in range(MAX_ROUNDING_DRAWS):
+        rounded = (floor + (rng.random(x.shape) < fraction)).astype(np.int64)
+        if float(np.dot(rounded, rounded)) <= l2_bound**2:
+            return rounded
+    raise RuntimeError(
+        f"conditional rounding found no draw within norm {l2_bound:.4g} in {MAX_ROUNDING_DRAWS} "
+        "draws: the input exceeds the clip norm it was scaled for"
+    )
+
+
+def skellam_noise(shape: int, variance: float, rng: np.random.Generator) -> np.ndarray:
+    """Symmetric Skellam noise ``Poisson(v/2) − Poisson(v/2)`` of variance ``v`` (int64)."""
+    if variance <= 0:
+        return np.zeros(shape, dtype=np.int64)
+    positive = rng.poisson(variance / 2, shape).astype(np.int64)
+    return positive - rng.poisson(variance / 2, shape).astype(np.int64)
+
+
+def wrap_bound(
+    scale: float, *, clip_norm: float, dim: int, clients: int, noise_variance: float, failure: float
+) -> float:
+    """A bound that every coordinate of the ring sum stays within, except with probability at most
+    ``failure`` in all: sub-Gaussian signal (random signs), rounding of at most 1 per client, and
+    Skellam noise of variance ``noise_variance`` (Bernstein), union over ``dim`` coordinates."""
+    log_term = math.log(4 * dim / failure)  # each tail gets failure / (2·dim), two-sided
+    signal = scale * clients * clip_norm * math.sqrt(2 * log_term / dim)
+    noise = log_term / 3 + math.sqrt(log_term**2 / 9 + 2 * noise_variance * log_term)
+    return signal + clients + noise
+
+
+def choose_scale(
+    *, bits: int, clip_norm: float, dim: int, clients: int, noise_multiplier: float, noise_ratio: float
+) -> float:
+    """The largest scale ``s`` whose ring sum wraps with probability at most ``WRAP_PROBABILITY``:
+    ``clients`` the most a round can sum, ``noise_ratio`` the most noise a round can carry in
+    units of the target ``(z·s·c)²`` (largest ``survivors / t``)."""
+    limit = 2 ** (bits - 1) - 1
+
+    def fits(scale: float) -> bool:
+        variance = noise_ratio * (noise_multiplier * scale * clip_norm) ** 2
+        return (
+            wrap_bound(
+                scale,
+                clip_norm=clip_norm,
+                dim=dim,
+                clients=clients,
+                noise_variance=variance,
+                failure=WRAP_PROBABILITY,
+            )
+            <= limit
+        )
+
+    low, high = 0.0, float(2**bits)
+    if not fits(1e-12):
+        raise ConfigError(
+            f"a {bits}-bit ring cannot hold the sum of {clients} clients' rounded updates: raise "
+            "--secagg-bits"
+        )
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+@dataclass(frozen=True)
+class Release:
+    """What one round's sum carried, per coordinate in parameter units (the server's view)."""
+
+    survivors: int
+    colluders: int
+    """``c``: survivors that may collude with the server (the protocol's collusion bound)."""
+    variance: float
+    """The Skellam noise in the sum: ``survivors · μ/(t − c)``."""
+    honest_variance: float
+    """The part colluders cannot subtract, which the accountant uses: ``(survivors − c)·μ/(t − c)``."""
+
+
+class DistributedDPChannel:
+    """Secure aggregation of clipped updates that each client noises with its Skellam share.
+
+    Implements :class:`~securefl.fl.types.AggregationChannel`; ``secure`` runs the protocol.
+    After each call :meth:`take_release` says what the round's sum carried (survivors, noise
+    variance), for :class:`DistributedDPServerUpdate` to account.
+    """
+
+    def __init__(
+        self,
+        *,
+        secure: SecureAggregationChannel,
+        num_params: int,
+        clip_norm: float,
+        noise_multiplier: float,
+        delta: float,
+        max_clients: int,
+        seed: int,
+    ) -> None:
+        if not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
+            raise ConfigError(
+                f"noise multiplier {noise_multiplier} <= 0: distributed DP needs noise, use a "
+                "positive --central-noise-multiplier"
+            )
+        self.secure = secure
+        self.num_params = int(num_params)
+        self.clip_norm = float(clip_norm)
+        self.noise_multiplier = float(noise_multiplier)
+        self.delta = float(delta)
+        self.seed = seed
+        self.padded = padded_length(num_params)
+        sizes = range(secure.smallest_round(max_clients), max_clients + 1)
+        rounds = [secure.probe_params(m) for m in sizes]  # every size runs (smallest_round)
+        self.noise_ratio = max(p.num_clients / self.honest_floor(p) for p in rounds if p is not None)
+        self.scale = choose_scale(
+            bits=secure.config.bits,
+            clip_norm=self.clip_norm,
+            dim=self.padded,
+            clients=max_clients,
+            noise_multiplier=self.noise_multiplier,
+            noise_ratio=self.noise_ratio,
+        )
+        scaled_clip = self.scale * self.clip_norm
+        self.l2_bound = rounded_l2_bound(scaled_clip, self.padded)
+        self.l1_bound = min(math.sqrt(self.padded) * self.l2_bound, self.l2_bound**2)
+        self.target_variance = (self.noise_multiplier * scaled_clip) ** 2
+        multiplier = sensitivity_multiplier(
+            client_sampling="fixed", min_released_clients=1, sample_known=True
+        )
+        self.sensitivity = (multiplier * self.l1_bound, multiplier * self.l2_bound)
+        self.rounding_inflation = self.l2_bound / scaled_clip
+        if self.rounding_inflation > 1.1:
+            log.warning(
+                "with %d bits, rounding inflates the sensitivity by %.0f%%: raise --secagg-bits",
+                secure.config.bits,
+                100 * (self.rounding_inflation - 1),
+            )
+        self._release: Release | None = None  # of the last call
+
+    def rotation(self, round_index: int) -> RandomizedHadamard:
+        """The round's public rotation (its signs derive from the run's seed and the round)."""
+        return RandomizedHadamard(self.num_params, seed=[self.seed, round_index, 0x4AD])
+
+    @staticmethod
+    def honest_floor(params: SecAggParams) -> int:
+        """``t − c``: the fewest honest survivors of a round that completes, ``t`` the threshold
+        and ``c`` the clients that may collude with the server (they know their own shares)."""
+        floor = params.threshold - params.colluders_tolerated
+        if floor < 1:
+            raise ConfigError(
+                f"with threshold {params.threshold} and {params.colluders_tolerated} colluding "
+                "clients a round may complete with no honest survivor, whose noise would protect "
+                "the sum: lower --secagg-colluders or raise --secagg-threshold"
+            )
+        return floor
+
+    def share_variance(self, params: SecAggParams) -> float:
+        """Each client's Skellam variance: ``μ/(t − c)``, so that the honest ones among any ``t``
+        survivors give ``μ`` even when ``c`` colluders subtract their own shares."""
+        return self.target_variance / self.honest_floor(params)
+
+    def encode(
+        self, contribution: Contribution, *, rotation: RandomizedHadamard, share_variance: float
+    ) -> np.ndarray:
+        """Client side: rotate, scale, round conditionally, add the Skellam share, reduce mod
+        ``2^bits``.  The rounding and noise generator is seeded by the OS and dropped after."""
+        if contribution.weight != 1.0:
+            raise ValueError("distributed DP needs each client's update clipped with weight 1 (ClipUpdate)")
+        rng = np.random.default_rng(secrets.randbits(128))
+        rotated = rotation.rotate(contribution.weighted_delta).numpy() * self.scale
+        rounded = conditional_round(rotated, l2_bound=self.l2_bound, rng=rng)
+        noised = rounded + skellam_noise(rotated.shape[0], share_variance, rng)
+        return np.mod(noised, 2**self.secure.config.bits).astype(np.uint64)
+
+    def decode(self, total: np.ndarray, *, rotation: RandomizedHadamard) -> torch.Tensor:
+        """Server side: the ring sum as signed integers, unscaled and un-rotated."""
+        modulus = 2**self.secure.config.bits
+        signed = (total.astype(np.int64) + modulus // 2) % modulus - modulus // 2
+        return rotation.unrotate(torch.from_numpy(signed.astype(np.float64)) / self.scale)
+
+    def aggregate(self, contributions: list[Contribution], *, round_index: int) -> Aggregate:
+        try:
+            aggregate = self._aggregate(contributions, round_index=round_index)
+        except SecureAggregationAborted:
+            self._release = Release(0, 0, 0.0, 0.0)  # nothing released
+            raise
+        return aggregate
+
+    def _aggregate(self, contributions: list[Contribution], *, round_index: int) -> Aggregate:
+        if len(contributions) < 2:
+            raise SecureAggregationAborted(
+                f"{len(contributions)} client(s) sampled: secure aggregation needs at least 2",
+                {"survivors": 0},
+            )
+        try:
+            params = self.secure.params_for(len(contributions), None)
+        except ConfigError as error:
+            raise SecureAggregationAborted(
+                f"{len(contributions)} clients cannot run this protocol: {error}", {"survivors": 0}
+            ) from None
+        rotation = self.rotation(round_index)
+        share = self.share_variance(params)
+        inputs = {c.client_id: self.encode(c, rotation=rotation, share_variance=share) for c in contributions}
+        result, details = self.secure.run_protocol(inputs, params=params, round_index=round_index)
+        survivors = len(result.survivors)
+        self._release = Release(
+            survivors=survivors,
+            colluders=params.colluders_tolerated,
+            variance=survivors * share / self.scale**2,
+            honest_variance=(survivors - params.colluders_tolerated) * share / self.scale**2,
+        )
+        details["released_noise_variance"] = self._release.variance
+        return Aggregate(
+            weighted_delta_sum=self.decode(result.sum, rotation=rotation).to(torch.float32),
+            weight_sum=float(survivors),
+            survivors=tuple(sorted(result.survivors)),
+            train_loss_sum=0.0,
+            details=details,
+        )
+
+    def take_release(self) -> Release:
+        """What the round aggregated since the last call released (nothing: aborted, or never
+        aggregated)."""
+        release, self._release = self._release or Release(0, 0, 0.0, 0.0), None
+        return release
+
+    def epsilon_of(self, honest_variances: Sequence[float]) -> float:
+        """User-level ε after rounds whose honest survivors' noise had these variances per
+        coordinate, in parameter units (0: nothing released)."""
+        l1, l2 = self.sensitivity
+        scaled = [v * self.scale**2 for v in honest_variances if v > 0]
+        return skellam_epsilon(scaled, l1=l1, l2=l2, delta=self.delta)
+
+    def params_for(self, num_clients: int, codec: None = None) -> SecAggParams:
+        """The protocol parameters of a round (as :class:`SecureAggregationChannel`'s)."""
+        return self.secure.params_for(num_clients, None)
+
+    def codec_for(self, num_clients: int) -> None:
+        """No fixed-point codec: the clients' inputs are ring elements already."""
+        return None
+
+
+class DistributedDPServerUpdate:
+    """The server side of distributed DP: ``global + sum / (q·N)`` (DP-FedAvg's fixed
+    denominator, McMahan et al. 2018) with no noise of its own, and the accountant of what each
+    round's sum carried.
+
+    Implements :class:`~securefl.fl.types.ServerUpdate` and
+    :class:`~securefl.fl.types.PrivacyAccounting`.  Every round goes through it, an empty or
+    aborted one too, so every round is counted.  ``central_reference`` is central DP-FedAvg's
+    accountant at the same settings, reported beside ε for comparison only.
+    """
+
+    def __init__(
+        self,
+        *,
+        channel: DistributedDPChannel,
+        expected_clients: float,
+        central_reference: DPFedAvgServerUpdate | None = None,
+    ) -> None:
+        if not expected_clients > 0:
+            raise ConfigError(f"expected clients per round {expected_clients} <= 0")
+        self.channel = channel
+        self.expected_clients = float(expected_clients)
+        self.central_reference = central_reference
+        self._releases: list[Release] = []
+        self._epsilons: list[float] = []
+
+    def __call__(self, global_params: torch.Tensor, aggregate: Aggregate) -> torch.Tensor:
+        self._releases.append(self.channel.take_release())
+        self._epsilons.append(self.channel.epsilon_of([r.honest_variance for r in self._releases]))
+        return global_params + aggregate.weighted_delta_sum / self.expected_clients
+
+    def _central_epsilon(self) -> float | None:
+        if self.central_reference is None:
+            return None
+        return self.central_reference.epsilon_after(len(self._releases))
+
+    def round_metrics(self) -> dict[str, float]:
+        metrics = {
+            "user_epsilon": self._epsilons[-1] if self._epsilons else 0.0,
+            "user_delta": self.channel.delta,
+            "released_noise_variance": self._releases[-1].variance if self._releases else 0.0,
+            "honest_noise_variance": self._releases[-1].honest_variance if self._releases else 0.0,
+        }
+        central = self._central_epsilon()
+        if central is not None:
+            metrics["central_epsilon_same_noise"] = central
+        return metrics
+
+    def ledger(self) -> dict:
+        scale2 = self.channel.scale**2
+        epsilon = self._epsilons[-1] if self._epsilons else 0.0
+        central = self._central_epsilon()
+        return {
+            "user_level": {
+                "mechanism": "distributed Skellam (Agarwal, Kairouz & Liu 2021) under secure "
+                "aggregation: clipped, Hadamard-rotated, conditionally rounded updates (Kairouz, "
+                "Liu & Steinke 2021), each client adds its noise share; the server adds none",
+                "neighbouring": "replace all of one user's data; who takes part in each round is "
+                "public (the server samples and sees the protocol's participants)",
+                "public": [
+                    "who took part in each round and who survived (the server runs the protocol)",
+                    "the rotation signs (from the run's seed and the round), the scale, the bits",
+                ],
+                "accounting": "RDP of the Skellam mechanism with L1 and L2 sensitivity of the "
+                "rounded rotated vectors, multiplier 2 (substitution), no subsampling amplification "
+                "(the sample is known to the server), composed over every round at its realised "
+                "variance; an aborted round releases nothing and costs nothing",
+                "dropouts": "approach (a): each client adds variance mu/(t-c), so the honest ones "
+                "among any t survivors give the target mu even if c colluders subtract their "
+                "shares; accounted per round: (survivors-c)*mu/(t-c)",
+                "sensitivity_multiplier": 2,
+                "sensitivity_l1": self.channel.sensitivity[0] / self.channel.scale,
+                "sensitivity_l2": self.channel.sensitivity[1] / self.channel.scale,
+                "rounding_inflation": self.channel.rounding_inflation,
+                "accountant": "rdp (Skellam, Theorem 3.5)",
+                "delta": self.channel.delta,
+                "noise_multiplier": self.channel.noise_multiplier,
+                "clip_norm": self.channel.clip_norm,
+                "bits": self.channel.secure.config.bits,
+                "scale": self.channel.scale,
+                "padded_dimension": self.channel.padded,
+                "wrap_probability_per_round": WRAP_PROBABILITY,
+                "target_noise_variance": self.channel.target_variance / scale2,
+                "rounds": len(self._releases),
+                "survivors_each_round": [r.survivors for r in self._releases],
+                "released_noise_variance_each_round": [r.variance for r in self._releases],
+                "honest_noise_variance_each_round": [r.honest_variance for r in self._releases],
+                "colluders_each_round": [r.colluders for r in self._releases],
+                "epsilon": _json_float(epsilon),
+                "epsilon_after_each_round": [_json_float(e) for e in self._epsilons],
+                "central_dp_epsilon_same_noise": None if central is None else _json_float(central),
+            }
+        }
+
+
+def _json_float(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+__all__ = [
+    "DistributedDPChannel",
+    "DistributedDPServerUpdate",
+    "Release",
+    "RandomizedHadamard",
+    "choose_scale",
+    "conditional_round",
+    "hadamard",
+    "padded_length",
+    "rounded_l2_bound",
+    "skellam_noise",
+    "wrap_bound",
+]
