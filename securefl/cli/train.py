@@ -108,6 +108,8 @@ def train(
     federation = build_federation(run_config)
     if run_config.secagg is not None:
         console.print(_collusion_bound(run_config, federation))
+    if run_config.central_dp is not None and run_config.central_dp.distributed:
+        console.print(_noise_shares(run_config, federation))
     history = _run_with_progress(run_config, federation, console)
     dataset = federation.dataset
     partition_figure = partial(
@@ -138,6 +140,19 @@ def _collusion_bound(config: RunConfig, federation: Any) -> str:
     return (
         f"secure aggregation: {graph}, threshold {params.threshold} for {clients} clients per round; "
         f"secure against {server} colluding with up to {params.colluders_tolerated} client(s){caveat}"
+    )
+
+
+def _noise_shares(config: RunConfig, federation: Any) -> str:
+    """One line: how the planned round's noise shares are sized (issue 13, approach (a))."""
+    clients = config.sampled_clients
+    params = federation.channel.params_for(clients)
+    honest = params.threshold - params.colluders_tolerated
+    return (
+        f"distributed DP: each client adds 1/{honest} of the target noise, so the honest ones among "
+        f"any {params.threshold} survivors carry it whatever {params.colluders_tolerated} colluder(s) "
+        f"subtract; a round of {clients} without dropouts carries {clients / honest:.3g}x the target "
+        "variance (set --secagg-colluders to what you assume)"
     )
 
 

@@ -327,3 +327,13 @@ def test_attack_defence_distributed_dp_observes_the_noised_mean_through_the_same
     released = 3 / 2 * (z * clip) ** 2  # 3 survivors of threshold 2 (majority of 3)
     assert _variance_ratio_within(residual, released / 9, sigmas=6)
     assert facts.epsilon > 0 and defence.label == "distributed DP z=0.5 N=3"
+
+
+def test_toml_section_switches_distributed_dp_on_and_the_cli_states_the_share_sizing(tmp_path, capsys):
+    config = RunConfig.from_mapping({"central-dp": {"distributed": True, "clip-norm": 0.5}, "secagg": True})
+    assert config.central_dp == CentralDPConfig(clip_norm=0.5, distributed=True)
+    args = ["--dataset", "digits", "--model", "mlp", "--clients", "4", "--rounds", "1", "--local-epochs", "1"]
+    args += ["--distributed-dp", "--secagg", "--secagg-bits", "20", "--client-sampling", "fixed"]
+    assert main(["train", *args, "--secagg-colluders", "1", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "each client adds 1/2 of the target noise" in out and "whatever 1 colluder(s)" in out
