@@ -48,6 +48,12 @@ DEAD_BIAS = -1.0e6
 DOWNSTREAM_SCALE = 0.1
 """Scale of the equal columns after the bins, relative to ``1 / (K σ)``: the block moves an
 image by about this much, so the model behind it still sees an image."""
+MEASUREMENT_SCALE = 1e-2
+"""The bins' weights are ``MEASUREMENT_SCALE · w`` (thresholds scaled alike) and the columns after
+them ``1 / MEASUREMENT_SCALE`` larger: the same function, but the bins' parameters are small and
+their gradients large, so a float32 client's update (weights after − before) keeps the bins'
+differences instead of rounding them away (with unscaled weights, 4,096 bins over 512 images
+recovered 47% instead of 91%)."""
 
 
 class ImprintBlock(nn.Module):
@@ -153,9 +159,11 @@ def imprint_model(
         spread_scale = 1.0 / math.sqrt(bins)
         model = base
     with torch.no_grad():
-        first.weight.copy_(direction.to(first.weight.dtype).expand_as(first.weight))
-        first.bias.copy_(torch.full_like(first.bias, DEAD_BIAS) if dead else -cuts.to(first.bias.dtype))
-        column = torch.linspace(-1.0, 1.0, following.shape[0], dtype=following.dtype) * spread_scale
+        first.weight.copy_((MEASUREMENT_SCALE * direction).to(first.weight.dtype).expand_as(first.weight))
+        cut_biases = -MEASUREMENT_SCALE * cuts
+        first.bias.copy_(torch.full_like(first.bias, DEAD_BIAS) if dead else cut_biases.to(first.bias.dtype))
+        column = torch.linspace(-1.0, 1.0, following.shape[0], dtype=following.dtype)
+        column = column * spread_scale / MEASUREMENT_SCALE
         following.copy_(column[:, None].expand_as(following))
     offsets, position = {}, 0
     for parameter in model.parameters():

@@ -50,7 +50,7 @@ from securefl.defences.consistency import model_context
 from securefl.defences.pinning import pin_for
 from securefl.errors import ConfigError, ModelRefusedError
 from securefl.fl.client import LocalSGDTrainer
-from securefl.fl.fedavg import weight_by_samples
+from securefl.fl.fedavg import PlainSum, weight_by_samples
 from securefl.fl.secure_channel import SecureAggregationAborted, SecureAggregationChannel
 from securefl.fl.types import ClientShard
 from securefl.fl.vectors import to_vector
@@ -97,6 +97,10 @@ class MaliciousConfig:
     defences: ClientDefences = ClientDefences()
     seed: int = 0
     data_dir: object = None
+    sum_in_clear: bool = False
+    """Benchmark shortcut for rounds too large for the protocol on a laptop: the same clients'
+    sum by :class:`~securefl.fl.fedavg.PlainSum` (secure aggregation outputs this sum up to its
+    quantization); no client-side session binding then. Not offered by the CLI."""
 
     @property
     def resolved_bins(self) -> int:
@@ -105,6 +109,8 @@ class MaliciousConfig:
     @property
     def label(self) -> str:
         channel = f"SecAgg N={self.clients}" + (" active" if self.active else "") if self.secagg else "none"
+        if self.secagg and self.sum_in_clear:
+            channel = f"sum of N={self.clients} in clear"
         return (
             f"{self.attack} ({self.placement}, {self.resolved_bins} bins), {channel}, {self.defences.label}"
         )
@@ -356,6 +362,10 @@ def play_trial(
             aborted = "the client refused the model"
     elif len(contributions) < 2:
         aborted = f"{len(contributions)} client(s) took part: no secure-aggregation round"
+    elif config.sum_in_clear:
+        observation = aggregate_observation(
+            setup, target_params, PlainSum().aggregate(contributions, round_index=trial)
+        )
     else:
         channel = SecureAggregationChannel(
             config=SecAggConfig(bits=SECAGG_BITS, clip=SECAGG_CLIP, active_adversary=config.active),

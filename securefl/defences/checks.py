@@ -3,7 +3,7 @@
 In the spirit of Garov, Dimitrov, Jovanović & Vechev, "Hiding in Plain Sight: Disguising Data
 Stealing Attacks in Federated Learning" (2023), who show that the earlier malicious-server attacks
 leave principled client-side traces -- and then build SEER, which does not.  Two checks, on the
-weights only (cheap: one power iteration per linear layer and one pass over the first layer):
+weights only (cheap: one small eigenproblem per linear layer and one pass over the first layer):
 
 - **rank one** (:func:`rank_one_share`): a binning layer gives every unit the same measurement
   direction, and the layer after it sees every unit alike; both weights are rank one, so
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 RANK_ONE_LIMIT = 0.5
 MIN_SIDE = 16
 DEAD_LIMIT = 0.5
-POWER_ITERATIONS = 30
 
 
 @dataclass(frozen=True)
@@ -57,20 +56,14 @@ class Finding:
 
 
 def rank_one_share(weight: torch.Tensor) -> float:
-    """``σ_max² / ‖W‖_F²`` of a 2-D weight, σ_max by power iteration from a fixed start (a lower
-    bound that is exact for rank-one matrices after one step)."""
+    """``σ_max² / ‖W‖_F²`` of a 2-D weight: the largest eigenvalue of the Gram matrix of its
+    shorter side over its trace (exact, one small symmetric eigenproblem)."""
     matrix = weight.detach().to(torch.float64)
-    frobenius = float((matrix**2).sum())
-    if frobenius == 0:
+    gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
+    trace = float(gram.trace())
+    if trace == 0:
         return 0.0
-    vector = torch.randn(matrix.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    for _ in range(POWER_ITERATIONS):
-        vector = matrix.T @ (matrix @ vector)
-        norm = float(vector.norm())
-        if norm == 0:
-            return 0.0
-        vector = vector / norm
-    return float((matrix @ vector).norm() ** 2) / frobenius
+    return float(torch.linalg.eigvalsh(gram)[-1]) / trace
 
 
 def dead_unit_share(layer: nn.Linear) -> float:

@@ -130,3 +130,14 @@ def test_with_every_defence_on_the_inconsistency_targets_are_refused_or_defeated
     shards = _shards(mnist, clients=4, batch=8)
     result, candidates = _round(mnist, shards, attack="inconsistency", placement="mlp", clients=4)
     assert 0 in result.refused and len(candidates) == 0
+
+
+def test_the_benchmarks_sum_in_the_clear_gives_what_secure_aggregation_gives(mnist):
+    shards = _shards(mnist, clients=3, batch=4)
+    common = dict(attack="imprint", placement="front", bins=64, clients=3, batch_size=4, defences=OFF)
+    secure, from_protocol = _round(mnist, shards, **common)
+    clear, from_plain_sum = _round(mnist, shards, **common, sum_in_clear=True)
+    assert len(from_protocol) == len(from_plain_sum) > 0
+    recovered = [p >= 30 for p in secure.everyone_psnr]
+    assert sum(recovered) >= 6
+    assert recovered == [p >= 30 for p in clear.everyone_psnr]

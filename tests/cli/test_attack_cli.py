@@ -128,7 +128,9 @@ def test_imprint_under_secagg_recovers_images_and_the_defaults_refuse_it(tmp_pat
         10 * np.log10(1 / np.mean((o.astype(np.float64) - r) ** 2))
         for o, r in zip(arrays["original"], arrays["reconstructed"], strict=True)
     ]
-    assert metrics["trials"][0]["target_psnr"] == pytest.approx(recomputed, rel=1e-4)
+    # float32 arrays: exact recoveries (>100 dB) agree only to their rounding, so compare capped values
+    capped = [min(p, 80.0) for p in metrics["trials"][0]["target_psnr"]]
+    assert capped == pytest.approx([min(p, 80.0) for p in recomputed], rel=1e-4)
     assert sum(p >= 30 for p in recomputed) >= 3
     assert metrics["summary"]["recovered_share"] >= 0.5
 

@@ -54,6 +54,11 @@ Threat model (what the guarantees assume):
   server's choice; the honest server draws it from ``os.urandom``.  Against an active server
   that grinds seeds, the graph gives nothing: active SecAgg+ allows no colluders to place, and the
   connectivity check holds for every graph, so no seed makes a cut survivor set acceptable.
+- Sessions: the session hash (parameters and :class:`RoundSetup`, its ``context`` included) is
+  also the HKDF salt of every pairwise-mask key, so clients in different sessions -- e.g. each
+  binding the hash of the model it received as ``context``
+  (:mod:`securefl.defences.consistency`, which proves what this gives against a server sending
+  different models) -- derive masks that do not cancel, even in passive mode.
 - Round ids: the server chooses them; a :class:`RoundIdGuard` kept by each client across rounds
   makes it refuse an id it has seen (the session hash already makes old signatures worthless).
 - Always: an honest client never reveals both shares of one peer, refuses overlapping or

@@ -1,0 +1,400 @@
+"""The figures of issue 14, measured: a malicious server against secure aggregation, and the
+client-side defences.  One thread; every figure printed with what it is.
+
+Sections (all by default):
+
+- ``imprint``: share of all clients' images recovered at >= 30 dB PSNR from one round's sum,
+  batch 8 per client, N = 16, 64, 128, mnist-sample and the colour ``images`` crops; the pinned
+  mlp's 64 bins through the real protocol at every N, the front block's bins through the real
+  protocol at N = 16 and, scaled down for 2 cores, as the same clients' sum in the clear at
+  N = 64 and 128 (``--secagg-up-to``); time per attack (the recovery) and per round.
+- ``inconsistency``: the target's images through SecAgg (N = 16 and 64) against the same imprint
+  model attacking one client without protection.
+- ``defences``: every attack with the default client defences, ``--trials`` rounds each: refused
+  or defeated share; consistency alone against model inconsistency, passive and active mode.
+- ``honest``: ``--honest-rounds`` FedAvg rounds (8 clients, batch 8, one step) of mlp and cnn on
+  mnist-sample and mlp on images: every round's global model through the pin, the checks and the
+  context hash; false refusals counted.
+- ``cost``: the defences' client time over the client's round (training + its share of SecAgg),
+  for the FedSGD rounds of the attacks and for ``securefl train``'s default client round.
+- ``evasion``: noise of relative size rho on the bins' rows: rank-one share against recovery.
+
+    .venv/bin/python benchmarks/malicious.py [imprint|inconsistency|defences|honest|cost|evasion ...]
+        [--trials T] [--honest-rounds R] [--secagg-up-to N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from securefl.attacks.imprint import MeasurementPrior, imprint_model, measurement_direction, recover
+from securefl.attacks.malicious import ClientDefences, MaliciousConfig, prepare_malicious, run_malicious
+from securefl.attacks.metrics import psnr
+from securefl.attacks.observation import Observation, ObservedKind, PublicKnowledge
+from securefl.config import SecAggConfig
+from securefl.data import load_dataset
+from securefl.defences import checks
+from securefl.defences.consistency import model_context
+from securefl.defences.pinning import pin_for
+from securefl.errors import ModelRefusedError
+from securefl.fl.client import LocalSGDTrainer
+from securefl.fl.fedavg import weight_by_samples
+from securefl.fl.secure_channel import SecureAggregationChannel
+from securefl.fl.types import ClientShard
+from securefl.fl.vectors import load_vector, to_vector
+from securefl.models import build_model
+
+OFF = ClientDefences(consistency=False, pinning=False, parameter_checks=False)
+
+
+def _row(config: MaliciousConfig) -> None:
+    outcome = run_malicious(prepare_malicious(config))
+    trials = outcome.trials
+    print(
+        f"| {config.dataset} | {config.label} | {outcome.recovered_share:.1%} | "
+        f"{statistics.mean(t.target_recovered for t in trials):.1%} | "
+        f"{statistics.mean(t.candidates for t in trials):.0f} | "
+        f"{statistics.mean(t.attack_seconds for t in trials):.3f} | "
+        f"{statistics.mean(t.round_seconds for t in trials):.1f} |",
+        flush=True,
+    )
+
+
+def _header() -> None:
+    print(
+        "| data | attack, aggregation, client defences | recovered (all / target's, mean) | target's "
+        "| bins read | attack s | round s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+
+
+def imprint_section(trials: int, secagg_up_to: int) -> None:
+    print(
+        "\n## Imprint under secure aggregation, batch 8 per client "
+        "(recovered = share of all clients' images >= 30 dB)"
+    )
+    _header()
+    # The images set has 480 training crops: at batch 8 at most 60 clients.
+    sizes = {"mnist-sample": (16, 64, 128), "images": (16, 48)}
+    for dataset, client_counts in sizes.items():
+        for clients in client_counts:
+            rounds = max(1, min(trials, 480 // (clients * 8))) if dataset == "images" else trials
+            _row(
+                MaliciousConfig(
+                    attack="imprint",
+                    dataset=dataset,
+                    placement="mlp",
+                    clients=clients,
+                    batch_size=8,
+                    trials=rounds,
+                    defences=OFF,
+                )
+            )
+            for bins in (256, 1024, 4096) if dataset == "mnist-sample" else (256, 1024):
+                _row(
+                    MaliciousConfig(
+                        attack="imprint",
+                        dataset=dataset,
+                        placement="front",
+                        bins=bins,
+                        clients=clients,
+                        batch_size=8,
+                        trials=rounds,
+                        defences=OFF,
+                        sum_in_clear=clients > secagg_up_to,
+                    )
+                )
+
+
+def inconsistency_section(trials: int) -> None:
+    print("\n## Model inconsistency: the target's 8 images (recovered = target's share >= 30 dB)")
+    _header()
+    for dataset in ("mnist-sample", "images"):
+        for placement in ("mlp", "front"):
+            bins = 64 if placement == "mlp" else 256
+            _row(
+                MaliciousConfig(
+                    attack="imprint",
+                    dataset=dataset,
+                    placement=placement,
+                    bins=bins,
+                    clients=1,
+                    secagg=False,
+                    trials=trials,
+                    defences=OFF,
+                )
+            )
+            for clients in (16, 64):
+                if dataset == "images" and clients * 8 * trials > 480:
+                    continue
+                _row(
+                    MaliciousConfig(
+                        attack="inconsistency",
+                        dataset=dataset,
+                        placement=placement,
+                        bins=bins,
+                        clients=clients,
+                        trials=trials,
+                        defences=OFF,
+                    )
+                )
+
+
+def defences_section(trials: int) -> None:
+    print(f"\n## With the client defences ({trials} rounds each, N = 16, batch 8)")
+    print("| attack | defences | target refused | defeated (nothing >= 30 dB) | recovered |")
+    print("|---|---|---|---|---|")
+    consistency = ClientDefences(consistency=True, pinning=False, parameter_checks=False)
+    cases = [
+        ("imprint", "front", False, ClientDefences()),
+        ("imprint", "mlp", False, ClientDefences()),
+        ("inconsistency", "front", False, ClientDefences()),
+        ("inconsistency", "mlp", False, ClientDefences()),
+        ("inconsistency", "mlp", False, consistency),
+        ("inconsistency", "mlp", True, consistency),
+        ("inconsistency", "front", False, consistency),
+    ]
+    for attack, placement, active, defences in cases:
+        config = MaliciousConfig(
+            attack=attack,
+            placement=placement,
+            bins=64 if placement == "mlp" else 256,
+            clients=16,
+            trials=trials,
+            active=active,
+            defences=defences,
+        )
+        outcome = run_malicious(prepare_malicious(config))
+        print(
+            f"| {config.label} | {defences.label} | {outcome.refused_share:.0%} | "
+            f"{outcome.defeated_share:.0%} | "
+            f"{outcome.recovered_share:.1%} |",
+            flush=True,
+        )
+
+
+def honest_section(rounds: int) -> None:
+    print(f"\n## Honest FedAvg rounds: false refusals ({rounds} rounds each, 8 clients x batch 8, lr 0.1)")
+    print(
+        "| data | model | rounds | refused | largest rank-one share seen | largest dead-unit share "
+        "| final train loss |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for dataset_name, model_name in (("mnist-sample", "mlp"), ("mnist-sample", "cnn"), ("images", "mlp")):
+        dataset = load_dataset(dataset_name)
+        model = build_model(
+            model_name, input_shape=dataset.input_shape, num_outputs=dataset.num_outputs, seed=0
+        )
+        pin = pin_for(model_name, input_shape=dataset.input_shape, num_outputs=dataset.num_outputs)
+        trainer = LocalSGDTrainer(
+            model=build_model(model_name, input_shape=dataset.input_shape, num_outputs=dataset.num_outputs),
+            task="classification",
+            local_epochs=1,
+            batch_size=None,
+            lr=0.1,
+        )
+        generator = torch.Generator().manual_seed(0)
+        refused, rank_one, dead, loss = 0, 0.0, 0.0, float("nan")
+        for round_index in range(rounds):
+            global_params = to_vector(model.parameters())
+            try:
+                pin.check(model)
+                checks.check(model, input_shape=dataset.input_shape)
+            except ModelRefusedError:
+                refused += 1
+            linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+            rank_one = max(
+                [rank_one]
+                + [checks.rank_one_share(m.weight) for m in linear if min(m.weight.shape) >= checks.MIN_SIDE]
+            )
+            first = next((m for m in linear if m.in_features == dataset.train_x[0].numel()), None)
+            if first is not None:
+                dead = max(dead, checks.dead_unit_share(first))
+            updates = []
+            for client in range(8):
+                rows = torch.randint(len(dataset.train_x), (8,), generator=generator)
+                shard = ClientShard(client, dataset.train_x[rows], dataset.train_y[rows])
+                updates.append(
+                    trainer.train(
+                        global_params=global_params, shard=shard, round_index=round_index, generator=generator
+                    )
+                )
+            loss = statistics.mean(u.train_loss for u in updates)
+            load_vector(model.parameters(), global_params + torch.stack([u.delta for u in updates]).mean(0))
+        print(
+            f"| {dataset_name} | {model_name} | {rounds} | {refused} | {rank_one:.3f} | {dead:.3f} "
+            f"| {loss:.3f} |",
+            flush=True,
+        )
+
+
+def cost_section(repeats: int = 5) -> None:
+    """The defences' client time against the client's whole round: training plus its share of the
+    secure-aggregation round (medians of ``repeats``; the pin is built once, from the config)."""
+    print("\n## Cost of the client defences per round (medians of 5; SecAgg over 10 clients, complete graph)")
+    print(
+        "| client round | model (parameters) | defences ms | training s | SecAgg s per client "
+        "| defences / round |"
+    )
+    print("|---|---|---|---|---|---|")
+    dataset = load_dataset("mnist-sample")
+    settings = {"round": 0, "lr": 0.05, "local_steps": 2, "batch_size": 16}
+    default_round = "`securefl train` default: 400 images, 2 epochs, batch 16"
+    cases = (
+        ("FedSGD, 8 images (the attacks' round)", "mlp", 8, 1, None),
+        ("FedSGD, 8 images (the attacks' round)", "cnn", 8, 1, None),
+        (default_round, "mlp", 400, 2, 16),
+        (default_round, "cnn", 400, 2, 16),
+    )
+    for label, model_name, samples, epochs, batch in cases:
+        shape, outputs = dataset.input_shape, dataset.num_outputs
+        model = build_model(model_name, input_shape=shape, num_outputs=outputs, seed=0)
+        pin = pin_for(model_name, input_shape=shape, num_outputs=outputs)
+        global_params = to_vector(model.parameters())
+        trainer = LocalSGDTrainer(
+            model=model, task="classification", local_epochs=epochs, batch_size=batch, lr=0.05
+        )
+        defence, training, secagg = [], [], []
+        for repeat in range(repeats):
+            started = time.perf_counter()
+            pin.check(model)
+            checks.check(model, input_shape=shape)
+            context = model_context(model=model, settings=settings)
+            defence.append(time.perf_counter() - started)
+            contributions = []
+            for client in range(10):
+                rows = torch.arange(client * samples, (client + 1) * samples) % len(dataset.train_x)
+                shard = ClientShard(client, dataset.train_x[rows], dataset.train_y[rows])
+                started = time.perf_counter()
+                update = trainer.train(
+                    global_params=global_params,
+                    shard=shard,
+                    round_index=0,
+                    generator=torch.Generator().manual_seed(repeat),
+                )
+                if client == 0:
+                    training.append(time.perf_counter() - started)
+                contributions.append(weight_by_samples(update))
+            channel = SecureAggregationChannel(
+                config=SecAggConfig(),
+                num_params=global_params.numel(),
+                weight_bound=samples,
+                clients_per_round=10,
+                seed=repeat,
+            )
+            started = time.perf_counter()
+            channel.aggregate(contributions, round_index=repeat, contexts=dict.fromkeys(range(10), context))
+            secagg.append((time.perf_counter() - started) / 10)
+        d, t, a = (statistics.median(v) for v in (defence, training, secagg))
+        print(
+            f"| {label} | {model_name} ({global_params.numel()}) | {1e3 * d:.2f} | {t:.3f} | {a:.3f} | "
+            f"{d / (d + t + a):.2%} |",
+            flush=True,
+        )
+
+
+def evasion_section(trials: int) -> None:
+    print(
+        "\n## Evasion: the bins' rows w + rho * |w| * noise "
+        "(pinned mlp, 64 bins, one client of 8 images, no SecAgg)"
+    )
+    print("| rho | rank-one share of the bins' layer | that layer flagged | recovered >= 30 dB |")
+    print("|---|---|---|---|")
+    dataset = load_dataset("mnist-sample")
+    direction = measurement_direction(dataset.input_shape, seed=0)
+    prior = MeasurementPrior.fit(dataset.test_x, direction)
+    for rho in (0.0, 0.1, 0.3, 1.0, 2.0, 4.0):
+        shares, flagged, recovered = [], 0, []
+        for trial in range(trials):
+            model, layout = imprint_model(
+                placement="mlp",
+                base_model="mlp",
+                input_shape=dataset.input_shape,
+                num_outputs=dataset.num_outputs,
+                bins=64,
+                direction=direction,
+                prior=prior,
+                seed=trial,
+            )
+            noise = torch.randn(model.net[1].weight.shape, generator=torch.Generator().manual_seed(trial))
+            with torch.no_grad():
+                weight = model.net[1].weight  # rows of norm MEASUREMENT_SCALE: noise relative to them
+                weight.add_(rho * weight.norm(dim=1, keepdim=True) * noise / noise.shape[1] ** 0.5)
+                model.net[3].weight.add_(
+                    rho
+                    * torch.randn(
+                        model.net[3].weight.shape, generator=torch.Generator().manual_seed(trial + 1)
+                    )
+                    * model.net[3].weight.abs().max()
+                )
+            shares.append(checks.rank_one_share(model.net[1].weight))
+            flagged += any(f.layer == "net.1" for f in checks.inspect(model, input_shape=dataset.input_shape))
+            rows = torch.arange(trial * 8, trial * 8 + 8)
+            shard = ClientShard(0, dataset.train_x[rows], dataset.train_y[rows])
+            trainer = LocalSGDTrainer(
+                model=model, task="classification", local_epochs=1, batch_size=None, lr=0.1
+            )
+            params = to_vector(model.parameters())
+            update = trainer.train(
+                global_params=params, shard=shard, round_index=0, generator=torch.Generator()
+            )
+            observation = Observation(
+                model_name="mlp",
+                model_parameters=params,
+                observed_update=-update.delta,
+                kind=ObservedKind.CLIENT_UPDATE,
+                public=PublicKnowledge(
+                    input_shape=dataset.input_shape,
+                    num_classes=10,
+                    batch_size=8,
+                    local_steps=1,
+                    learning_rate=0.1,
+                ),
+            )
+            candidates = recover(observation, layout)
+            best = [max((psnr(c, image) for c in candidates), default=0.0) for image in shard.x]
+            recovered.append(sum(b >= 30 for b in best) / 8)
+        print(
+            f"| {rho} | {statistics.mean(shares):.3f} | {flagged}/{trials} "
+            f"| {statistics.mean(recovered):.0%} |",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "sections", nargs="*", default=["imprint", "inconsistency", "defences", "honest", "cost", "evasion"]
+    )
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--honest-rounds", type=int, default=1000)
+    parser.add_argument("--secagg-up-to", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    for section in args.sections:
+        if section == "imprint":
+            imprint_section(args.trials, args.secagg_up_to)
+        elif section == "inconsistency":
+            inconsistency_section(args.trials)
+        elif section == "defences":
+            defences_section(max(args.trials, 20))
+        elif section == "honest":
+            honest_section(args.honest_rounds)
+        elif section == "cost":
+            cost_section()
+        elif section == "evasion":
+            evasion_section(max(args.trials, 10))
+        else:
+            raise SystemExit(f"unknown section {section!r}")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
