@@ -14,6 +14,8 @@ as a colluder running the code twice would.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from secagg_helpers import DeterministicRandom
@@ -23,6 +25,7 @@ from securefl.protocols.crypto import keys, prg, shamir
 from securefl.protocols.crypto.keys import KeyPurpose
 from securefl.protocols.secagg import (
     ClientProtocol,
+    RoundIdGuard,
     RoundSetup,
     SecAggParams,
     ServerProtocol,
@@ -33,6 +36,7 @@ from securefl.protocols.secagg.messages import (
     ConsistencyRequest,
     ConsistencySignature,
     MaskedInput,
+    RelayedShares,
     ShareKeys,
     SurvivorSignature,
     UnmaskingRequest,
@@ -41,11 +45,15 @@ from securefl.protocols.secagg.ring import unpack
 
 
 class MaliciousServer:
-    """Honest through the masked-input step; then every request is the attacker's choice."""
+    """Honest through the masked-input step; then every request is the attacker's choice.
+
+    ``withhold`` maps a recipient to the senders whose sealed shares the server does not relay
+    to it (the one deviation before the masked inputs): that recipient then masks only with the
+    senders it heard from, recorded in :attr:`partners`."""
 
     def __init__(self, params: SecAggParams, inputs: dict[int, np.ndarray], *, label: str,
                  round_id: int = 0, colluders: tuple[int, ...] = (), graph_seed: bytes | None = None,
-                 signing_keys=None, round_guards=None) -> None:
+                 signing_keys=None, round_guards=None, withhold=None) -> None:
         self.params = params
         length = len(next(iter(inputs.values())))
         setup = RoundSetup.create(sorted(inputs), vector_length=length, round_id=round_id,
@@ -61,32 +69,46 @@ class MaliciousServer:
         verify_keys = ({c: k.public_key() for c, k in self.signing_keys.items()}
                        if active else None)
 
-        def client(c):
+        def client(c, twin=False):
             return ClientProtocol(
                 client_id=c, params=params, setup=setup, input_vector=inputs[c],
                 random_source=DeterministicRandom(f"{label} client {c}"),
                 signing_key=self.signing_keys[c] if active else None, verify_keys=verify_keys,
-                **({"round_guard": round_guards[c]} if round_guards else {}))
+                round_guard=round_guards[c] if round_guards and not twin else RoundIdGuard())
 
         self.clients = {c: client(c) for c in setup.participants}
-        self.twins = {c: client(c) for c in colluders}
+        self.twins = {c: client(c, twin=True) for c in colluders}
         self.refusals: dict[int, ProtocolError] = {}
         self.signatures: dict[int, bytes] = {}
         self.mask_public: dict[int, bytes] = {}
         self.commitments: dict[int, bytes] = {}
         self.masked: dict[int, np.ndarray] = {}
+        self.partners: dict[int, frozenset[int]] = {}  # whose shares each client received
+        self.colluder_mask_keys: dict[int, bytes] = {}  # colluders hand the server their keys
         honest = ServerProtocol(params=params, setup=setup, verify_keys=verify_keys)
         for c, protocol in self.clients.items():
             for message in protocol.start():
                 self.mask_public[c] = message.mask_public_key
                 honest.receive(message)
-        for twin in self.twins.values():
+        for c, twin in self.twins.items():
             twin.start()
+            self.colluder_mask_keys[c] = keys.private_bytes(twin._mask_key)
         for _ in range(2):
             for message in honest.close_step():
+                if isinstance(message, RelayedShares):
+                    hidden = set((withhold or {}).get(message.recipient, ()))
+                    message = dataclasses.replace(message, sealed_shares=tuple(
+                        s for s in message.sealed_shares if s.sender not in hidden))
+                    self.partners[message.recipient] = frozenset(
+                        s.sender for s in message.sealed_shares)
                 for twin in [self.twins[message.recipient]] if message.recipient in self.twins else []:
                     twin.receive(message)
-                for answer in self.clients[message.recipient].receive(message):
+                try:
+                    answers = self.clients[message.recipient].receive(message)
+                except ProtocolError as error:  # e.g. too few shares relayed to it
+                    self.refusals.setdefault(message.recipient, error)
+                    continue
+                for answer in answers:
                     honest.receive(answer)
                     if isinstance(answer, ShareKeys):
                         self.commitments[answer.sender] = answer.self_mask_commitment
@@ -142,12 +164,14 @@ class MaliciousServer:
 
     def unmask_sum(self, subset, *, seeds: dict[int, bytes], mask_keys: dict[int, bytes]):
         """The attacker's own unmasking: ``sum_{u in subset} x_u`` from the masked inputs, the
-        self-mask seeds ``b_u`` of ``subset`` and the mask private keys it knows.  Pairwise
-        masks inside ``subset`` cancel; every edge leaving it needs one endpoint's private key.
-        Returns ``None`` when some mask cannot be removed."""
+        self-mask seeds ``b_u`` of ``subset`` and the mask private keys it knows.  ``u`` masked
+        with its :attr:`partners`; a pairwise mask both ends of which are in ``subset`` and used
+        it cancels, every other one needs one endpoint's private key.  Returns ``None`` when
+        some mask cannot be removed."""
         round_id, bits = self.setup.round_id, self.params.bits
         total = np.zeros(self.setup.vector_length, dtype=np.uint64)
-        for u in sorted(subset):
+        members = set(subset)
+        for u in sorted(members):
             if u not in seeds or u not in self.masked:
                 return None
             total += self.masked[u].astype(np.uint64)
@@ -155,7 +179,8 @@ class MaliciousServer:
                                        parties=(u,))
             total -= prg.expand_mask(self_key, length=len(total), dtype=np.uint64 if bits > 32
                                      else np.uint32).astype(np.uint64)
-            for w in sorted(self.graph[u] - set(subset)):
+            for w in sorted(w for w in self.partners[u]
+                            if w not in members or u not in self.partners[w]):
                 if w in mask_keys:
                     agreed = keys.agree(X25519PrivateKey.from_private_bytes(mask_keys[w]),
                                         self.mask_public[u])

@@ -42,9 +42,11 @@ def test_overflow_proof_boundary():
 
 
 def test_derived_quantities():
-    complete = SecAggParams(num_clients=10, threshold=4, active_adversary=True)
+    complete = SecAggParams(num_clients=10, threshold=6, active_adversary=True)
     assert complete.complete_graph and complete.degree == 9 and complete.share_holders == 10
-    assert complete.colluders_tolerated == 0 and complete.signature_threshold == 6
+    assert complete.colluders_tolerated == 1 and complete.signature_threshold == 6
+    active_sparse = SecAggParams(num_clients=10, threshold=4, neighbors=4, active_adversary=True)
+    assert active_sparse.colluders_tolerated == 0 and active_sparse.signature_threshold == 6
     sparse = SecAggParams(num_clients=10, threshold=3, neighbors=4, bits=40)
     assert sparse.share_holders == 5 and sparse.word_dtype.itemsize == 8
 

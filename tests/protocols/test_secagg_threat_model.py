@@ -43,6 +43,7 @@ from securefl.protocols.secagg.graph import neighbourhoods, random_permutation
 from securefl.protocols.secagg.messages import (
     ConsistencySignature,
     KeyDirectory,
+    PeerKeys,
     SurvivorSignature,
 )
 
@@ -75,18 +76,25 @@ def split_view_attack(params, *, colluders, group_a, group_b, label):
     return server, recovered
 
 
-# n=7, t=4, one colluder; n=8, t=5 (majority), two colluders: the review's two cases.
+# The review's two cases, one and two colluders.  Declared, they force 2t > n + c (t = 5 for
+# n = 7, t = 6 for n = 8); the positive controls declare one colluder fewer and take the smallest
+# threshold that allows (t = 4, t = 5), which the split view beats.
 SPLIT_VIEW_CASES = [
-    pytest.param(7, 4, (6,), (0, 1, 2), (3, 4, 5), id="n7-t4-one-colluder"),
-    pytest.param(8, 5, (6, 7), (0, 1, 2), (3, 4, 5), id="n8-t5-two-colluders"),
+    pytest.param(7, (6,), (0, 1, 2), (3, 4, 5), id="n7-one-colluder"),
+    pytest.param(8, (6, 7), (0, 1, 2), (3, 4, 5), id="n8-two-colluders"),
 ]
 
 
-@pytest.mark.parametrize(("n", "t", "colluders", "group_a", "group_b"), SPLIT_VIEW_CASES)
+def smallest_active_threshold(n, c):
+    """The smallest t with 2t > n + c (and t > c)."""
+    return min(t for t in range(2, n + 1) if 2 * t > n + c and t > c)
+
+
+@pytest.mark.parametrize(("n", "colluders", "group_a", "group_b"), SPLIT_VIEW_CASES)
 def test_split_view_with_colluders_is_refused_once_the_colluders_are_declared(
-        n, t, colluders, group_a, group_b):
-    params = SecAggParams(num_clients=n, threshold=t, active_adversary=True,
-                          max_colluders=len(colluders))
+        n, colluders, group_a, group_b):
+    params = SecAggParams(num_clients=n, threshold=smallest_active_threshold(n, len(colluders)),
+                          active_adversary=True, max_colluders=len(colluders))
     server, recovered = split_view_attack(params, colluders=colluders, group_a=group_a,
                                           group_b=group_b, label=f"split {n}")
     assert recovered is None
@@ -94,12 +102,13 @@ def test_split_view_with_colluders_is_refused_once_the_colluders_are_declared(
     assert "valid signatures" in str(server.refusals[group_a[0]])
 
 
-@pytest.mark.parametrize(("n", "t", "colluders", "group_a", "group_b"), SPLIT_VIEW_CASES)
+@pytest.mark.parametrize(("n", "colluders", "group_a", "group_b"), SPLIT_VIEW_CASES)
 def test_split_view_recovers_an_input_when_colluders_exceed_the_declared_bound(
-        n, t, colluders, group_a, group_b):
+        n, colluders, group_a, group_b):
     """Positive control: declaring fewer colluders than there are lets the attack through."""
-    params = SecAggParams(num_clients=n, threshold=t, active_adversary=True,
-                          max_colluders=len(colluders) - 1)
+    declared = len(colluders) - 1
+    params = SecAggParams(num_clients=n, threshold=smallest_active_threshold(n, declared),
+                          active_adversary=True, max_colluders=declared)
     _, recovered = split_view_attack(params, colluders=colluders, group_a=group_a,
                                      group_b=group_b, label=f"control {n}")
     assert recovered is not None
@@ -117,20 +126,29 @@ def test_active_default_threshold_tolerates_a_third_of_the_clients():
 
 
 def brute_force_colluders(n, t):
-    """Reference: the largest c with t > c and 2t > n + c (Bonawitz et al.), or 0."""
-    return max([c for c in range(n - 1) if t > c and 2 * t > n + c], default=0)
+    """Reference: the largest c <= n - 2 with t > c and 2t > n + c (Bonawitz et al.), or None
+    when no c >= 0 qualifies."""
+    return max([c for c in range(n - 1) if t > c and 2 * t > n + c], default=None)
 
 
 @pytest.mark.parametrize("n", range(2, 13))
 def test_collusion_bound_and_signature_threshold_against_brute_force(n):
     for t in range(2, n + 1):
-        active = SecAggParams(num_clients=n, threshold=t, active_adversary=True)
-        assert active.colluders_tolerated == brute_force_colluders(n, t)
         passive = SecAggParams(num_clients=n, threshold=t)
         assert passive.colluders_tolerated == min(t - 1, n - 2)
+        if brute_force_colluders(n, t) is None:
+            with pytest.raises(ConfigError, match="must exceed half the share holders"):
+                SecAggParams(num_clients=n, threshold=t, active_adversary=True)
+        else:
+            active = SecAggParams(num_clients=n, threshold=t, active_adversary=True)
+            assert active.colluders_tolerated == brute_force_colluders(n, t)
         for c in range(0, n - 1):
             if c >= t:
                 with pytest.raises(ConfigError, match=f"raise the threshold to at least {c + 1}"):
+                    SecAggParams(num_clients=n, threshold=t, active_adversary=True, max_colluders=c)
+                continue
+            if 2 * t <= n + c:
+                with pytest.raises(ConfigError, match=f"threshold >= {(n + c) // 2 + 1}, not {t}"):
                     SecAggParams(num_clients=n, threshold=t, active_adversary=True, max_colluders=c)
                 continue
             s = SecAggParams(num_clients=n, threshold=t, active_adversary=True,
@@ -155,23 +173,24 @@ def test_insecure_collusion_bounds_are_refused(kwargs, fragment):
 
 
 N_RING, K, T_RING = 12, 4, 3
+T_RING_ACTIVE = K // 2 + 2  # active SecAgg+ needs 2t > k + 2
 
 
-def ring_cut(graph_seed):
+def ring_cut(graph_seed, threshold):
     """The ring order and the cut around the target: two bands of k/2 clients declared dropped,
     isolating a block of t clients that contains the target."""
     order = random_permutation(range(N_RING), seed=graph_seed, round_id=0)
     start = order.index(TARGET)
     ring = order[start:] + order[:start]
-    block = ring[:T_RING]
-    bands = ring[T_RING:T_RING + K // 2] + ring[-(K // 2):]
+    block = ring[:threshold]
+    bands = ring[threshold:threshold + K // 2] + ring[-(K // 2):]
     return block, bands
 
 
 def ring_cut_attack(params, graph_seed, label):
     inputs = random_inputs(N_RING, 8, 32, seed=12)
     server = MaliciousServer(params, inputs, label=label, graph_seed=graph_seed)
-    block, bands = ring_cut(graph_seed)
+    block, bands = ring_cut(graph_seed, params.threshold)
     survivors = set(range(N_RING)) - set(bands)
     signatures = ()
     if params.active_adversary:
@@ -189,8 +208,8 @@ def ring_cut_attack(params, graph_seed, label):
 
 @pytest.mark.parametrize("active", [True, False], ids=["active", "passive-client-check"])
 def test_cutting_the_harary_ring_is_refused_by_every_survivor(active):
-    params = SecAggParams(num_clients=N_RING, threshold=T_RING, neighbors=K,
-                          active_adversary=active)
+    params = SecAggParams(num_clients=N_RING, threshold=T_RING_ACTIVE if active else T_RING,
+                          neighbors=K, active_adversary=active)
     server, survivors, block_sum = ring_cut_attack(params, bytes(range(32)), "cut")
     assert block_sum is None
     assert refused_locally(server, survivors)
@@ -203,7 +222,7 @@ def test_cutting_the_ring_leaks_the_block_sum_when_clients_do_not_check():
     params = SecAggParams(num_clients=N_RING, threshold=T_RING, neighbors=K)
     inputs = random_inputs(N_RING, 8, 32, seed=12)
     server = MaliciousServer(params, inputs, label="control cut", graph_seed=bytes(range(32)))
-    block, bands = ring_cut(bytes(range(32)))
+    block, bands = ring_cut(bytes(range(32)), T_RING)
     seeds, mask_keys = server.request_shares(set(range(N_RING)), (), range(N_RING))
     seed_of = {u: server.reconstruct(s) for u, s in seeds.items()}
     assert server.unmask_sum(block, seeds=seed_of, mask_keys={}) is None  # edges leave the block
@@ -214,7 +233,8 @@ def test_cutting_the_ring_leaks_the_block_sum_when_clients_do_not_check():
 def test_client_refuses_when_half_of_its_neighbours_are_declared_dropped():
     """The local rule (active SecAgg+): more than k/2 of a client's neighbours must survive,
     even when the survivors' graph is connected."""
-    params = SecAggParams(num_clients=N_RING, threshold=T_RING, neighbors=K, active_adversary=True)
+    params = SecAggParams(num_clients=N_RING, threshold=T_RING_ACTIVE, neighbors=K,
+                          active_adversary=True)
     seed = bytes(range(32))
     graph = neighbourhoods(params, RoundSetup(0, tuple(range(N_RING)), 8, seed))
     dropped = set(sorted(graph[TARGET])[:K // 2])
@@ -229,13 +249,14 @@ def test_client_refuses_when_half_of_its_neighbours_are_declared_dropped():
 def test_ground_graph_seed_gives_an_active_server_nothing():
     """Point 5: an active server grinds 200 seeds for the graph that isolates the target in the
     smallest block its t-requirement allows; every survivor still refuses the cut."""
-    params = SecAggParams(num_clients=N_RING, threshold=T_RING, neighbors=K, active_adversary=True)
+    params = SecAggParams(num_clients=N_RING, threshold=T_RING_ACTIVE, neighbors=K,
+                          active_adversary=True)
     source = DeterministicRandom("grinding")
     best = None
     for _ in range(200):
         seed = source(32)
         graph = neighbourhoods(params, RoundSetup(0, tuple(range(N_RING)), 8, seed))
-        block, bands = ring_cut(seed)
+        block, bands = ring_cut(seed, params.threshold)
         survivors = set(range(N_RING)) - set(bands)
         # the attacker's objective: a disconnected survivor set with the target's block smallest
         if not connected(graph, survivors) and (best is None or len(block) < best[0]):
@@ -250,15 +271,16 @@ def test_ground_graph_seed_gives_an_active_server_nothing():
 
 def record_session_signatures(params, inputs, signing_keys, round_id):
     result = run_secure_aggregation(inputs, params=params, signing_keys=signing_keys,
-                                    round_id=round_id, random_source=DeterministicRandom("s1"))
+                                    round_id=round_id, random_source=DeterministicRandom("s1"),
+                                    round_guards={})  # the earlier session's own guards
     return tuple(SurvivorSignature(e.message.sender, e.message.signature)
                  for e in result.transcript if isinstance(e.message, ConsistencySignature))
 
 
 def test_signatures_replayed_from_an_earlier_session_with_the_same_round_id_are_refused():
-    n, t = 7, 3
+    n, t = 7, 4
     params = SecAggParams(num_clients=n, threshold=t, active_adversary=True)
-    assert params.signature_threshold == 4 > t
+    assert params.signature_threshold == 4
     inputs = random_inputs(n, 8, 32, seed=13)
     server = MaliciousServer(params, inputs, label="replay", round_id=5)
     earlier = record_session_signatures(params, inputs, server.signing_keys, round_id=5)
@@ -295,12 +317,59 @@ def test_a_client_refuses_a_round_id_it_has_seen():
     run_secure_aggregation(inputs, params=params, round_id=10, round_guards=guards)
 
 
+def test_active_mode_requires_round_guards_for_persistent_identities():
+    """Second review, finding 2: without a guard, nothing stops a server from repeating a whole
+    setup (the session hash holds only its own choices)."""
+    params = SecAggParams(num_clients=5, threshold=4, active_adversary=True)
+    setup = RoundSetup.create(range(5), vector_length=4, round_id=3)
+    signing = {c: keys.generate_signing_key() for c in range(5)}
+    verify = {c: k.public_key() for c, k in signing.items()}
+    with pytest.raises(ConfigError, match="needs the client's round_guard"):
+        ClientProtocol(client_id=0, params=params, setup=setup,
+                       input_vector=np.zeros(4, np.uint32), signing_key=signing[0],
+                       verify_keys=verify)
+    inputs = random_inputs(5, 4, 32, seed=19)
+    with pytest.raises(ConfigError, match="caller-supplied signing_keys needs round_guards"):
+        run_secure_aggregation(inputs, params=params, signing_keys=signing)
+    run_secure_aggregation(inputs, params=params, signing_keys=signing, round_guards={})
+    run_secure_aggregation(inputs, params=params)  # fresh keys: fresh guards are fine
+
+
+def test_a_repeated_setup_replays_signed_keys_unless_the_client_keeps_its_guard():
+    """/tmp/review/replay.py: a server reusing a whole RoundSetup shows client 0 client 1's
+    signed keys from session 1 (whose mask key it may have reconstructed there)."""
+    n = 5
+    params = SecAggParams(num_clients=n, threshold=4, active_adversary=True)
+    setup = RoundSetup.create(range(n), vector_length=4, round_id=3)
+    signing = {c: keys.generate_signing_key() for c in range(n)}
+    verify = {c: k.public_key() for c, k in signing.items()}
+    guards = {c: RoundIdGuard() for c in range(n)}
+
+    def session(guard_of):
+        return {c: ClientProtocol(client_id=c, params=params, setup=setup,
+                                  input_vector=np.zeros(4, np.uint32), signing_key=signing[c],
+                                  verify_keys=verify, round_guard=guard_of(c)) for c in range(n)}
+
+    first = session(guards.get)
+    adverts_1 = {c: first[c].start()[0] for c in range(n)}
+    # Positive control: fresh guards (a client that forgot its rounds) accept the replay.
+    second = session(lambda c: RoundIdGuard())
+    adverts_2 = {c: second[c].start()[0] for c in range(n)}
+    shown = {**adverts_2, 1: adverts_1[1]}
+    peers = tuple(PeerKeys(c, a.channel_public_key, a.mask_public_key, a.signature)
+                  for c, a in sorted(shown.items()) if c != 0)
+    second[0].receive(KeyDirectory(3, 0, peers))  # accepted: the signature still verifies
+    # With its own guard, the client never starts the repeated session.
+    with pytest.raises(LocalProtocolError, match="round id 3 was used before"):
+        session(guards.get)[0].start()
+
+
 def test_a_client_shown_other_advertised_keys_cannot_sign_the_others_view():
     """Active SecAgg+: the key directory lists everyone who advertised, and the survivor-set
     signature covers all those keys as the client saw them.  A client shown a directory without
     one non-neighbour signs a different digest: its signature does not verify for the others
     (here: the honest server rejects it), and the round finishes without it."""
-    params = SecAggParams(num_clients=12, threshold=3, neighbors=4, active_adversary=True)
+    params = SecAggParams(num_clients=12, threshold=4, neighbors=4, active_adversary=True)
     inputs = random_inputs(12, 8, 32, seed=18)
     seed = bytes(range(32))
     graph = neighbourhoods(params, RoundSetup(0, tuple(range(12)), 8, seed))
@@ -321,7 +390,7 @@ def test_a_client_shown_other_advertised_keys_cannot_sign_the_others_view():
 
 
 SETUP = RoundSetup(3, (0, 1, 2, 3, 4), 8, bytes(32))
-PARAMS = SecAggParams(num_clients=5, threshold=3, active_adversary=True)
+PARAMS = SecAggParams(num_clients=5, threshold=4, active_adversary=True)
 
 
 @pytest.mark.parametrize("changed", [
@@ -330,7 +399,7 @@ PARAMS = SecAggParams(num_clients=5, threshold=3, active_adversary=True)
     (PARAMS, dataclasses.replace(SETUP, graph_seed=bytes(31) + b"\x01")),
     (PARAMS, dataclasses.replace(SETUP, vector_length=9)),
     (PARAMS, dataclasses.replace(SETUP, participants=(0, 1, 2, 3, 5))),
-    (dataclasses.replace(PARAMS, threshold=4), SETUP),
+    (dataclasses.replace(PARAMS, threshold=5), SETUP),
     (dataclasses.replace(PARAMS, max_colluders=1), SETUP),
     (dataclasses.replace(PARAMS, input_bound=0), SETUP),
     (dataclasses.replace(PARAMS, bits=31), SETUP),
@@ -347,7 +416,8 @@ def test_keys_signed_for_another_context_are_rejected_by_the_server():
     server = ServerProtocol(params=PARAMS, setup=SETUP, verify_keys=verify)
     other = dataclasses.replace(SETUP, context=b"another model")
     client = ClientProtocol(client_id=0, params=PARAMS, setup=other, input_vector=inputs[0],
-                            signing_key=signing[0], verify_keys=verify)
+                            signing_key=signing[0], verify_keys=verify,
+                            round_guard=RoundIdGuard())
     [advert] = client.start()
     with pytest.raises(RemoteProtocolError, match="not signed"):
         server.receive(advert)
@@ -423,7 +493,7 @@ def test_chosen_parameters_pass_the_assessment_and_the_review_case_does_not(
 
 
 def test_rule_violations_warn_in_passive_mode_and_are_refused_in_active_mode():
-    passive = SecAggParams(num_clients=20, threshold=3, neighbors=4, max_colluders=0)
+    passive = SecAggParams(num_clients=20, threshold=4, neighbors=4, max_colluders=0)
     with pytest.warns(UserWarning, match="connectivity"):
         assert enforce_parameter_rules(passive, dropout_rate=0.1)
     active = dataclasses.replace(passive, active_adversary=True)

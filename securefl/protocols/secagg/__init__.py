@@ -12,8 +12,10 @@ Threat model (what the guarantees assume):
   (:attr:`SecAggParams.colluders_tolerated`: ``t - 1`` against an honest-but-curious server;
   ``min(t - 1, 2t - n - 1)`` against an active one on the complete graph, 0 with SecAgg+).
   Insecure combinations are refused with a :class:`~securefl.errors.ConfigError`: the complete
-  graph needs ``t > c`` (Bonawitz et al., theorems 6.3 and 6.5), active SecAgg+ needs ``c = 0``,
-  ``c <= n - 2``, and ``t >= 2`` always (with ``t = 1`` every share is the secret).
+  graph needs ``t > c`` (Bonawitz et al., theorems 6.3 and 6.5), and against an active server
+  also ``2t > n + c`` (a threshold with ``2t <= n`` tolerates no colluder count and is refused);
+  active SecAgg+ needs ``c = 0`` and ``2t > k + 2``; ``c <= n - 2``, and ``t >= 2`` always (with
+  ``t = 1`` every share is the secret).
 - Honest-but-curious server (default): it follows the protocol and learns only the sum of the
   survivors' inputs, with at most ``c`` colluding clients.  With SecAgg+ graphs the share
   privacy and the connectivity of the honest survivors hold with high probability under the
@@ -27,28 +29,64 @@ Threat model (what the guarantees assume):
   client sign the survivor set.  Every signature covers the session hash
   (:func:`session_hash`: all parameters and the :class:`RoundSetup`, including its
   ``context``), and the survivor-set signature also the digest of every advertised key the
-  client saw (the active-mode key directory lists everyone who advertised), so signatures from
-  another session, or from a client shown other keys, never verify.  An honest client unmasks
-  only with ``signature_threshold = max(t, floor((n + c)/2) + 1)`` valid signatures on exactly
-  the set it signed; as ``2 * signature_threshold > n + c``, no two honest clients can be shown
-  different survivor sets (proof in :attr:`SecAggParams.signature_threshold`).  With the
-  complete graph and ``t > c`` the coalition then holds fewer than ``t`` shares of the secret an
-  honest client did not reveal for any honest peer, so it learns the survivors' sum only.
-- Active mode with SecAgg+ (``c = 0`` only): before signing and before unmasking, a client checks
+  client saw (the active-mode key directory lists everyone who advertised), so a signature made
+  in a session with other parameters or another setup, or by a client shown other keys, does not
+  verify.  The session hash covers only what the server chooses, so a server that repeats a
+  whole setup gets the same hash: active mode therefore requires each client's
+  :class:`RoundIdGuard` (see "Round ids").  An honest client unmasks only with
+  ``signature_threshold = max(t, floor((n + c)/2) + 1)`` valid signatures, from survivors, on
+  exactly the set it signed; as ``2 * signature_threshold > n + c``, all honest clients that
+  unmask agree on one survivor set ``S`` (proof in :attr:`SecAggParams.signature_threshold`).
+- Proof that an active server learns only the sum over ``S`` (complete graph: ``t > c`` and
+  ``2t > n + c``; SecAgg+: ``c = 0`` and ``2t > k + 2``; both enforced by
+  :class:`SecAggParams`).  ``H`` is the honest clients, ``C`` the colluders, ``P_u`` the clients
+  whose shares the server relayed to ``u``: ``u`` masks with exactly these, and aborts unless
+  ``|P_u| >= t - 1``.  From the client's checks: an honest client signs ``S`` only if it is in
+  ``S`` and all its neighbours in ``S`` are in ``P_u``; it unmasks only the ``S`` it signed,
+  revealing its shares of ``b_u`` for ``u`` in ``S`` and of ``s_v`` for ``v`` declared dropped.
+  Masks are modelled as uniform, as in both papers.
+
+  (a) Secrets.  All honest clients that reveal agree on ``S``, so the server gets at most
+  ``c < t`` shares (the colluders') of ``s_u`` for honest ``u`` in ``S`` and of ``b_v`` for
+  honest ``v`` outside ``S``.  Outside ``S``, ``y_v`` keeps its self mask.  Inside, removing
+  every mask it can leaves ``r_u = x_u + sum of ±PRG(s_uw)`` over honest ``w`` in ``P_u`` and
+  in ``S`` (masks with colluders and with clients outside ``S`` may be known), plus
+  ``PRG(b_u)`` unless ``t`` holders revealed ``b_u``.
+  (b) Remainders.  The mask of a pair with ``w`` in ``P_u`` and ``u`` in ``P_w`` enters
+  ``r_u`` and ``r_w`` with opposite signs; a one-sided one only ``r_u``, which it makes
+  uniform.  So the server learns the total of each connected component ``A`` of the graph of
+  such mutual pairs on ``S ∩ H`` none of whose members keeps a one-sided mask or its self
+  mask, and nothing else.  Such an ``A`` has ``P_u ∩ S ∩ H ⊆ A`` and ``b_u`` revealed for every
+  ``u`` in ``A``; it remains to show ``A = S ∩ H``, whose total (the survivors' sum less the
+  colluders' own inputs) is the permitted output.  Note that ``u`` need not have signed: a
+  client can be shown an ``S`` it refuses and still be unmasked by the others.
+  (c) Complete graph.  Suppose ``A ⊊ S ∩ H``.  No ``u`` in ``A`` signed (that needs
+  ``S ∩ H \ {u} ⊆ P_u``, so ``S ∩ H ⊆ A``).  Fix ``u`` in ``A``: ``P_u`` lies in
+  ``(A \ {u}) ∪ C ∪ (H \ S)``, so ``|A| + |P_u ∩ H \ S| >= t - c``, and neither set signs
+  (the second is outside ``S``).  At most ``n - t + c`` clients sign, fewer than
+  ``t <= signature_threshold`` as ``2t > n + c``: nobody unmasks.  The bound is tight: with
+  ``2t <= n + c`` a server that relays to ``u`` only ``t - 1`` partners (colluders first) and
+  declares the honest ones dropped has ``n - t + c >= t`` signers besides ``u`` and recovers
+  ``x_u`` exactly (tests/protocols/test_secagg_withheld_shares.py).
+  (d) SecAgg+ (``c = 0``, so ``H`` is everyone).  Suppose ``A ⊊ S``.  Someone signed, so
+  ``G[S]`` is connected and some ``a`` in ``A`` has a neighbour ``b`` in ``S \ A``; ``b`` is
+  not in ``P_a``, so ``a`` did not sign.  The holders who reveal ``b_a`` are signers among
+  ``a``'s ``k`` neighbours, and a signer in ``A`` has all its neighbours in ``S`` inside ``A``.
+  If ``a`` has neighbours in ``S \ A`` on both sides of the ring, every member of ``A`` among
+  its neighbours is within ``k/2`` of one of them and did not sign, and ``a``'s ``t - 1``
+  partners lie in ``A`` or outside ``S``: at most ``k - t + 1 < t`` revealers.  Otherwise let
+  ``b`` be the nearest, at ring distance ``d <= k/2``: signers of ``A`` among ``a``'s
+  neighbours are more than ``k/2`` from ``b`` (at most ``d``, on the far side) and those of
+  ``S \ A`` lie from ``b`` on (at most ``k/2 - d + 1``): at most ``k/2 + 1 < t`` revealers.
+  Either way ``b_a`` stays hidden, contradicting ``a`` in ``A``.  Both bounds are tight: with
+  ``2t <= k + 1`` the isolation of (c) unmasks one client, and with ``t = k/2 + 1`` a band of
+  clients that hears only from itself (everyone else hearing from everyone) has its sum
+  revealed (tests/protocols/test_secagg_withheld_shares.py).  Colluders would break (d) (a
+  colluder inside a band declared dropped bridges the graph while its neighbours' masks are
+  known), hence ``c = 0``.
+- Active mode with SecAgg+ also has each client check, before signing and before unmasking,
   that the survivor set induces a connected subgraph of the round's public graph and that more
-  than ``k/2`` of its own neighbours survived, and refuses otherwise.  Proof that the server then
-  learns only the sum over the survivor set ``S``: with ``c = 0`` every share comes from an honest
-  client, and all honest clients that reveal signed the same ``S``, so for each client the server
-  gets the shares of one secret only -- ``b_u`` for ``u`` in ``S``, ``s_v`` for ``v`` declared
-  dropped.  A client outside ``S`` keeps its self mask ``PRG(b_v)``, so its masked input hides
-  it.  For ``u`` in ``S``, what remains after removing every mask the server can is
-  ``x_u + sum of ±PRG(s_uw)`` over the edges ``uw`` inside ``S``, whose keys stay secret.
-  Since ``G[S]`` is connected, every proper non-empty subset ``A`` of ``S`` has an edge to
-  ``S \\ A`` carrying a pseudorandom mask that does not cancel in ``A``'s sum, and the masks on a
-  spanning tree of ``G[S]`` make the vector of remainders uniform subject to its total: only
-  ``sum_S x_u`` is revealed (Bell et al., CCS 2020, section 3).  Colluders would break this (a
-  colluder inside a band declared dropped bridges the graph while its neighbours' pairwise masks
-  are known), hence ``c = 0``.
+  than ``k/2`` of its own neighbours survived, refusing otherwise; (d) uses the first.
 - Public: the survivor set, who advertised keys and shared shares (so client counts per step),
   the parameters, the round id and the SecAgg+ graph seed (so the graph).  The graph seed is the
   server's choice; the honest server draws it from ``os.urandom``.  Against an active server
@@ -60,7 +98,11 @@ Threat model (what the guarantees assume):
   (:mod:`securefl.defences.consistency`, which proves what this gives against a server sending
   different models) -- derive masks that do not cancel, even in passive mode.
 - Round ids: the server chooses them; a :class:`RoundIdGuard` kept by each client across rounds
-  makes it refuse an id it has seen (the session hash already makes old signatures worthless).
+  makes it refuse an id it has seen.  Active mode requires one (``ClientProtocol`` raises
+  :class:`~securefl.errors.ConfigError` without it): the session hash binds signatures to the
+  parameters and setup, not to a session, so without the guard a server repeating a whole setup
+  could replay a client's signed keys from an earlier session -- whose mask key it reconstructed
+  there by declaring the client dropped.
 - Always: an honest client never reveals both shares of one peer, refuses overlapping or
   contradictory lists, and a round below threshold aborts with no output.  The server checks each
   reconstructed secret (the self-mask seed against its SHA-256 commitment, the mask key against

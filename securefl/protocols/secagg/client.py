@@ -144,12 +144,16 @@ class ClientProtocol:
     ``signing_key`` (its own Ed25519 key) and ``verify_keys`` (every participant's Ed25519
     public key, known up front) are required in active-adversary mode and ignored otherwise.
     ``round_guard``, the client's :class:`RoundIdGuard` kept across rounds, makes :meth:`start`
-    refuse a round id this client has seen.
+    refuse a round id this client has seen; active mode requires it.
 
     Active mode signs, with the client's long-term key, the session hash
     (:func:`~securefl.protocols.secagg.params.session_hash`: parameters and round setup) with its
     advertised keys, and later the session hash, the digest of every advertised key it saw and
-    the survivor set, so signatures from one session are worthless in another.  To compute that
+    the survivor set, so a signature does not verify under other parameters or another setup.
+    The session hash holds only what the server chooses: a server repeating a whole setup gets
+    the same hash and could replay this client's signed keys from the earlier session (whose
+    mask key it reconstructed there by declaring the client dropped), which is why active mode
+    needs the guard.  To compute that
     digest over the same set of clients everywhere, the active-mode key directory carries the
     advertised keys of every client that advertised, neighbours or not.
 
@@ -184,6 +188,11 @@ class ClientProtocol:
         if params.active_adversary and (signing_key is None or verify_keys is None):
             raise ConfigError("active_adversary mode needs every client's signing_key and the "
                               "participants' verify_keys")
+        if params.active_adversary and round_guard is None:
+            raise ConfigError(
+                "active_adversary mode needs the client's round_guard (its RoundIdGuard, kept "
+                "across rounds): without it a server repeating a whole round setup could replay "
+                "this client's signed keys from an earlier session")
         if params.active_adversary and set(setup.participants) - set(verify_keys or {}):
             raise ConfigError("verify_keys must hold the public key of every participant")
         self.client_id = client_id

@@ -277,6 +277,10 @@ def run_secure_aggregation(
 
     In active-adversary mode each client needs an Ed25519 signing key whose public half everyone
     knows up front: pass ``signing_keys`` or let the driver draw them from ``random_source``.
+    Caller-supplied keys are persistent identities, so they need ``round_guards`` too
+    (:class:`ConfigError` otherwise): a server that repeats a whole setup could replay a
+    client's signatures from an earlier session.  Keys the driver draws are fresh, so no earlier
+    session's signature verifies; their clients get fresh guards when ``round_guards`` is None.
     ``record_transcript=False`` keeps memory flat for large benchmarks.  ``graph_seed`` (32 bytes)
     fixes the SecAgg+ graph (default: drawn from ``random_source``).  ``round_guards`` maps
     client ids to the :class:`RoundIdGuard` each keeps across rounds; a missing client gets a new
@@ -308,6 +312,12 @@ def run_secure_aggregation(
     if params.active_adversary:
         if signing_keys is None:
             signing_keys = {c: keys.generate_signing_key(random_source) for c in inputs}
+            round_guards = {} if round_guards is None else round_guards
+        elif round_guards is None:
+            raise ConfigError(
+                "active_adversary with caller-supplied signing_keys needs round_guards (each "
+                "client's RoundIdGuard, kept across its rounds): with persistent keys and no "
+                "guard a server repeating a round setup could replay earlier signatures")
         verify_keys = {c: k.public_key() for c, k in signing_keys.items()}
     server = ServerProtocol(params=params, setup=setup, verify_keys=verify_keys)
     own_context = dict(client_contexts or {})

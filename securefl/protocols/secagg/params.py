@@ -64,8 +64,15 @@ class SecAggParams:
       * active mode needs ``2 * signature_threshold > n + c`` (no split views, see
         :attr:`signature_threshold`, which is chosen so this holds; ``c <= n - 2`` keeps it at
         most ``n``);
+      * active mode with the complete graph needs ``2t > n + c`` (with ``max_colluders=None``,
+        ``2t > n``): otherwise a server that relays to one client only the shares of ``t - 1``
+        partners and declares them dropped gets ``t`` signers without that client and unmasks
+        it alone (proof of sufficiency in :mod:`securefl.protocols.secagg`);
       * active mode with SecAgg+ needs ``c = 0``: a colluder inside a band the server declares
-        dropped bridges the survivors' graph, so no client can detect a cut locally;
+        dropped bridges the survivors' graph, so no client can detect a cut locally; and
+        ``2t > k + 2``: with ``t <= k/2 + 1`` a server that withholds from a band of clients the
+        shares of everyone outside it unmasks the band's sum (with ``t <= (k + 1)/2`` a single
+        client's input);
       * passive SecAgg+ takes any ``c``: its guarantee is probabilistic, under the assumptions
         of :func:`choose_parameters` (colluders chosen independently of the random graph);
         :func:`assess_parameters` says whether the rules hold for ``c`` and a dropout rate.
@@ -122,22 +129,40 @@ class SecAggParams:
 
     def _check_colluders(self) -> None:
         n, t, c = self.num_clients, self.threshold, self.max_colluders
-        if c is None:
-            return
-        if not _is_int(c) or not 0 <= c <= n - 2:
+        if c is not None and (not _is_int(c) or not 0 <= c <= n - 2):
             raise ConfigError(f"max_colluders {c!r} must be an integer in [0, {n - 2}]: at least "
                               "two honest clients are needed for a sum to hide anything")
-        if self.complete_graph and t <= c:
+        if c is not None and self.complete_graph and t <= c:
             raise ConfigError(
                 f"threshold {t} <= max_colluders {c}: {c} colluding clients would hold enough "
                 f"shares to unmask an honest client; raise the threshold to at least {c + 1} "
                 "or lower max_colluders")
-        if self.active_adversary and not self.complete_graph and c > 0:
+        if not self.active_adversary:
+            return
+        if self.complete_graph and 2 * t <= n + (c or 0):
             raise ConfigError(
-                f"active_adversary with SecAgg+ (neighbors {self.neighbors}) is secure only for "
+                f"active_adversary needs 2 * threshold > n + max_colluders = {n} + {c or 0}, so "
+                f"threshold >= {(n + (c or 0)) // 2 + 1}, not {t}: the threshold must exceed half "
+                "the share holders plus the colluders, or a server that withholds shares from one "
+                "client and declares its partners dropped unmasks it alone (proof in "
+                "securefl.protocols.secagg); raise the threshold"
+                + (" or lower max_colluders" if c else ""))
+        if self.complete_graph:
+            return
+        k = self.degree
+        if c:
+            raise ConfigError(
+                f"active_adversary with SecAgg+ (neighbors {k}) is secure only for "
                 f"max_colluders 0, not {c}: a colluder inside a band of clients the server "
                 "declares dropped bridges the survivors' graph, which no client can detect; use "
-                "the complete graph (neighbors None), which tolerates c < t colluders")
+                "the complete graph (neighbors None), which tolerates c < 2t - n colluders")
+        if 2 * t <= k + 2:
+            raise ConfigError(
+                f"active_adversary with SecAgg+ (neighbors {k}) needs 2 * threshold > k + 2, so "
+                f"threshold >= {k // 2 + 2}, not {t}: the threshold must exceed half of each "
+                f"client's {k + 1} share holders by more than one, or a server that withholds "
+                "shares unmasks one client, or a band of clients, alone (proof in "
+                "securefl.protocols.secagg); raise the threshold or lower neighbors")
 
     @property
     def complete_graph(self) -> bool:
@@ -163,10 +188,12 @@ class SecAggParams:
         never more than ``n - 2`` (two honest clients, or the sum is one client's input):
 
         - complete graph, passive: ``t - 1`` (``t > c``; Bonawitz et al., theorem 6.3);
-        - complete graph, active: ``min(t - 1, 2t - n - 1)``, at least 0 (``t > c`` and
-          ``2t > n + c``, theorem 6.5); the default threshold ``floor(2n/3) + 1`` of
-          :class:`~securefl.config.SecAggConfig` gives ``c = 3`` for ``n = 10``;
-        - SecAgg+, active: 0 (see the class docstring);
+        - complete graph, active: ``min(t - 1, 2t - n - 1)`` (``t > c`` and ``2t > n + c``:
+          Bonawitz et al.'s active model, proof in :mod:`securefl.protocols.secagg`); a
+          threshold with ``2t <= n`` tolerates no ``c >= 0`` and is refused on construction;
+          the default threshold ``floor(2n/3) + 1`` of :class:`~securefl.config.SecAggConfig`
+          gives ``c = 3`` for ``n = 10``;
+        - SecAgg+, active: 0 (see the class docstring; ``2t > k + 2`` is required too);
         - SecAgg+, passive: ``t - 1``, so no client's share holders include ``t`` colluders;
           whether colluders can also cut the random graph is for :func:`assess_parameters`.
         """
@@ -177,7 +204,7 @@ class SecAggParams:
             return min(t - 1, n - 2)
         if not self.complete_graph:
             return 0
-        return max(0, min(t - 1, 2 * t - n - 1, n - 2))
+        return min(t - 1, 2 * t - n - 1, n - 2)  # >= 0: construction refuses 2t <= n
 
     @property
     def signature_threshold(self) -> int:
@@ -280,9 +307,11 @@ def session_hash(params: SecAggParams, setup: RoundSetup) -> bytes:
 
     Canonical and injective: a domain label, then every field as a 4-byte big-endian length and
     its bytes (integers as 8-byte big-endian, ``None`` as the empty string, participants as
-    their 4-byte ids), in a fixed order.  Signatures cover this hash, so a signature from one
-    session (other keys, another graph seed, another context, other parameters or round id) is
-    worthless in any other.
+    their 4-byte ids), in a fixed order.  Signatures cover this hash, so a signature made under
+    other parameters, another round id, graph seed, context or participants does not verify.
+    Everything here is chosen by the server: a server that repeats a whole setup gets the same
+    hash, so this alone does not stop replay across sessions; each client's
+    :class:`~securefl.protocols.secagg.client.RoundIdGuard` does (active mode requires it).
     """
     def integer(value: int | None) -> bytes:
         return b"" if value is None else int(value).to_bytes(8, "big")
@@ -443,7 +472,9 @@ def choose_parameters(
        ``n * P[Hypergeometric(n - 1, c, k) >= t] <= 2**-σ`` (a client's corrupted neighbours hold
        fewer than ``t`` of its shares; for the complete graph this is Bonawitz et al.'s
        ``t > c``);
-    3. active adversary only: SecAgg+ only if ``c = 0`` (see :class:`SecAggParams`), and the
+    3. active adversary only: SecAgg+ only if ``c = 0`` (see :class:`SecAggParams`), and ``t``
+       is raised to ``floor((n + c)/2) + 1`` (complete graph, ``2t > n + c``) or ``k/2 + 2``
+       (SecAgg+, ``2t > k + 2``), so no client can be unmasked alone by withholding shares; the
        consistency check must stop split views, ``2 * signature_threshold > n + c``, which
        :attr:`SecAggParams.signature_threshold` guarantees for ``max_colluders = c``;
     4. correctness: ``n * P[Bin(k + 1, 1 - δ) < t] <= 2**-η`` (enough share holders survive to
@@ -473,6 +504,10 @@ def choose_parameters(
         )
         if threshold is None or corrupted > n - 2:
             continue
+        if active_adversary:
+            threshold = max(threshold, (n + corrupted) // 2 + 1 if k is None else k // 2 + 2)
+            if threshold > degree + 1:
+                continue
         params = SecAggParams(
             num_clients=n,
             threshold=threshold,
@@ -488,4 +523,7 @@ def choose_parameters(
     raise ConfigError(
         f"no neighbour degree and threshold meet 2^-{security_bits} security and "
         f"2^-{correctness_bits} correctness for {n} clients with dropout_rate {dropout_rate} and "
-        f"corruption_rate {corruption_rate}: lower the rates, add clients or relax the targets")
+        f"corruption_rate {corruption_rate}"
+        + (" against an active server (which needs 2t > n + c, or 2t > k + 2 with SecAgg+)"
+           if active_adversary else "")
+        + ": lower the rates, add clients or relax the targets")
