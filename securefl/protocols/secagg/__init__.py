@@ -61,23 +61,23 @@ Threat model (what the guarantees assume):
   colluders' own inputs) is the permitted output.  Note that ``u`` need not have signed: a
   client can be shown an ``S`` it refuses and still be unmasked by the others.
   (c) Complete graph.  Suppose ``A ⊊ S ∩ H``.  No ``u`` in ``A`` signed (that needs
-  ``S ∩ H \ {u} ⊆ P_u``, so ``S ∩ H ⊆ A``).  Fix ``u`` in ``A``: ``P_u`` lies in
-  ``(A \ {u}) ∪ C ∪ (H \ S)``, so ``|A| + |P_u ∩ H \ S| >= t - c``, and neither set signs
+  ``S ∩ H \\ {u} ⊆ P_u``, so ``S ∩ H ⊆ A``).  Fix ``u`` in ``A``: ``P_u`` lies in
+  ``(A \\ {u}) ∪ C ∪ (H \\ S)``, so ``|A| + |P_u ∩ H \\ S| >= t - c``, and neither set signs
   (the second is outside ``S``).  At most ``n - t + c`` clients sign, fewer than
   ``t <= signature_threshold`` as ``2t > n + c``: nobody unmasks.  The bound is tight: with
   ``2t <= n + c`` a server that relays to ``u`` only ``t - 1`` partners (colluders first) and
   declares the honest ones dropped has ``n - t + c >= t`` signers besides ``u`` and recovers
   ``x_u`` exactly (tests/protocols/test_secagg_withheld_shares.py).
   (d) SecAgg+ (``c = 0``, so ``H`` is everyone).  Suppose ``A ⊊ S``.  Someone signed, so
-  ``G[S]`` is connected and some ``a`` in ``A`` has a neighbour ``b`` in ``S \ A``; ``b`` is
+  ``G[S]`` is connected and some ``a`` in ``A`` has a neighbour ``b`` in ``S \\ A``; ``b`` is
   not in ``P_a``, so ``a`` did not sign.  The holders who reveal ``b_a`` are signers among
   ``a``'s ``k`` neighbours, and a signer in ``A`` has all its neighbours in ``S`` inside ``A``.
-  If ``a`` has neighbours in ``S \ A`` on both sides of the ring, every member of ``A`` among
+  If ``a`` has neighbours in ``S \\ A`` on both sides of the ring, every member of ``A`` among
   its neighbours is within ``k/2`` of one of them and did not sign, and ``a``'s ``t - 1``
   partners lie in ``A`` or outside ``S``: at most ``k - t + 1 < t`` revealers.  Otherwise let
   ``b`` be the nearest, at ring distance ``d <= k/2``: signers of ``A`` among ``a``'s
   neighbours are more than ``k/2`` from ``b`` (at most ``d``, on the far side) and those of
-  ``S \ A`` lie from ``b`` on (at most ``k/2 - d + 1``): at most ``k/2 + 1 < t`` revealers.
+  ``S \\ A`` lie from ``b`` on (at most ``k/2 - d + 1``): at most ``k/2 + 1 < t`` revealers.
   Either way ``b_a`` stays hidden, contradicting ``a`` in ``A``.  Both bounds are tight: with
   ``2t <= k + 1`` the isolation of (c) unmasks one client, and with ``t = k/2 + 1`` a band of
   clients that hears only from itself (everyone else hearing from everyone) has its sum
