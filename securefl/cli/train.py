@@ -16,6 +16,7 @@ from securefl.config import RunConfig
 from securefl.data import plot_label_histograms
 from securefl.fl.history import History, check_output_dir, write_run
 from securefl.fl.simulation import build_federation, run_simulation
+from securefl.protocols.secagg import assess_parameters
 
 Opt = typer.Option
 
@@ -128,18 +129,36 @@ def train(
 
 
 def _collusion_bound(config: RunConfig, federation: Any) -> str:
-    """One line: the adversary the planned secure-aggregation round is secure against."""
+    """One line: the adversary every round that can run is secure against.
+
+    Rounds can be smaller than planned (Poisson sampling, clients left out for non-finite
+    updates) and run with their own threshold, so the bound printed is the smallest over every
+    round size the channel can run; if some size breaks a rule of ``choose_parameters`` (passive
+    SecAgg+ at the configured dropout rate) the line says it is not secure for that ``c``.
+    """
     clients = config.sampled_clients
-    params = federation.channel.params_for(clients, federation.channel.codec_for(clients))
+    secure = getattr(federation.channel, "secure", federation.channel)  # distributed DP wraps it
+    rounds = secure.round_params()
+    params = next((p for p in rounds if p.num_clients == clients), rounds[-1])
     graph = "complete graph" if params.complete_graph else f"SecAgg+ with {params.neighbors} neighbours"
+    head = f"secure aggregation: {graph}, threshold {params.threshold} for {clients} clients per round; "
+    sizes = f"rounds of {rounds[0].num_clients} to {rounds[-1].num_clients} clients can run"
+    for round_params in sorted(rounds, key=lambda p: p.num_clients != clients):  # planned first
+        broken = assess_parameters(round_params, dropout_rate=secure.config.dropout_rate)
+        if broken:
+            return (
+                f"{head}not secure for c = {round_params.colluders_tolerated} colluding client(s) "
+                f"in a round of {round_params.num_clients} ({sizes}): {broken[0]}"
+            )
+    weakest = min(rounds, key=lambda p: p.colluders_tolerated)
     if params.active_adversary:
         server = f"an active server ({params.signature_threshold} survivor-set signatures needed)"
     else:
         server = "an honest-but-curious server"
     caveat = "" if params.complete_graph or params.active_adversary else " (w.h.p. over the random graph)"
     return (
-        f"secure aggregation: {graph}, threshold {params.threshold} for {clients} clients per round; "
-        f"secure against {server} colluding with up to {params.colluders_tolerated} client(s){caveat}"
+        f"{head}secure against {server} colluding with up to {weakest.colluders_tolerated} client(s) "
+        f"in every round ({sizes}; {params.colluders_tolerated} in a round of {params.num_clients}){caveat}"
     )
 
 

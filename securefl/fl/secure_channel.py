@@ -90,6 +90,7 @@ class SecureAggregationChannel:
         self.dp_clip_norm = dp_clip_norm
         self.seed = seed
         self._round_guards: dict = {}  # client id -> RoundIdGuard, filled by the protocol driver
+        self.max_clients = max(max_clients or clients_per_round, clients_per_round)
         if clients_per_round < 2:
             raise ConfigError(
                 f"secure aggregation needs at least 2 clients per round, got "
@@ -161,6 +162,13 @@ class SecureAggregationChannel:
                 f"the smallest up to {max_clients}: change --secagg-threshold or --secagg-neighbors"
             )
         return runnable[0]
+
+    def round_params(self) -> list[SecAggParams]:
+        """The parameters of every round size that can run: from :meth:`smallest_round` up to
+        ``max_clients`` (every client under Poisson sampling, else the planned round, which
+        clients left out for non-finite updates can shrink)."""
+        sizes = range(self.smallest_round(self.max_clients), self.max_clients + 1)
+        return [self.probe_params(m) for m in sizes]  # none is None: see smallest_round
 
     def probe_params(self, num_clients: int) -> SecAggParams | None:
         """The parameters a round of ``num_clients`` would get, or ``None`` if it cannot run.

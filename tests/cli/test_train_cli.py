@@ -174,17 +174,45 @@ def test_secagg_run_records_survivors_dropouts_bytes_and_step_times(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "bound"),
     [
-        (["--active-adversary"], "active server (7 survivor-set signatures needed) colluding with up to 3"),
-        (["--active-adversary", "--secagg-colluders", "2"], "signatures needed) colluding with up to 2"),
-        ([], "honest-but-curious server colluding with up to 5 client(s)"),
+        (
+            ["--active-adversary"],
+            "active server (7 survivor-set signatures needed) colluding with up to 0 client(s) in every "
+            "round (rounds of 2 to 10 clients can run; 3 in a round of 10)",
+        ),
+        (
+            ["--active-adversary", "--secagg-colluders", "2"],
+            "signatures needed) colluding with up to 2 client(s) in every round (rounds of 5 to 10",
+        ),
+        (
+            [],
+            "honest-but-curious server colluding with up to 0 client(s) in every round (rounds of 2 to "
+            "10 clients can run; 5 in a round of 10)",
+        ),
+        (
+            ["--central-dp", "--clients", "20", "--clients-per-round", "10"],
+            "colluding with up to 0 client(s) in every round (rounds of 2 to 20 clients can run; 5 in "
+            "a round of 10)",
+        ),
     ],
 )
 def test_secagg_run_prints_the_collusion_bound_it_is_secure_for(tmp_path, capsys, extra, bound):
     """Defaults: 10 clients; active t = floor(20/3) + 1 = 7 tolerates c = 3 (t > c, 2t > n + c)
-    with 7 signatures; passive t = 6 tolerates c = 5."""
+    with 7 signatures, passive t = 6 tolerates c = 5.  But a round left with 2 clients (non-finite
+    updates left out; Poisson sampling) runs with t = 2, which tolerates none: the line gives the
+    minimum over every size that can run.  With c = 2 declared, rounds below 5 cannot run."""
     args = [*SMALL, "--clients", "10", "--rounds", "1", "--secagg", *extra]
     assert main(["train", *args, "--out", str(tmp_path / "run")]) == 0
     assert bound in " ".join(capsys.readouterr().out.split())
+
+
+def test_secagg_run_does_not_call_broken_parameters_secure(tmp_path, capsys):
+    """Passive SecAgg+ with k = 4 for 20 clients breaks the connectivity rule for the c it assumes:
+    the line says so instead of "secure ... (w.h.p.)"."""
+    args = [*SMALL, "--clients", "20", "--rounds", "1", "--secagg", "--secagg-neighbors", "4"]
+    assert main(["train", *args, "--out", str(tmp_path / "run")]) == 0
+    line = " ".join(capsys.readouterr().out.split())
+    assert "not secure for c = 2 colluding client(s) in a round of 20" in line
+    assert "secure against" not in line
 
 
 def test_dp_run_writes_a_privacy_ledger_and_reports_epsilon(tmp_path):
