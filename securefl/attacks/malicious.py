@@ -26,7 +26,7 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -266,6 +266,43 @@ def run_malicious(prepared: PreparedMalicious, *, progress=None) -> MaliciousOut
     )
 
 
+def comparison_rows(config: MaliciousConfig) -> list[MaliciousConfig]:
+    """The rows of ``securefl attack compare --attack imprint|inconsistency``: the same target
+    (client 0 of round 1) unprotected, under secure aggregation, and against each defence."""
+    off = ClientDefences(consistency=False, pinning=False, parameter_checks=False)
+    alone = replace(config, attack="imprint", clients=1, secagg=False, active=False, defences=off)
+    secagg = replace(config, secagg=True, clients=max(config.clients, 2))
+    if config.attack == "imprint":
+        return [
+            alone,
+            replace(secagg, defences=off),
+            replace(secagg, defences=off, clients=4 * secagg.clients),
+            replace(secagg, placement="mlp", bins=None, defences=off),
+            replace(secagg, placement="mlp", bins=None, defences=ClientDefences(False, True, False)),
+            replace(secagg, defences=ClientDefences()),
+            replace(secagg, placement="mlp", bins=None, defences=ClientDefences()),
+        ]
+    consistency = ClientDefences(consistency=True, pinning=False, parameter_checks=False)
+    return [
+        alone,
+        replace(secagg, defences=off),
+        replace(secagg, defences=consistency),
+        replace(secagg, defences=consistency, active=True),
+        replace(secagg, defences=ClientDefences()),
+    ]
+
+
+def run_malicious_comparison(prepared: PreparedMalicious, *, progress=None) -> list[MaliciousOutcome]:
+    """Every row of :func:`comparison_rows` on the same data (validated before any runs)."""
+    rows = [prepare_malicious(row, dataset=prepared.dataset) for row in comparison_rows(prepared.config)]
+    outcomes = []
+    for index, row in enumerate(rows):
+        outcomes.append(run_malicious(row))
+        if progress is not None:
+            progress(index + 1, len(rows))
+    return outcomes
+
+
 def server_models(prepared: PreparedMalicious, *, trial: int) -> tuple[dict[int, nn.Module], ImprintLayout]:
     """What the server sends each client: client id -> model, and where its bins are."""
     config, dataset = prepared.config, prepared.dataset
@@ -429,6 +466,7 @@ __all__ = [
     "MaliciousOutcome",
     "PreparedMalicious",
     "TrialResult",
+    "comparison_rows",
     "play_trial",
     "prepare_malicious",
     "run_malicious",

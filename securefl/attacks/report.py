@@ -265,3 +265,30 @@ def write_malicious_outcome(outcome: MaliciousOutcome, out: Path) -> list[Path]:
         reconstructed=outcome.reconstructions.numpy().astype(np.float32),
     )
     return [figure_path, metrics, arrays]
+
+
+def write_malicious_comparison(outcomes: Sequence[MaliciousOutcome], out: Path) -> list[Path]:
+    """``compare.png`` (the target's images, then one row per attack / defence with PSNR under
+    each) and ``compare.json`` (every row's summary and trials) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    figure_path, document = out / COMPARE_FIGURE, out / COMPARE_FILE
+    count = len(outcomes[0].originals)
+    rows = len(outcomes) + 1
+    figure = Figure(figsize=(1.05 * count + 3.6, 1.02 * rows + 0.4), dpi=80)
+    axes = figure.subplots(rows, count, squeeze=False)
+    for column in range(count):
+        _show(axes[0][column], outcomes[0].originals[column])
+    axes[0][0].set_ylabel("target's", fontsize=8, rotation=0, ha="right", va="center")
+    for row, outcome in enumerate(outcomes, start=1):
+        for column in range(count):
+            _show(axes[row][column], outcome.reconstructions[column])
+            axes[row][column].set_xlabel(_psnr_text(outcome.trials[0].target_psnr[column]), fontsize=7)
+        label = outcome.config.label.replace(", ", "\n", 1)
+        axes[row][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    figure.suptitle(f"malicious server on {outcomes[0].config.dataset}", fontsize=9)
+    figure.tight_layout(h_pad=0.3, w_pad=0.2)
+    figure.savefig(figure_path)
+    document.write_text(
+        json.dumps({"rows": [malicious_document(outcome) for outcome in outcomes]}, indent=2) + "\n"
+    )
+    return [figure_path, document]

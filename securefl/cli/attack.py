@@ -37,8 +37,14 @@ from securefl.attacks.malicious import (
     MaliciousOutcome,
     prepare_malicious,
     run_malicious,
+    run_malicious_comparison,
 )
-from securefl.attacks.report import write_comparison, write_malicious_outcome, write_outcome
+from securefl.attacks.report import (
+    write_comparison,
+    write_malicious_comparison,
+    write_malicious_outcome,
+    write_outcome,
+)
 from securefl.errors import ConfigError
 from securefl.fl.history import check_output_dir
 
@@ -215,8 +221,37 @@ def compare(
     threads: ThreadsOpt = 1,
     out: Annotated[Path | None, Opt(help="Output directory. (default runs/compare-<timestamp>)")] = None,
     overwrite: OverwriteOpt = False,
+    clients: Annotated[int, Opt(help="imprint/inconsistency: clients N under secure aggregation.")] = 16,
+    bins: Annotated[int | None, Opt(help="imprint/inconsistency: bins of the front block.")] = None,
 ) -> None:
-    """Run the same victims through every defence; write compare.png and compare.json."""
+    """Run the same victims through every defence; write compare.png and compare.json.
+
+    With ``--attack imprint|inconsistency``: the same target unprotected, under secure
+    aggregation, and against each client-side defence."""
+    if attack in MALICIOUS_ATTACKS:
+        base = MaliciousConfig(
+            attack=attack,
+            dataset=dataset,
+            bins=bins,
+            clients=clients,
+            batch_size=batch_size,
+            learning_rate=lr,
+            seed=seed,
+            data_dir=data_dir,
+        )
+        _execute(
+            base,
+            run_malicious_comparison,
+            write_malicious_comparison,
+            _malicious_comparison_table,
+            out=out,
+            name="compare",
+            overwrite=overwrite,
+            threads=threads,
+            prepare_with=prepare_malicious,
+            bar=_trials_bar,
+        )
+        return
     config = ExperimentConfig(
         attack=attack,
         dataset=dataset,
@@ -355,6 +390,22 @@ def _malicious_table(outcome: MaliciousOutcome) -> Table:
         f"{whose} images; "
         f"target refused the model in {outcome.refused_share:.0%} of rounds; {outcome.seconds:.1f} s"
     )
+    return table
+
+
+def _malicious_comparison_table(outcomes: Sequence[MaliciousOutcome]) -> Table:
+    table = Table(title="securefl attack compare: a malicious server")
+    for column in ("row", "target refused", "target's ≥30 dB", "all ≥30 dB", "s"):
+        table.add_column(column, justify="right")
+    for outcome in outcomes:
+        trial = outcome.trials[0]
+        table.add_row(
+            outcome.config.label,
+            "yes" if 0 in trial.refused else "no",
+            f"{trial.target_recovered:.0%}",
+            f"{trial.everyone_recovered:.0%}",
+            f"{outcome.seconds:.1f}",
+        )
     return table
 
 

@@ -153,3 +153,18 @@ def test_imprint_under_secagg_recovers_images_and_the_defaults_refuse_it(tmp_pat
 def test_bad_malicious_server_flags_exit_2(tmp_path, flags):
     assert main(["attack", *flags, "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_compare_gains_malicious_server_rows(tmp_path):
+    out = tmp_path / "compare"
+    flags = ["attack", "compare", "--attack", "inconsistency", "--batch-size", "4", "--clients", "4"]
+    assert main([*flags, "--bins", "64", "--out", str(out)]) == 0
+    assert (out / "compare.png").read_bytes()[:8] == PNG
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    labels = [row["summary"]["label"] for row in rows]
+    assert labels[0].startswith("imprint") and "none" in labels[0]
+    recovered = [row["summary"]["recovered_share"] for row in rows]
+    # alone and under SecAgg without defences the target comes back; any defence stops it
+    assert recovered[0] >= 0.5 and recovered[1] >= 0.5
+    assert recovered[2:] == [0.0, 0.0, 0.0]
+    assert rows[-1]["summary"]["target_refused_share"] == 1
