@@ -70,3 +70,24 @@ def test_active_mode_clients_refuse_even_when_the_server_skips_its_own_signature
     assert np.array_equal(same.sum, plain_sum(inputs, range(N), BITS))  # the hook alone is harmless
     with pytest.raises(ThresholdNotMetError):
         _run(params, inputs, {0: MODEL_A, **{c: MODEL_B for c in range(1, N)}}, "forward-split")
+
+
+def test_pairwise_mask_keys_are_hkdf_salted_with_the_session_hash():
+    """Against an independent HKDF (RFC 5869 with the standard library's HMAC): the salt is the
+    session hash, the info label is unchanged, and no salt is still the frozen vectors' derivation."""
+    import hashlib
+    import hmac
+
+    from securefl.protocols.crypto.keys import KeyPurpose, derivation_label, derive_key
+
+    def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+        prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+        return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+    secret, session = bytes(range(32)), hashlib.sha256(b"session").digest()
+    info = derivation_label(KeyPurpose.PAIRWISE_MASK, round_id=7, parties=(1, 2))
+    salted = derive_key(secret, purpose=KeyPurpose.PAIRWISE_MASK, round_id=7, parties=(1, 2), session=session)
+    plain = derive_key(secret, purpose=KeyPurpose.PAIRWISE_MASK, round_id=7, parties=(1, 2))
+    assert salted == hkdf(secret, session, info)
+    assert plain == hkdf(secret, b"\x00" * 32, info)  # RFC 5869: no salt = HashLen zero bytes
+    assert salted != plain
