@@ -17,7 +17,9 @@ Sections (all by default):
   context hash; false refusals counted.
 - ``cost``: the defences' client time over the client's round (training + its share of SecAgg),
   for the FedSGD rounds of the attacks and for ``securefl train``'s default client round.
-- ``evasion``: noise of relative size rho on the bins' rows: rank-one share against recovery.
+- ``evasion``: noise of relative size rho on the bins' rows and the next layer: the checks
+  against what the first layer still gives back (one client, and the sum of 16), beside an honest
+  mlp.
 
     .venv/bin/python benchmarks/malicious.py [imprint|inconsistency|defences|honest|cost|evasion ...]
         [--trials T] [--honest-rounds R] [--secagg-up-to N]
@@ -26,14 +28,20 @@ Sections (all by default):
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import torch
 
-from securefl.attacks.imprint import MeasurementPrior, imprint_model, measurement_direction, recover
+from securefl.attacks.imprint import (
+    MeasurementPrior,
+    best_psnr,
+    imprint_model,
+    measurement_direction,
+    recover,
+)
 from securefl.attacks.malicious import ClientDefences, MaliciousConfig, prepare_malicious, run_malicious
-from securefl.attacks.metrics import psnr
 from securefl.attacks.observation import Observation, ObservedKind, PublicKnowledge
 from securefl.config import SecAggConfig
 from securefl.data import load_dataset
@@ -297,18 +305,65 @@ def cost_section(repeats: int = 5) -> None:
         )
 
 
+def _unit_candidates(observation: Observation, layout) -> torch.Tensor:
+    """Every way the first layer gives an image back: the imprint's adjacent differences, and
+    each unit's own ratio ∂L/∂W_i / ∂L/∂b_i (exact for a unit only one image switched on;
+    Phong et al. 2017)."""
+    features = math.prod(layout.input_shape)
+    update = observation.observed_update
+    weight = update[layout.weight_offset : layout.weight_offset + layout.bins * features].view(
+        layout.bins, -1
+    )
+    bias = update[layout.bias_offset : layout.bias_offset + layout.bins]
+    alive = bias.abs() > 1e-6 * float(bias.abs().max())
+    ratios = (weight[alive] / bias[alive, None]).clamp(0, 1).view(-1, *layout.input_shape).float()
+    return torch.cat([recover(observation, layout), ratios])
+
+
+def _first_layer_round(model, layout, shards, dataset) -> list[float]:
+    """One FedSGD round of ``shards`` on ``model`` (mean of the updates, as SecAgg would give):
+    the best PSNR of any first-layer candidate against every image."""
+    params = to_vector(model.parameters())
+    trainer = LocalSGDTrainer(model=model, task="classification", local_epochs=1, batch_size=None, lr=0.1)
+    deltas = [
+        trainer.train(global_params=params, shard=shard, round_index=0, generator=torch.Generator()).delta
+        for shard in shards
+    ]
+    observation = Observation(
+        model_name="mlp",
+        model_parameters=params,
+        observed_update=-torch.stack(deltas).mean(0),
+        kind=ObservedKind.AGGREGATE if len(shards) > 1 else ObservedKind.CLIENT_UPDATE,
+        public=PublicKnowledge(
+            input_shape=dataset.input_shape,
+            num_classes=10,
+            batch_size=8,
+            local_steps=1,
+            learning_rate=0.1,
+            num_clients=len(shards),
+        ),
+    )
+    load_vector(model.parameters(), params)
+    candidates = _unit_candidates(observation, layout)
+    images = torch.cat([shard.x for shard in shards])
+    return [float(p) for p in best_psnr(candidates, images)]
+
+
 def evasion_section(trials: int) -> None:
     print(
-        "\n## Evasion: the bins' rows w + rho * |w| * noise "
-        "(pinned mlp, 64 bins, one client of 8 images, no SecAgg)"
+        "\n## Evasion: noise of relative size rho on the bins' rows and on the next layer "
+        "(pinned mlp, 64 bins; first-layer candidates: imprint differences and single-unit ratios)"
     )
-    print("| rho | rank-one share of the bins' layer | that layer flagged | recovered >= 30 dB |")
-    print("|---|---|---|---|")
+    print(
+        "| model | rank-one share of the bins' layer | model flagged | recovered, 1 client x 8 "
+        "| recovered, sum of 16 x 8 |"
+    )
+    print("|---|---|---|---|---|")
     dataset = load_dataset("mnist-sample")
     direction = measurement_direction(dataset.input_shape, seed=0)
     prior = MeasurementPrior.fit(dataset.test_x, direction)
-    for rho in (0.0, 0.1, 0.3, 1.0, 2.0, 4.0):
-        shares, flagged, recovered = [], 0, []
+    for rho in ("honest", 0.0, 0.3, 1.0, 2.0, 4.0):
+        shares, flagged, alone, summed = [], 0, [], []
         for trial in range(trials):
             model, layout = imprint_model(
                 placement="mlp",
@@ -320,47 +375,30 @@ def evasion_section(trials: int) -> None:
                 prior=prior,
                 seed=trial,
             )
-            noise = torch.randn(model.net[1].weight.shape, generator=torch.Generator().manual_seed(trial))
-            with torch.no_grad():
-                weight = model.net[1].weight  # rows of norm MEASUREMENT_SCALE: noise relative to them
-                weight.add_(rho * weight.norm(dim=1, keepdim=True) * noise / noise.shape[1] ** 0.5)
-                model.net[3].weight.add_(
-                    rho
-                    * torch.randn(
-                        model.net[3].weight.shape, generator=torch.Generator().manual_seed(trial + 1)
-                    )
-                    * model.net[3].weight.abs().max()
-                )
+            if rho == "honest":
+                model = build_model("mlp", input_shape=dataset.input_shape, num_outputs=10, seed=trial)
+            else:
+                generator = torch.Generator().manual_seed(trial)
+                with torch.no_grad():
+                    for weight in (model.net[1].weight, model.net[3].weight):
+                        noise = torch.randn(weight.shape, generator=generator)
+                        weight.add_(rho * weight.norm(dim=1, keepdim=True) * noise / weight.shape[1] ** 0.5)
             shares.append(checks.rank_one_share(model.net[1].weight))
-            flagged += any(f.layer == "net.1" for f in checks.inspect(model, input_shape=dataset.input_shape))
-            rows = torch.arange(trial * 8, trial * 8 + 8)
-            shard = ClientShard(0, dataset.train_x[rows], dataset.train_y[rows])
-            trainer = LocalSGDTrainer(
-                model=model, task="classification", local_epochs=1, batch_size=None, lr=0.1
+            flagged += bool(checks.inspect(model, input_shape=dataset.input_shape))
+            shards = [
+                ClientShard(c, dataset.train_x[rows], dataset.train_y[rows])
+                for c, rows in enumerate(torch.arange(trial * 128, (trial + 1) * 128).split(8))
+            ]
+            alone.append(
+                statistics.mean(p >= 30 for p in _first_layer_round(model, layout, shards[:1], dataset))
             )
-            params = to_vector(model.parameters())
-            update = trainer.train(
-                global_params=params, shard=shard, round_index=0, generator=torch.Generator()
+            summed.append(
+                statistics.mean(p >= 30 for p in _first_layer_round(model, layout, shards, dataset))
             )
-            observation = Observation(
-                model_name="mlp",
-                model_parameters=params,
-                observed_update=-update.delta,
-                kind=ObservedKind.CLIENT_UPDATE,
-                public=PublicKnowledge(
-                    input_shape=dataset.input_shape,
-                    num_classes=10,
-                    batch_size=8,
-                    local_steps=1,
-                    learning_rate=0.1,
-                ),
-            )
-            candidates = recover(observation, layout)
-            best = [max((psnr(c, image) for c in candidates), default=0.0) for image in shard.x]
-            recovered.append(sum(b >= 30 for b in best) / 8)
         print(
-            f"| {rho} | {statistics.mean(shares):.3f} | {flagged}/{trials} "
-            f"| {statistics.mean(recovered):.0%} |",
+            f"| {'honest mlp (PyTorch init)' if rho == 'honest' else f'rho = {rho}'} | "
+            f"{statistics.mean(shares):.3f} | {flagged}/{trials} | {statistics.mean(alone):.0%} "
+            f"| {statistics.mean(summed):.1%} |",
             flush=True,
         )
 
