@@ -7,6 +7,13 @@
   through securefl's own client, DP and secure-aggregation code.
 - :mod:`~securefl.attacks.experiment`: victims -> rounds -> attacks -> scores; comparisons.
 - :mod:`~securefl.attacks.report`: reconstruction.png, metrics.json, arrays.npz, compare.png/json.
+
+A malicious server (it chooses the model it sends; defences in :mod:`securefl.defences`):
+
+- :mod:`~securefl.attacks.imprint`: the binned imprint layer of Fowl et al. (ICLR 2022) and
+  reading it back from an observation.
+- :mod:`~securefl.attacks.malicious`: the server's models through the clients' defences, their
+  trainers and secure aggregation; imprint and model inconsistency (Pasquini et al., CCS 2022).
 """
 
 from securefl.attacks.defenses import DEFENCES, Defence, RoundSetup, observe_round

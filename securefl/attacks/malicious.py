@@ -26,7 +26,9 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,6 +67,9 @@ SECAGG_CLIP = 16.0
 """Ring and per-coordinate clip of the demo rounds: quantization far below the bins' signal."""
 DEFAULT_BINS = {"front": 1024, "mlp": 64}
 
+TrialProgress = Callable[[int, int], None]
+"""Called with (done, total) after each round (or each comparison row)."""
+
 
 @dataclass(frozen=True)
 class ClientDefences:
@@ -96,7 +101,7 @@ class MaliciousConfig:
     active: bool = False
     defences: ClientDefences = ClientDefences()
     seed: int = 0
-    data_dir: object = None
+    data_dir: Path | None = None
     sum_in_clear: bool = False
     """Benchmark shortcut for rounds too large for the protocol on a laptop: the same clients'
     sum by :class:`~securefl.fl.fedavg.PlainSum` (secure aggregation outputs this sum up to its
@@ -226,7 +231,7 @@ def prepare_malicious(config: MaliciousConfig, *, dataset: Dataset | None = None
     return PreparedMalicious(config, dataset, direction, prior)
 
 
-def run_malicious(prepared: PreparedMalicious, *, progress=None) -> MaliciousOutcome:
+def run_malicious(prepared: PreparedMalicious, *, progress: TrialProgress | None = None) -> MaliciousOutcome:
     """Play ``config.trials`` attacked rounds (disjoint clients each) and score them."""
     config, dataset = prepared.config, prepared.dataset
     started = time.perf_counter()
@@ -292,7 +297,9 @@ def comparison_rows(config: MaliciousConfig) -> list[MaliciousConfig]:
     ]
 
 
-def run_malicious_comparison(prepared: PreparedMalicious, *, progress=None) -> list[MaliciousOutcome]:
+def run_malicious_comparison(
+    prepared: PreparedMalicious, *, progress: TrialProgress | None = None
+) -> list[MaliciousOutcome]:
     """Every row of :func:`comparison_rows` on the same data (validated before any runs)."""
     rows = [prepare_malicious(row, dataset=prepared.dataset) for row in comparison_rows(prepared.config)]
     outcomes = []
