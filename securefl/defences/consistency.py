@@ -7,9 +7,10 @@ target's update.  Secure aggregation alone cannot see this: the protocol sums ve
 model produced them.
 
 The defence: each client hashes what it received -- the architecture, the parameter bytes and the
-round's settings -- with :func:`model_context` and runs its side of the protocol in a
-:class:`~securefl.protocols.secagg.RoundSetup` whose ``context`` is that hash, whatever the server
-claims (in the simulation: ``run_secure_aggregation(client_contexts=...)`` through
+round's settings -- with :func:`model_context` and runs its side of the protocol only in a
+:class:`~securefl.protocols.secagg.RoundSetup` whose ``context`` is that hash
+(``ClientProtocol(expected_context=...)`` refuses any other setup; in the simulation:
+``run_secure_aggregation(client_contexts=...)`` through
 :class:`~securefl.fl.secure_channel.SecureAggregationChannel`).  The context enters the
 session hash (:func:`~securefl.protocols.secagg.session_hash`), which every signature covers and
 which salts the derivation of every pairwise mask

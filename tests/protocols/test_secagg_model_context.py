@@ -91,3 +91,21 @@ def test_pairwise_mask_keys_are_hkdf_salted_with_the_session_hash():
     assert salted == hkdf(secret, session, info)
     assert plain == hkdf(secret, b"\x00" * 32, info)  # RFC 5869: no salt = HashLen zero bytes
     assert salted != plain
+
+
+def test_a_client_refuses_a_setup_binding_another_context_than_its_own():
+    from securefl.errors import LocalProtocolError
+    from securefl.protocols.secagg import ClientProtocol, RoundSetup
+
+    params = SecAggParams(num_clients=3, threshold=2, bits=BITS)
+    vector = np.zeros(LENGTH, dtype=np.uint32)
+
+    def client(expected):
+        setup = RoundSetup(0, (0, 1, 2), LENGTH, b"\x00" * 32, context=MODEL_B)
+        return ClientProtocol(
+            client_id=0, params=params, setup=setup, input_vector=vector, expected_context=expected
+        )
+
+    assert client(MODEL_B).start()  # its own model's context: it advertises keys
+    with pytest.raises(LocalProtocolError, match="another context"):
+        client(MODEL_A)

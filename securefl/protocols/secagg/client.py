@@ -157,6 +157,10 @@ class ClientProtocol:
     digest over the same set of clients everywhere, the active-mode key directory carries the
     advertised keys of every client that advertised, neighbours or not.
 
+    ``expected_context`` is the context this client computed itself (e.g. the hash of the model
+    and round settings it received, :func:`securefl.defences.consistency.model_context`): a setup
+    binding any other context is refused before anything is sent.
+
     With SecAgg+, a client refuses a survivor set ``S`` whose induced graph is disconnected (the
     check that matters, proof in :mod:`securefl.protocols.secagg`), and in active mode also one
     that keeps at most ``k/2`` of its own neighbours (the local rule of issue 9).  The local rule
@@ -178,8 +182,14 @@ class ClientProtocol:
         signing_key: Ed25519PrivateKey | None = None,
         verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
         round_guard: RoundIdGuard | None = None,
+        expected_context: bytes | None = None,
     ) -> None:
         setup.check(params)
+        if expected_context is not None and setup.context != expected_context:
+            raise LocalProtocolError(
+                f"client {client_id}: the round setup binds another context than the one it "
+                "computed (e.g. the hash of the model it received): refused, it would join "
+                "another session than its model's")
         if client_id not in setup.participants:
             raise ConfigError(f"client {client_id} is not a participant of round "
                               f"{setup.round_id}")

@@ -289,7 +289,9 @@ def run_secure_aggregation(
     ``context`` is the application data of :class:`RoundSetup`, bound into every signature and
     (through the session hash) into every pairwise mask.  ``client_contexts`` simulates a server
     that shows clients different contexts: client ``c`` runs in the setup with
-    ``client_contexts[c]`` (missing clients get ``context``), the server in ``context``.  This is
+    ``client_contexts[c]`` and expects exactly it (``ClientProtocol(expected_context=...)``: a
+    setup with another context is refused), missing clients get ``context``, the server runs in
+    ``context``.  This is
     how a server that sends different models to different clients looks once every client binds
     the hash of the model it received (:mod:`securefl.defences.consistency`): clients with
     different contexts are in different sessions, so their signatures do not verify for each
@@ -329,7 +331,8 @@ def run_secure_aggregation(
                           signing_key=signing_keys[c] if signing_keys else None,
                           verify_keys=verify_keys,
                           round_guard=(None if round_guards is None
-                                       else round_guards.setdefault(c, RoundIdGuard())))
+                                       else round_guards.setdefault(c, RoundIdGuard())),
+                          expected_context=own_context.get(c))
         for c in setup.participants
     }
     record = _Recorder(record_transcript)
