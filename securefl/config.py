@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -131,11 +134,20 @@ class SecAggConfig:
     def __post_init__(self) -> None:
         _require(8 <= self.bits <= 62, f"secagg bits {self.bits} outside 8..62: set --secagg-bits")
         if self.clip is not None:
+            _require(
+                math.isfinite(self.clip),
+                f"secagg clip {self.clip} is not a finite number: use a positive --secagg-clip",
+            )
             _require(self.clip > 0, f"secagg clip {self.clip} <= 0: use a positive --secagg-clip")
         _require(
             0 <= self.dropout_rate < 1, f"dropout rate {self.dropout_rate} outside [0, 1): set --dropout-rate"
         )
         if self.threshold is not None:
+            _require(
+                math.isfinite(self.threshold),
+                f"secagg threshold {self.threshold} is not a finite number: give a fraction in (0, 1) "
+                "or a client count",
+            )
             _require(
                 self.threshold > 0,
                 f"secagg threshold {self.threshold} <= 0: give a fraction in (0, 1] or a client count",
@@ -407,15 +419,60 @@ def _build(flat: dict[str, Any]) -> RunConfig:
                 f"{knobs} given without {_FLAG_OF_SECTION[name]}: add {_FLAG_OF_SECTION[name]} or drop them"
             )
         if enabled[name]:
-            sections[name] = _construct(_SECTIONS[name], values)
+            flags = {field: flag for flag, field in _SECTION_FLAGS[name].items()}
+            sections[name] = _construct(_SECTIONS[name], values, flags)
     return _construct(RunConfig, {**top, **sections})
 
 
-def _construct(kind: type, values: dict[str, Any]) -> Any:
+def _construct(kind: type, values: dict[str, Any], names: dict[str, str] | None = None) -> Any:
+    """``kind(**values)``, after checking each value against its field's type (a TOML string where
+    a number is expected would otherwise fail deep inside with a raw TypeError); ``names`` maps
+    field names to the setting names the user wrote."""
+    hints = typing.get_type_hints(kind)
+    for field_name, value in values.items():
+        expected = hints.get(field_name)
+        if expected is not None and not _accepts(value, expected):
+            setting = (names or {}).get(field_name, field_name).replace("_", "-")
+            raise ConfigError(f"setting {setting!r} must be {_describe(expected)}, not {value!r}")
     try:
         return kind(**values)
     except TypeError as error:
         raise ConfigError(f"invalid settings for {kind.__name__}: {error}") from None
+
+
+_SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _scalar_types(annotation: Any) -> list[Any] | None:
+    """The scalar types (and None) of ``annotation``, or None if it is anything else."""
+    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else [annotation]
+    if all(member in _SCALARS or member is type(None) for member in members):
+        return list(members)
+    return None
+
+
+def _accepts(value: Any, annotation: Any) -> bool:
+    members = _scalar_types(annotation)
+    if members is None:  # paths, literals, ...: the class checks them itself
+        return True
+    for member in members:
+        if member is type(None) and value is None:
+            return True
+        if member is bool and isinstance(value, bool):
+            return True
+        if member is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if member is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return True
+        if member is str and isinstance(value, str | os.PathLike):
+            return True
+    return False
+
+
+def _describe(annotation: Any) -> str:
+    members = _scalar_types(annotation) or []
+    described = " or ".join(_SCALARS[m] for m in members if m is not type(None))
+    return described + (" (or left out)" if type(None) in members else "")
 
 
 __all__ = ["RunConfig", "DPConfig", "CentralDPConfig", "SecAggConfig"]

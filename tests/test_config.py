@@ -31,7 +31,13 @@ from securefl.errors import ConfigError
         ({"secagg_bits": 16}, "without --secagg"),
         ({"clip_norm": 1.0}, "without --central-dp"),
         ({"colour": "blue"}, "unknown setting 'colour'"),
-        ({"clients": "ten"}, "invalid settings"),
+        ({"clients": "ten"}, "setting 'clients' must be an integer, not 'ten'"),
+        ({"secagg": True, "secagg_threshold": "0.5"}, "'secagg-threshold' must be a number (or left out)"),
+        ({"secagg": True, "secagg_colluders": 2.0}, "'secagg-colluders' must be an integer (or left out)"),
+        ({"secagg": {"bits": "16"}}, "setting 'secagg-bits' must be an integer, not '16'"),
+        ({"secagg": True, "active_adversary": "yes"}, "setting 'active-adversary' must be true or false"),
+        ({"secagg": True, "secagg_threshold": float("nan")}, "secagg threshold nan is not a finite number"),
+        ({"secagg": True, "secagg_clip": float("inf")}, "secagg clip inf is not a finite number"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_knob(values, fragment):
