@@ -53,10 +53,11 @@ Threat model (what the guarantees assume):
   in ``S`` (masks with colluders and with clients outside ``S`` may be known), plus
   ``PRG(b_u)`` unless ``t`` holders revealed ``b_u``.
   (b) Remainders.  The mask of a pair with ``w`` in ``P_u`` and ``u`` in ``P_w`` enters
-  ``r_u`` and ``r_w`` with opposite signs; a one-sided one only ``r_u``, which it makes
-  uniform.  So the server learns the total of each connected component ``A`` of the graph of
-  such mutual pairs on ``S ∩ H`` none of whose members keeps a one-sided mask or its self
-  mask, and nothing else.  Such an ``A`` has ``P_u ∩ S ∩ H ⊆ A`` and ``b_u`` revealed for every
+  ``r_u`` and ``r_w`` with opposite signs; any other unknown mask (a one-sided pair, a self
+  mask, a mask with a client outside ``S`` whose key stayed hidden) enters one remainder only,
+  which it makes uniform.  So the server learns the total of each connected component ``A`` of
+  the graph of such mutual pairs on ``S ∩ H`` none of whose members keeps another unknown mask,
+  and nothing else.  Such an ``A`` has ``P_u ∩ S ∩ H ⊆ A`` and ``b_u`` revealed for every
   ``u`` in ``A``; it remains to show ``A = S ∩ H``, whose total (the survivors' sum less the
   colluders' own inputs) is the permitted output.  Note that ``u`` need not have signed: a
   client can be shown an ``S`` it refuses and still be unmasked by the others.
