@@ -140,11 +140,12 @@ class SecAggParams:
         if not self.active_adversary:
             return
         if self.complete_graph and 2 * t <= n + (c or 0):
+            bound = f"n + max_colluders = {n} + {c}" if c is not None else f"n = {n} (no c >= 0 fits)"
             raise ConfigError(
-                f"active_adversary needs 2 * threshold > n + max_colluders = {n} + {c or 0}, so "
-                f"threshold >= {(n + (c or 0)) // 2 + 1}, not {t}: the threshold must exceed half "
-                "the share holders plus the colluders, or a server that withholds shares from one "
-                "client and declares its partners dropped unmasks it alone (proof in "
+                f"active_adversary needs 2 * threshold > {bound}, so threshold >= "
+                f"{(n + (c or 0)) // 2 + 1}, not {t}: the threshold must exceed half the share "
+                "holders plus the colluders, or a server that withholds shares from one client "
+                "and declares its partners dropped unmasks it alone (proof in "
                 "securefl.protocols.secagg); raise the threshold"
                 + (" or lower max_colluders" if c else ""))
         if self.complete_graph:
