@@ -15,6 +15,8 @@ of the composed Gaussian mechanism.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
@@ -41,11 +43,17 @@ class ObservedChannel:
         self.client_id = client_id
         self.scores = CanaryScores(canaries)
 
-    def aggregate(self, contributions: list[Contribution], *, round_index: int) -> Aggregate:
+    def aggregate(
+        self,
+        contributions: list[Contribution],
+        *,
+        round_index: int,
+        contexts: Mapping[int, bytes] | None = None,
+    ) -> Aggregate:
         for contribution in contributions:
             if contribution.client_id == self.client_id:
                 self.scores.add(contribution.weighted_delta / contribution.weight)
-        return self.inner.aggregate(contributions, round_index=round_index)
+        return self.inner.aggregate(contributions, round_index=round_index, contexts=contexts)
 
 
 class ObservedServerUpdate:

@@ -57,14 +57,34 @@ from torch import nn
 CONTEXT_LABEL = b"securefl/model-context/v1\x00"
 
 
-def model_context(*, model: nn.Module, settings: Mapping[str, int | float | str]) -> bytes:
+def model_context(
+    *,
+    model: nn.Module,
+    settings: Mapping[str, int | float | str],
+    params: torch.Tensor | None = None,
+) -> bytes:
     """SHA-256 over the architecture (each parameter's name, shape and dtype), the parameters'
     bytes and the round's ``settings`` (canonical JSON): the context a client binds into its
     secure-aggregation session. Two clients get the same context iff (barring SHA-256 collisions)
-    they received the same model and settings."""
+    they received the same model and settings.
+
+    ``params``: the flat parameter vector (``parameters_to_vector`` order) the client received for
+    ``model``'s architecture, hashed instead of the values ``model`` holds now; the result equals
+    ``model_context`` of ``model`` loaded with ``params``."""
+    shapes = [(name, parameter) for name, parameter in model.named_parameters()]
+    if params is not None and params.numel() != sum(p.numel() for _, p in shapes):
+        raise ValueError(
+            f"a vector of {params.numel()} values does not fit the "
+            f"{sum(p.numel() for _, p in shapes)} parameters of the model"
+        )
     digest = hashlib.sha256(CONTEXT_LABEL)
-    for name, parameter in model.named_parameters():
+    offset = 0
+    for name, parameter in shapes:
         tensor = parameter.detach().cpu()
+        if params is not None:
+            flat = params.detach().cpu()[offset : offset + tensor.numel()]
+            tensor = flat.to(tensor.dtype).reshape(tensor.shape)
+            offset += tensor.numel()
         header = json.dumps([name, list(tensor.shape), str(tensor.dtype)]).encode()
         digest.update(len(header).to_bytes(4, "big") + header)
         data = tensor.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()

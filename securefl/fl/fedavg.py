@@ -8,7 +8,7 @@ The server side of a round is exactly :class:`ClientSampler` (before) and :class
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -77,7 +77,14 @@ class WeightedMean:
 class PlainSum:
     """Aggregation without protection: the server adds the contributions it receives in clear."""
 
-    def aggregate(self, contributions: list[Contribution], *, round_index: int) -> Aggregate:
+    def aggregate(
+        self,
+        contributions: list[Contribution],
+        *,
+        round_index: int,
+        contexts: Mapping[int, bytes] | None = None,
+    ) -> Aggregate:
+        """The plain sum; ``contexts`` are ignored (there is no session to bind them to)."""
         ordered = sorted(contributions, key=lambda c: c.client_id)
         if not ordered:
             raise ValueError("PlainSum needs at least one contribution")

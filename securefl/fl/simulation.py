@@ -24,6 +24,7 @@ from torch import nn
 
 from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset, partition, partition_stats
+from securefl.defences.consistency import model_context
 from securefl.errors import ConfigError, ThresholdNotMetError
 from securefl.fl.client import LocalSGDTrainer
 from securefl.fl.fedavg import ClientSampler, PlainSum, WeightedMean, weight_by_samples
@@ -77,6 +78,19 @@ class Federation:
     server_update: ServerUpdate
     sampler: ClientSampler
     generator_for: Callable[[int, int, int], torch.Generator] = client_generator
+
+    @property
+    def round_settings(self) -> dict[str, int | float | str]:
+        """The training settings every client of a round receives with the model."""
+        c = self.config
+        return {
+            "algorithm": c.algorithm,
+            "local_epochs": c.local_epochs,
+            "batch_size": c.batch_size,
+            "lr": c.lr,
+            "momentum": c.momentum,
+            "weight_decay": c.weight_decay,
+        }
 
 
 def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Federation:
@@ -287,10 +301,18 @@ def run_round(
         )
         for client_id in sampled
     ]
+    # Each client binds the model and settings it received into the aggregation session (model
+    # consistency: clients shown different models cannot be summed together). The architecture is
+    # the federation's pinned one, the same for every party.
+    settings = {"round": round_index, **fed.round_settings}
+    contexts = {
+        client_id: model_context(model=fed.eval_model, settings=settings, params=params)
+        for client_id in sampled
+    }
     aggregate = Aggregate.empty(params)
     if contributions:
         try:
-            aggregate = fed.channel.aggregate(contributions, round_index=round_index)
+            aggregate = fed.channel.aggregate(contributions, round_index=round_index, contexts=contexts)
         except ThresholdNotMetError as error:  # nothing was revealed: the round is an empty one
             record.update(status="aborted", abort_reason=str(error), **getattr(error, "details", {}))
     # Every round goes through the server update, an empty or aborted one too: FedAvg leaves the

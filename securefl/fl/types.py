@@ -13,6 +13,7 @@ Model state travels as one flat float32 vector of the model's parameters
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -115,6 +116,18 @@ class PrivacyAccounting(Protocol):
 
 
 class AggregationChannel(Protocol):
-    """How contributions are summed. The server side sees only the returned :class:`Aggregate`."""
+    """How contributions are summed. The server side sees only the returned :class:`Aggregate`.
 
-    def aggregate(self, contributions: list[Contribution], *, round_index: int) -> Aggregate: ...
+    ``contexts`` (client id -> bytes) is what each client computed from the model and settings it
+    received (:func:`securefl.defences.consistency.model_context`); a channel with a session binds
+    it there (secure aggregation: clients shown different models cannot be summed together), a
+    plain sum has no session and ignores it.
+    """
+
+    def aggregate(
+        self,
+        contributions: list[Contribution],
+        *,
+        round_index: int,
+        contexts: Mapping[int, bytes] | None = None,
+    ) -> Aggregate: ...

@@ -74,7 +74,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -329,15 +329,23 @@ class DistributedDPChannel:
         signed = (total.astype(np.int64) + modulus // 2) % modulus - modulus // 2
         return rotation.unrotate(torch.from_numpy(signed.astype(np.float64)) / self.scale)
 
-    def aggregate(self, contributions: list[Contribution], *, round_index: int) -> Aggregate:
+    def aggregate(
+        self,
+        contributions: list[Contribution],
+        *,
+        round_index: int,
+        contexts: Mapping[int, bytes] | None = None,
+    ) -> Aggregate:
         try:
-            aggregate = self._aggregate(contributions, round_index=round_index)
+            aggregate = self._aggregate(contributions, round_index=round_index, contexts=contexts)
         except SecureAggregationAborted:
             self._release = Release(0, 0, 0.0, 0.0)  # nothing released
             raise
         return aggregate
 
-    def _aggregate(self, contributions: list[Contribution], *, round_index: int) -> Aggregate:
+    def _aggregate(
+        self, contributions: list[Contribution], *, round_index: int, contexts: Mapping[int, bytes] | None
+    ) -> Aggregate:
         if len(contributions) < 2:
             raise SecureAggregationAborted(
                 f"{len(contributions)} client(s) sampled: secure aggregation needs at least 2",
@@ -352,7 +360,9 @@ class DistributedDPChannel:
         rotation = self.rotation(round_index)
         share = self.share_variance(params)
         inputs = {c.client_id: self.encode(c, rotation=rotation, share_variance=share) for c in contributions}
-        result, details = self.secure.run_protocol(inputs, params=params, round_index=round_index)
+        result, details = self.secure.run_protocol(
+            inputs, params=params, round_index=round_index, contexts=contexts
+        )
         survivors = len(result.survivors)
         self._release = Release(
             survivors=survivors,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 
+import pytest
 import torch
 
 from securefl.defences.consistency import model_context
@@ -51,3 +52,51 @@ def test_the_context_hashes_exactly_the_parameter_bytes():
     settings = json.dumps(SETTINGS, sort_keys=True).encode()
     digest.update(len(settings).to_bytes(4, "big") + settings)
     assert model_context(model=model, settings=SETTINGS) == digest.digest()
+
+
+def test_a_flat_vector_hashes_like_the_model_loaded_with_it():
+    model, other = _model(), _model(seed=1)
+    vector = torch.nn.utils.parameters_to_vector(other.parameters()).detach()
+    assert model_context(model=model, settings=SETTINGS, params=vector) == model_context(
+        model=other, settings=SETTINGS
+    )
+    with pytest.raises(ValueError, match="does not fit"):
+        model_context(model=model, settings=SETTINGS, params=vector[:-1])
+
+
+def test_securefl_train_binds_what_each_client_received_into_secure_aggregation():
+    """``securefl train --secagg``: every sampled client hands the channel the context of the
+    model and settings it trained on, recomputed here from the round's global weights."""
+    from securefl.config import RunConfig, SecAggConfig
+    from securefl.fl.simulation import build_federation, run_round
+    from securefl.fl.vectors import to_vector
+
+    config = RunConfig(
+        dataset="digits", model="mlp", clients=4, rounds=1, local_epochs=1, secagg=SecAggConfig()
+    )
+    federation = build_federation(config)
+    seen = {}
+    inner = federation.channel
+
+    class Spy:
+        def aggregate(self, contributions, *, round_index, contexts=None):
+            seen.update(contexts)
+            return inner.aggregate(contributions, round_index=round_index, contexts=contexts)
+
+    federation.channel = Spy()
+    params = to_vector(federation.eval_model.parameters())
+    reference = copy.deepcopy(federation.eval_model)
+    expected = model_context(
+        model=reference,
+        settings={
+            "round": 1,
+            "algorithm": "fedavg",
+            "local_epochs": 1,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "momentum": config.momentum,
+            "weight_decay": config.weight_decay,
+        },
+    )
+    run_round(federation, params, round_index=1, eligible=[0, 1, 2, 3])
+    assert seen == {client: expected for client in range(4)}

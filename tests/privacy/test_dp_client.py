@@ -354,10 +354,10 @@ class _WeightSpy:
         self.inner = inner
         self.weights: dict[int, list[float]] = {}
 
-    def aggregate(self, contributions, *, round_index):
+    def aggregate(self, contributions, *, round_index, contexts=None):
         for contribution in contributions:
             self.weights.setdefault(contribution.client_id, []).append(contribution.weight)
-        return self.inner.aggregate(contributions, round_index=round_index)
+        return self.inner.aggregate(contributions, round_index=round_index, contexts=contexts)
 
 
 def test_sample_counts_are_public_and_the_server_receives_the_declared_count():
