@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from securefl.config import SecAggConfig
 from securefl.protocols.crypto import prg
 from securefl.protocols.secagg import (
     Dropout,
@@ -48,7 +49,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, default=0.0, help="fraction of clients dropping")
     parser.add_argument("--dropout-step", choices=[s.label for s in Step], default="masked_input")
     parser.add_argument("--threshold", type=int, default=0,
-                        help="Shamir threshold t (default: majority of each client's share holders)")
+                        help="Shamir threshold t (default: securefl train's, a majority of each "
+                        "client's share holders, floor(2h/3) + 1 of them with --active)")
     parser.add_argument("--bits", type=int, default=32)
     parser.add_argument("--active", action="store_true", help="active-adversary mode")
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs and dropout choice")
@@ -61,8 +63,8 @@ def main() -> None:
     args = parse_args()
     n, dim = args.clients, args.dim
     neighbors = args.neighbors or None
-    holders = n if neighbors is None else neighbors + 1
-    threshold = args.threshold or holders // 2 + 1
+    threshold = args.threshold or SecAggConfig(
+        neighbors=neighbors, active_adversary=args.active).threshold_count(n)
     params = SecAggParams(num_clients=n, threshold=threshold, bits=args.bits, neighbors=neighbors,
                           active_adversary=args.active)
     rng = np.random.default_rng(args.seed)
