@@ -31,6 +31,11 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _require_finite(value: float, what: str, remedy: str) -> None:
+    """Refuse NaN and ±inf before any comparison (``nan < 0`` and ``inf > 0`` would mislead)."""
+    _require(math.isfinite(value), f"{what} {value} is not a finite number: {remedy}")
+
+
 @dataclass(frozen=True)
 class DPConfig:
     """Sample-level DP-SGD on every client through Opacus (``--dp``)."""
@@ -43,10 +48,12 @@ class DPConfig:
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is not None:
+            _require_finite(self.noise_multiplier, "noise multiplier", "use --noise-multiplier 0 or more")
             _require(
                 self.noise_multiplier >= 0,
                 f"noise multiplier {self.noise_multiplier} < 0: use --noise-multiplier 0 or more",
             )
+        _require_finite(self.max_grad_norm, "max grad norm", "use a positive --max-grad-norm")
         _require(
             self.max_grad_norm > 0, f"max grad norm {self.max_grad_norm} <= 0: use a positive --max-grad-norm"
         )
@@ -88,6 +95,10 @@ class CentralDPConfig:
     distributed: bool = False
 
     def __post_init__(self) -> None:
+        _require_finite(
+            self.noise_multiplier, "central noise multiplier", "use --central-noise-multiplier 0 or more"
+        )
+        _require_finite(self.clip_norm, "clip norm", "use a positive --clip-norm")
         _require(
             self.noise_multiplier >= 0,
             f"central noise multiplier {self.noise_multiplier} < 0: use --central-noise-multiplier 0 or more",
@@ -134,20 +145,13 @@ class SecAggConfig:
     def __post_init__(self) -> None:
         _require(8 <= self.bits <= 62, f"secagg bits {self.bits} outside 8..62: set --secagg-bits")
         if self.clip is not None:
-            _require(
-                math.isfinite(self.clip),
-                f"secagg clip {self.clip} is not a finite number: use a positive --secagg-clip",
-            )
+            _require_finite(self.clip, "secagg clip", "use a positive --secagg-clip")
             _require(self.clip > 0, f"secagg clip {self.clip} <= 0: use a positive --secagg-clip")
         _require(
             0 <= self.dropout_rate < 1, f"dropout rate {self.dropout_rate} outside [0, 1): set --dropout-rate"
         )
         if self.threshold is not None:
-            _require(
-                math.isfinite(self.threshold),
-                f"secagg threshold {self.threshold} is not a finite number: give a fraction in (0, 1) "
-                "or a client count",
-            )
+            _require_finite(self.threshold, "secagg threshold", "give a fraction in (0, 1) or a client count")
             _require(
                 self.threshold > 0,
                 f"secagg threshold {self.threshold} <= 0: give a fraction in (0, 1] or a client count",

@@ -80,6 +80,8 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         (["--secagg", "--secagg-bits", "63"], "outside 8..62"),
         (["--secagg", "--secagg-clip", "0"], "secagg clip 0.0 <= 0"),
         (["--secagg", "--secagg-threshold", "nan"], "secagg threshold nan is not a finite number"),
+        (["--central-dp", "--central-noise-multiplier", "nan"], "multiplier nan is not a finite number"),
+        (["--central-dp", "--clip-norm", "inf"], "clip norm inf is not a finite number"),
         (["--secagg", "--dropout-rate", "1"], "outside [0, 1)"),
         (["--secagg", "--dropout-rate", "-0.1"], "outside [0, 1)"),
         (["--secagg", "--secagg-bits", "8", "--clients", "200"], "raise --secagg-bits"),
