@@ -58,7 +58,24 @@ have, with the most noise a round can carry, wraps the ``2^bits`` ring with prob
 ``WRAP_PROBABILITY`` per round: each rotated coordinate of the clients' sum is sub-Gaussian with
 variance proxy ``(n·s·c)²/d`` (Hoeffding over the random signs), the rounding adds at most ``n``,
 and the Skellam noise obeys Bernstein's inequality; a union bound over the ``d`` coordinates
-(:func:`choose_scale`).
+(:func:`choose_scale`).  The probability is over the rotation signs, for updates chosen
+independently of them.  The signs are public (they derive from the run's seed in ``config.json``),
+so clients who collude can align their updates with a round's signs and make its sum wrap: that
+corrupts the model update of that round, not the privacy of anyone's data (every honest client's
+norm bound and noise share are enforced on its own side, the ring sum is private whether or not it
+wrapped, and decoding it is post-processing).
+
+**Numeric ceilings.**  The scale is also capped (:data:`MAX_SQUARED_NORM`,
+:data:`MAX_TARGET_VARIANCE`) so that the rounded norm bound ``Δ2²`` is below ``2^52`` and each
+Poisson mean of a noise share at most ``2^43``, far below numpy's limit (about ``2^63``).  Wide
+rings (from about 27 bits at ``z = 1``, so the default 32 too) or small noise multipliers would
+otherwise push ``s`` to where an int64 norm check wraps or the sampler refuses its mean.  The
+cap costs nothing measurable: ε depends on ``s`` only through the rounding's inflation
+``Δ2/(s·c)`` and the Skellam correction term, both of which shrink as ``s`` grows and are already
+about 0.05% and ``3·10^-5`` in ε at 16 bits (scale 3578; ``docs/benchmarks.md``), while the cap
+allows ``s·c`` up to about ``2^26`` (or noise of standard deviation ``2^22`` per share): the
+inflation at the cap is below ``10^-5`` for ``z <= 10``, and ε within ``10^-4`` of a 20-bit
+ring's (``tests/privacy/test_distributed.py``).
 
 **Randomness.**  The rounding and the noise of each client come from a numpy generator seeded by
 the operating system (:mod:`secrets`) for that client and round and never stored: a seed in
@@ -97,6 +114,15 @@ WRAP_PROBABILITY = 1e-9
 
 MAX_ROUNDING_DRAWS = 1000
 """Conditional rounding gives up after this many draws (probability below ``β^1000``)."""
+
+MAX_SQUARED_NORM = 2**52
+"""Ceiling on ``Δ2²`` (scaled units) that :func:`choose_scale` keeps: below ``2^53``, so the bound
+is an exact float64 and every rounded coordinate is below ``2^27`` in magnitude."""
+
+MAX_TARGET_VARIANCE = 2**44
+"""Ceiling on the target variance ``μ = (z·s·c)²`` (scaled units) that :func:`choose_scale` keeps:
+no client's share exceeds ``μ``, so each of its two Poisson means is at most ``2^43``, far below
+numpy's limit (about ``2^63``) and where float64 still resolves every integer."""
 
 
 def hadamard(x: torch.Tensor) -> torch.Tensor:
@@ -147,16 +173,42 @@ def rounded_l2_bound(scaled_clip: float, dim: int, beta: float = ROUNDING_BETA) 
     return math.sqrt(min(deterministic, conditional))
 
 
+def squared_norm(v: np.ndarray) -> int:
+    """``||v||²`` of an int64 vector, exactly, as a Python int (``np.dot`` on int64 wraps silently).
+
+    Each coordinate is at most ``p = max |v_i| < 2^31`` in magnitude, so a block of
+    ``floor((2^63 − 1)/p²)`` squares sums within int64; Python adds the blocks' sums exactly.
+    """
+    peak = max(int(v.max(initial=0)), -int(v.min(initial=0)))  # np.abs(-2^63) is negative
+    if peak >= 2**31:
+        raise ValueError(f"coordinate of magnitude {peak} >= 2^31: its square would not fit int64")
+    block = (2**63 - 1) // max(peak, 1) ** 2
+    return sum(int(np.dot(v[i : i + block], v[i : i + block])) for i in range(0, v.size, block))
+
+
 def conditional_round(x: np.ndarray, *, l2_bound: float, rng: np.random.Generator) -> np.ndarray:
     """Round every coordinate down or up with the probabilities that keep it unbiased, redrawn
-    until the rounded vector's L2 norm is at most ``l2_bound`` (int64)."""
+    until the rounded vector's L2 norm is at most ``l2_bound`` (int64).
+
+    The norm is compared exactly (:func:`squared_norm`; Python compares an int with a float
+    exactly).  ``l2_bound²`` must be at most :data:`MAX_SQUARED_NORM`.  A coordinate beyond
+    ``l2_bound + 1`` in magnitude (or not finite) cannot round into the bound: refused at once,
+    before any cast to int64 could overflow.
+    """
+    if not 0 <= l2_bound**2 <= MAX_SQUARED_NORM:
+        raise ValueError(f"norm bound {l2_bound:.4g}: its square must be at most 2^52 (choose_scale caps it)")
+    if not bool(np.all(np.abs(x) <= l2_bound + 1)):  # also false for NaN
+        raise ValueError(
+            f"a coordinate exceeds the norm bound {l2_bound:.4g} (or is not finite): the input "
+            "exceeds the clip norm it was scaled for"
+        )
     floor = np.floor(x)
     fraction = x - floor
     for _ in range(MAX_ROUNDING_DRAWS):
         rounded = (floor + (rng.random(x.shape) < fraction)).astype(np.int64)
-        if float(np.dot(rounded, rounded)) <= l2_bound**2:
+        if squared_norm(rounded) <= l2_bound**2:
             return rounded
-    raise RuntimeError(
+    raise ValueError(
         f"conditional rounding found no draw within norm {l2_bound:.4g} in {MAX_ROUNDING_DRAWS} "
         "draws: the input exceeds the clip norm it was scaled for"
     )
@@ -187,39 +239,60 @@ def choose_scale(
 ) -> float:
     """The largest scale ``s`` whose ring sum wraps with probability at most ``WRAP_PROBABILITY``:
     ``clients`` the most a round can sum, ``noise_ratio`` the most noise a round can carry in
-    units of the target ``(z·s·c)²`` (largest ``survivors / t``)."""
-    limit = 2 ** (bits - 1) - 1
+    units of the target ``(z·s·c)²`` (largest ``survivors / t``).
 
-    def fits(scale: float) -> bool:
-        variance = noise_ratio * (noise_multiplier * scale * clip_norm) ** 2
+    Capped where ``Δ2² > MAX_SQUARED_NORM`` or ``(z·s·c)² > MAX_TARGET_VARIANCE`` (exact norm
+    checks, Poisson means far from numpy's limit; the module docstring says why that costs
+    nothing).  Every condition grows with ``s``, so bisection finds the largest ``s`` meeting all.
+    """
+    limit = 2 ** (bits - 1) - 1
+    if rounded_l2_bound(0.0, dim) ** 2 > MAX_SQUARED_NORM:
+        raise ConfigError(
+            f"a model of {dim} (padded) parameters cannot be encoded for distributed DP: rounding "
+            "alone could give a squared norm above 2^52"
+        )
+
+    def fits(scaled_clip: float) -> bool:  # scaled_clip = s·c
+        deviation = noise_multiplier * scaled_clip  # z·s·c: inf rather than an overflow when squared
+        target = deviation * deviation
         return (
-            wrap_bound(
-                scale,
-                clip_norm=clip_norm,
+            rounded_l2_bound(scaled_clip, dim) ** 2 <= MAX_SQUARED_NORM
+            and target <= MAX_TARGET_VARIANCE
+            and wrap_bound(
+                scaled_clip,
+                clip_norm=1.0,
                 dim=dim,
                 clients=clients,
-                noise_variance=variance,
+                noise_variance=noise_ratio * target,
                 failure=WRAP_PROBABILITY,
             )
             <= limit
         )
 
-    low, high = 0.0, float(2**bits)
-    if not fits(1e-12):
+    if not fits(0.0):  # the caps hold at 0 (the dimension was checked above): the ring is too small
         raise ConfigError(
             f"a {bits}-bit ring cannot hold the sum of {clients} clients' rounded updates: raise "
             "--secagg-bits"
         )
+    low, high = 0.0, float(2**bits)
     for _ in range(200):
         middle = (low + high) / 2
         low, high = (middle, high) if fits(middle) else (low, middle)
-    return low
+    if not low > 0:
+        raise ConfigError(
+            f"noise multiplier {noise_multiplier} is too large to encode: its noise would not fit "
+            "the ring (or exceed 2^44 in variance) at any scale; lower --central-noise-multiplier"
+        )
+    return low / clip_norm
 
 
 @dataclass(frozen=True)
 class Release:
     """What one round's sum carried, per coordinate in parameter units (the server's view)."""
 
+    released: bool
+    """Whether the round released a sum (an aborted or empty round releases nothing, at no cost;
+    a released round whose honest noise is 0 has no finite guarantee: ε = inf)."""
     survivors: int
     colluders: int
     """``c``: survivors that may collude with the server (the protocol's collusion bound)."""
@@ -227,6 +300,10 @@ class Release:
     """The Skellam noise in the sum: ``survivors · μ/(t − c)``."""
     honest_variance: float
     """The part colluders cannot subtract, which the accountant uses: ``(survivors − c)·μ/(t − c)``."""
+
+
+NOTHING_RELEASED = Release(released=False, survivors=0, colluders=0, variance=0.0, honest_variance=0.0)
+"""The release of a round that aborted or was never aggregated."""
 
 
 class DistributedDPChannel:
@@ -250,8 +327,8 @@ class DistributedDPChannel:
     ) -> None:
         if not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
             raise ConfigError(
-                f"noise multiplier {noise_multiplier} <= 0: distributed DP needs noise, use a "
-                "positive --central-noise-multiplier"
+                f"noise multiplier {noise_multiplier} is not a positive finite number: distributed "
+                "DP needs noise, use a positive --central-noise-multiplier"
             )
         self.secure = secure
         self.num_params = int(num_params)
@@ -339,7 +416,7 @@ class DistributedDPChannel:
         try:
             aggregate = self._aggregate(contributions, round_index=round_index, contexts=contexts)
         except SecureAggregationAborted:
-            self._release = Release(0, 0, 0.0, 0.0)  # nothing released
+            self._release = NOTHING_RELEASED
             raise
         return aggregate
 
@@ -365,6 +442,7 @@ class DistributedDPChannel:
         )
         survivors = len(result.survivors)
         self._release = Release(
+            released=True,
             survivors=survivors,
             colluders=params.colluders_tolerated,
             variance=survivors * share / self.scale**2,
@@ -382,14 +460,15 @@ class DistributedDPChannel:
     def take_release(self) -> Release:
         """What the round aggregated since the last call released (nothing: aborted, or never
         aggregated)."""
-        release, self._release = self._release or Release(0, 0, 0.0, 0.0), None
+        release, self._release = self._release or NOTHING_RELEASED, None
         return release
 
     def epsilon_of(self, honest_variances: Sequence[float]) -> float:
-        """User-level ε after rounds whose honest survivors' noise had these variances per
-        coordinate, in parameter units (0: nothing released)."""
+        """User-level ε after released rounds whose honest survivors' noise had these variances
+        per coordinate, in parameter units; a released round with no honest noise (variance
+        <= 0) gives ε = inf.  Leave out rounds that released nothing (:attr:`Release.released`)."""
         l1, l2 = self.sensitivity
-        scaled = [v * self.scale**2 for v in honest_variances if v > 0]
+        scaled = [v * self.scale**2 for v in honest_variances]
         return skellam_epsilon(scaled, l1=l1, l2=l2, delta=self.delta)
 
     def params_for(self, num_clients: int, codec: None = None) -> SecAggParams:
@@ -408,8 +487,15 @@ class DistributedDPServerUpdate:
 
     Implements :class:`~securefl.fl.types.ServerUpdate` and
     :class:`~securefl.fl.types.PrivacyAccounting`.  Every round goes through it, an empty or
-    aborted one too, so every round is counted.  ``central_reference`` is central DP-FedAvg's
-    accountant at the same settings, reported beside ε for comparison only.
+    aborted one too, so every round is counted.
+
+    Beside the realised ε it reports two figures at the same noise, for a like-for-like
+    comparison: this mechanism's ε had every released round carried exactly the target variance
+    ``μ = (z·c)²`` of honest noise (``user_epsilon_at_target_noise``; the realised ε is at most
+    that, since every completed round carries at least ``μ``), and ``central_reference``'s, central
+    DP-FedAvg's accountant at the same settings, whose trusted server adds exactly ``μ`` every round
+    (``central_epsilon_at_target_noise``, reported for comparison only).  The realised ε is not the
+    one to set against central DP's: with more than ``t`` survivors a round carries more noise.
     """
 
     def __init__(
@@ -429,8 +515,14 @@ class DistributedDPServerUpdate:
 
     def __call__(self, global_params: torch.Tensor, aggregate: Aggregate) -> torch.Tensor:
         self._releases.append(self.channel.take_release())
-        self._epsilons.append(self.channel.epsilon_of([r.honest_variance for r in self._releases]))
+        released = [r.honest_variance for r in self._releases if r.released]
+        self._epsilons.append(self.channel.epsilon_of(released))
         return global_params + aggregate.weighted_delta_sum / self.expected_clients
+
+    def _epsilon_at_target_noise(self) -> float:
+        """This mechanism's ε had every released round carried exactly ``μ`` of honest noise."""
+        released = sum(r.released for r in self._releases)
+        return self.channel.epsilon_of([self.channel.target_variance / self.channel.scale**2] * released)
 
     def _central_epsilon(self) -> float | None:
         if self.central_reference is None:
@@ -440,13 +532,14 @@ class DistributedDPServerUpdate:
     def round_metrics(self) -> dict[str, float]:
         metrics = {
             "user_epsilon": self._epsilons[-1] if self._epsilons else 0.0,
+            "user_epsilon_at_target_noise": self._epsilon_at_target_noise(),
             "user_delta": self.channel.delta,
             "released_noise_variance": self._releases[-1].variance if self._releases else 0.0,
             "honest_noise_variance": self._releases[-1].honest_variance if self._releases else 0.0,
         }
         central = self._central_epsilon()
         if central is not None:
-            metrics["central_epsilon_same_noise"] = central
+            metrics["central_epsilon_at_target_noise"] = central
         return metrics
 
     def ledger(self) -> dict:
@@ -491,7 +584,9 @@ class DistributedDPServerUpdate:
                 "colluders_each_round": [r.colluders for r in self._releases],
                 "epsilon": _json_float(epsilon),
                 "epsilon_after_each_round": [_json_float(e) for e in self._epsilons],
-                "central_dp_epsilon_same_noise": None if central is None else _json_float(central),
+                "released_each_round": [r.released for r in self._releases],
+                "epsilon_at_target_noise": _json_float(self._epsilon_at_target_noise()),
+                "central_dp_epsilon_at_target_noise": None if central is None else _json_float(central),
             }
         }
 
@@ -501,6 +596,9 @@ def _json_float(value: float) -> float | None:
 
 
 __all__ = [
+    "MAX_SQUARED_NORM",
+    "MAX_TARGET_VARIANCE",
+    "NOTHING_RELEASED",
     "DistributedDPChannel",
     "DistributedDPServerUpdate",
     "Release",
@@ -511,5 +609,6 @@ __all__ = [
     "padded_length",
     "rounded_l2_bound",
     "skellam_noise",
+    "squared_norm",
     "wrap_bound",
 ]

@@ -10,6 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.linalg import hadamard as hadamard_matrix
 from scipy.special import logsumexp
 from scipy.stats import skellam
@@ -20,12 +22,18 @@ from securefl.errors import ConfigError
 from securefl.fl.secure_channel import SecureAggregationAborted, SecureAggregationChannel
 from securefl.fl.types import Aggregate, Contribution
 from securefl.privacy.distributed import (
+    MAX_SQUARED_NORM,
+    MAX_TARGET_VARIANCE,
+    NOTHING_RELEASED,
     DistributedDPChannel,
     DistributedDPServerUpdate,
     RandomizedHadamard,
+    Release,
+    choose_scale,
     conditional_round,
     hadamard,
     rounded_l2_bound,
+    squared_norm,
     wrap_bound,
 )
 from securefl.privacy.ledger import epsilon_spent
@@ -88,6 +96,37 @@ def test_conditional_rounding_stays_within_its_bound_and_is_nearly_unbiased():
     assert np.abs(draws.mean(axis=0) - x).mean() < 0.05  # conditioning biases slightly
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**31) + 1, 2**31 - 1), max_size=300))
+def test_squared_norm_is_exact_where_an_int64_dot_would_wrap(values):
+    """Against Python's integers (no overflow possible), for coordinates up to 2^31."""
+    assert squared_norm(np.array(values, dtype=np.int64)) == sum(v * v for v in values)
+
+
+def test_conditional_round_refuses_an_over_bound_vector_whose_int64_dot_wraps():
+    """4096 coordinates of 2^26 (integers: rounding keeps them) have squared norm 2^64, which an
+    int64 dot wraps to 0; every coordinate is within the bound 2^26, so only the exact norm can
+    tell.  Coordinates beyond the bound, non-finite ones and bounds above 2^26 are refused too."""
+    rng = np.random.default_rng(0)
+    bound = 2.0**26
+    x = np.full(4096, bound)
+    vector = x.astype(np.int64)
+    assert int(np.dot(vector, vector)) == 0 < bound**2  # the wrap the old check fell for
+    with pytest.raises(ValueError, match="no draw within norm"):
+        conditional_round(x, l2_bound=bound, rng=rng)
+    for bad in (bound + 2, math.nan, math.inf):
+        with pytest.raises(ValueError, match="exceeds the norm bound"):
+            conditional_round(np.array([0.0, bad]), l2_bound=bound, rng=rng)
+    with pytest.raises(ValueError, match="at most 2\\^52"):
+        conditional_round(np.zeros(4), l2_bound=2.0**27, rng=rng)
+    # the reviewer's case: a vector 1.5x over its bound at a scaled clip of 2^33, now at the cap
+    scaled_clip = 2.0**25
+    y = rng.normal(size=8192)
+    y *= 1.5 * scaled_clip / np.linalg.norm(y)
+    with pytest.raises(ValueError, match="no draw within norm"):
+        conditional_round(y, l2_bound=rounded_l2_bound(scaled_clip, 8192), rng=rng)
+
+
 def _channel(*, clients=6, bits=20, z=1.0, num_params=40, dropout_rate=0.0, threshold=None, colluders=0):
     config = SecAggConfig(bits=bits, dropout_rate=dropout_rate, threshold=threshold, max_colluders=colluders)
     secure = SecureAggregationChannel(
@@ -137,6 +176,39 @@ def _variance_ratio_within(residuals: np.ndarray, expected: float, *, sigmas: fl
     (the variance of a sample variance is 2σ⁴/N; Skellam's excess kurtosis 1/μ is negligible)."""
     n = residuals.size
     return abs(float(residuals.var()) / expected - 1) <= sigmas * math.sqrt(2 / n)
+
+
+@pytest.mark.parametrize(("bits", "z"), [(40, 1.0), (62, 1.0), (32, 0.001), (62, 0.001)])
+def test_wide_rings_and_small_noise_cap_the_scale_and_still_enforce_the_norm(bits, z):
+    """Where the ring would allow a scale whose Δ2² passes 2^63 or whose Poisson means pass
+    numpy's limit, the scale stops at the caps: clipped updates encode and decode, an update
+    1.5x over the clip is refused, and ε is the 20-bit ring's within 10^-4 (the cap costs nothing)."""
+    channel = _channel(clients=6, bits=bits, z=z, num_params=1000)
+    assert channel.l2_bound**2 <= MAX_SQUARED_NORM and channel.target_variance <= MAX_TARGET_VARIANCE
+    capped = math.isclose(channel.l2_bound**2, MAX_SQUARED_NORM, rel_tol=1e-6) or math.isclose(
+        channel.target_variance, MAX_TARGET_VARIANCE, rel_tol=1e-6
+    )
+    assert capped  # a cap, not the ring, chose the scale
+    updates = _updates(6, channel.num_params)
+    share = channel.share_variance(channel.secure.params_for(6, None))
+    sums = _decoded_sums(channel, updates, share_variance=share, trials=3)
+    truth = torch.stack([u.weighted_delta for u in updates]).sum(0).double().numpy()
+    assert np.abs(sums - truth).max() < 10 * math.sqrt(6 * share) / channel.scale + 1e-6
+    over = Contribution(0, updates[0].weighted_delta / 0.9 * 1.5, 1.0, 0.0)
+    with pytest.raises(ValueError, match="norm"):
+        channel.encode(over, rotation=channel.rotation(1), share_variance=share)
+    reference = _channel(clients=6, bits=20, z=z, num_params=1000)
+    mu = (z * 1.0) ** 2
+    assert channel.epsilon_of([mu] * 5) == pytest.approx(reference.epsilon_of([mu] * 5), rel=1e-4)
+
+
+def test_the_scale_is_refused_only_when_no_scale_can_work():
+    with pytest.raises(ConfigError, match="too large to encode"):
+        _channel(z=1e300)
+    with pytest.raises(ConfigError, match="cannot be encoded"):
+        choose_scale(bits=62, clip_norm=1.0, dim=2**56, clients=2, noise_multiplier=1.0, noise_ratio=1.0)
+    with pytest.raises(ConfigError, match="raise --secagg-bits"):
+        choose_scale(bits=8, clip_norm=1.0, dim=2**20, clients=120, noise_multiplier=1.0, noise_ratio=1.0)
 
 
 def test_decoded_noisy_sum_is_unbiased_with_the_accounted_variance_and_the_test_has_power():
@@ -244,8 +316,27 @@ def test_colluders_shares_are_not_counted_and_each_share_grows_to_cover_them():
     assert ledger["released_noise_variance_each_round"] == pytest.approx([5 * target / 2] * 2)
     assert ledger["honest_noise_variance_each_round"] == pytest.approx([4 * target / 2] * 2)
     assert ledger["epsilon"] == pytest.approx(channel.epsilon_of([2 * target] * 2))
+    # at exactly the target noise each round (what central DP would add) ε is larger
+    assert ledger["epsilon_at_target_noise"] == pytest.approx(channel.epsilon_of([target] * 2))
+    assert ledger["epsilon_at_target_noise"] > ledger["epsilon"]
     with pytest.raises(ConfigError, match="colluders|--secagg-threshold"):
         _channel(clients=5, threshold=3, colluders=3)
+
+
+def test_a_released_round_without_honest_noise_costs_infinite_epsilon():
+    """Defensive: the accountant keys on the released flag, not on the variance being positive."""
+    channel = _channel(clients=4)
+    server = DistributedDPServerUpdate(channel=channel, expected_clients=4)
+    params = torch.zeros(channel.num_params)
+    channel._release = NOTHING_RELEASED
+    server(params, Aggregate.empty(params))
+    assert server.round_metrics()["user_epsilon"] == 0.0  # nothing released: free
+    channel._release = Release(released=True, survivors=4, colluders=4, variance=1.0, honest_variance=0.0)
+    server(params, Aggregate.empty(params))
+    assert server.round_metrics()["user_epsilon"] == math.inf
+    assert server.ledger()["user_level"]["epsilon"] is None  # JSON has no inf
+    assert server.ledger()["user_level"]["released_each_round"] == [False, True]
+    assert channel.epsilon_of([0.0]) == math.inf and channel.epsilon_of([]) == 0.0
 
 
 def test_every_round_is_counted_an_empty_one_too_and_the_server_adds_no_noise():
@@ -288,7 +379,40 @@ def test_cli_run_records_survivors_noise_and_both_epsilons(tmp_path):
     assert [r["released_noise_variance"] for r in records] == ledger["released_noise_variance_each_round"]
     assert records[-1]["released_noise_variance"] == pytest.approx(4 / 3 * 2.0**2)  # 4 survivors, t=3
     assert 0 < records[0]["user_epsilon"] < records[1]["user_epsilon"]
-    assert records[-1]["central_epsilon_same_noise"] == ledger["central_dp_epsilon_same_noise"] > 0
+    # like for like: both at exactly the target variance (z·clip)² every round, two rounds
+    assert records[-1]["central_epsilon_at_target_noise"] == ledger["central_dp_epsilon_at_target_noise"]
+    assert ledger["central_dp_epsilon_at_target_noise"] == pytest.approx(
+        epsilon_spent(((2.0 / 2, 1.0, 2),), accountant="rdp", delta=1e-5)  # substitution: z/2
+    )
+    assert records[-1]["user_epsilon_at_target_noise"] == ledger["epsilon_at_target_noise"]
+    assert ledger["epsilon_at_target_noise"] > ledger["epsilon"]  # 4 survivors carry 4/3 of it
+    # the Skellam mechanism at the same noise costs a little more than the Gaussian (rounding,
+    # integer orders, correction term), never less
+    assert 1 <= ledger["epsilon_at_target_noise"] / ledger["central_dp_epsilon_at_target_noise"] < 1.1
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [["--secagg-bits", "40"], ["--secagg-bits", "62"], ["--central-noise-multiplier", "0.001"]],
+)
+def test_cli_runs_wide_rings_and_small_noise_at_the_capped_scale(tmp_path, knobs):
+    """The reviewer's repro (exit 1 with numpy's 'lam value too large', or a norm check that
+    int64 overflow disabled): now it runs, with the rounded norm bound within 2^52."""
+    args = ["--dataset", "digits", "--model", "mlp", "--clients", "10", "--clients-per-round", "6"]
+    args += ["--rounds", "1", "--local-epochs", "1", "--distributed-dp", "--secagg"]
+    args += ["--client-sampling", "fixed"]
+    assert main(["train", *args, *knobs, "--out", str(tmp_path / "run")]) == 0
+    ledger = json.loads((tmp_path / "run" / "privacy.json").read_text())["user_level"]
+    assert (ledger["sensitivity_l2"] * ledger["scale"] / 2) ** 2 <= MAX_SQUARED_NORM
+    assert ledger["target_noise_variance"] * ledger["scale"] ** 2 <= MAX_TARGET_VARIANCE * (1 + 1e-12)
+    assert ledger["survivors_each_round"] == [6] and ledger["epsilon"] > 0
+
+
+def test_cli_exits_2_when_no_scale_can_encode_the_noise(capsys):
+    args = ["--dataset", "digits", "--model", "mlp", "--clients", "4", "--rounds", "1", "--distributed-dp"]
+    args += ["--secagg", "--client-sampling", "fixed", "--central-noise-multiplier", "1e300"]
+    assert main(["train", *args]) == 2
+    assert "too large to encode" in capsys.readouterr().err
 
 
 def test_attack_defence_distributed_dp_observes_the_noised_mean_through_the_same_channel():
