@@ -12,17 +12,19 @@ Sections (all by default):
   model attacking one client without protection.
 - ``defences``: every attack with the default client defences, ``--trials`` rounds each: refused
   or defeated share; consistency alone against model inconsistency, passive and active mode.
-- ``honest``: ``--honest-rounds`` FedAvg rounds (8 clients, batch 8, one step) of mlp and cnn on
-  mnist-sample and mlp on images: every round's global model through the pin, the checks and the
-  context hash; false refusals counted.
+- ``honest``: ``--honest-rounds`` FedAvg rounds (8 clients, batch 8, one step) of the mlp on
+  mnist-sample at each of ``--honest-lrs``, and at lr 0.1 of the cnn and of the mlp on images:
+  every client puts the round's global model through the pin and the checks on its own batch;
+  false refusals counted.
 - ``cost``: the defences' client time over the client's round (training + its share of SecAgg),
   for the FedSGD rounds of the attacks and for ``securefl train``'s default client round.
-- ``evasion``: noise of relative size rho on the bins' rows and the next layer: the checks
-  against what the first layer still gives back (one client, and the sum of 16), beside an honest
-  mlp.
+- ``evasion``: weights hidden where the data never looks (random layer-1 weights on the pixels 0
+  in every public image, large rows on switched-off layer-2 units), and noise of relative size rho
+  on the bins' rows and the next layer: the checks on the target's batch against what the first
+  layer still gives back (one client, and the sum of 16), beside an honest mlp.
 
     .venv/bin/python benchmarks/malicious.py [imprint|inconsistency|defences|honest|cost|evasion ...]
-        [--trials T] [--honest-rounds R] [--secagg-up-to N]
+        [--trials T] [--honest-rounds R] [--honest-lrs 0.05,0.1,0.5,1.0] [--secagg-up-to N]
 """
 
 from __future__ import annotations
@@ -185,14 +187,19 @@ def defences_section(trials: int) -> None:
         )
 
 
-def honest_section(rounds: int) -> None:
-    print(f"\n## Honest FedAvg rounds: false refusals ({rounds} rounds each, 8 clients x batch 8, lr 0.1)")
+def honest_section(rounds: int, learning_rates: tuple[float, ...]) -> None:
     print(
-        "| data | model | rounds | refused | largest rank-one share seen | largest dead-unit share "
-        "| final train loss |"
+        f"\n## Honest FedAvg rounds: false refusals ({rounds} rounds each, 8 clients x batch 8, one step; "
+        "every client checks the global model on its own batch)"
     )
-    print("|---|---|---|---|---|---|---|")
-    for dataset_name, model_name in (("mnist-sample", "mlp"), ("mnist-sample", "cnn"), ("images", "mlp")):
+    print(
+        "| data | model | lr | client checks | refused | largest rank-one share on the data "
+        "| largest dead-unit share on the data | final train loss |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    cases = [("mnist-sample", "mlp", lr) for lr in learning_rates]
+    cases += [("mnist-sample", "cnn", 0.1), ("images", "mlp", 0.1)]
+    for dataset_name, model_name, lr in cases:
         dataset = load_dataset(dataset_name)
         model = build_model(
             model_name, input_shape=dataset.input_shape, num_outputs=dataset.num_outputs, seed=0
@@ -203,29 +210,27 @@ def honest_section(rounds: int) -> None:
             task="classification",
             local_epochs=1,
             batch_size=None,
-            lr=0.1,
+            lr=lr,
         )
         generator = torch.Generator().manual_seed(0)
         refused, rank_one, dead, loss = 0, 0.0, 0.0, float("nan")
         for round_index in range(rounds):
             global_params = to_vector(model.parameters())
-            try:
-                pin.check(model)
-                checks.check(model, input_shape=dataset.input_shape)
-            except ModelRefusedError:
-                refused += 1
-            linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-            rank_one = max(
-                [rank_one]
-                + [checks.rank_one_share(m.weight) for m in linear if min(m.weight.shape) >= checks.MIN_SIDE]
-            )
-            first = next((m for m in linear if m.in_features == dataset.train_x[0].numel()), None)
-            if first is not None:
-                dead = max(dead, checks.dead_unit_share(first))
             updates = []
             for client in range(8):
                 rows = torch.randint(len(dataset.train_x), (8,), generator=generator)
                 shard = ClientShard(client, dataset.train_x[rows], dataset.train_y[rows])
+                try:
+                    pin.check(model)
+                    checks.check(model, data=shard.x)
+                except ModelRefusedError:
+                    refused += 1
+                hidden = checks.layer_io(model, shard.x)[:-1]
+                rank_one = max(
+                    [rank_one]
+                    + [checks.rank_one_share_on(layer.weight, i, o) or 0.0 for _, layer, i, o in hidden]
+                )
+                dead = max([dead] + [checks.dead_unit_share_on(o) for *_, o in hidden])
                 updates.append(
                     trainer.train(
                         global_params=global_params, shard=shard, round_index=round_index, generator=generator
@@ -234,7 +239,8 @@ def honest_section(rounds: int) -> None:
             loss = statistics.mean(u.train_loss for u in updates)
             load_vector(model.parameters(), global_params + torch.stack([u.delta for u in updates]).mean(0))
         print(
-            f"| {dataset_name} | {model_name} | {rounds} | {refused} | {rank_one:.3f} | {dead:.3f} "
+            f"| {dataset_name} | {model_name} | {lr} | {8 * rounds} | {refused} | {rank_one:.3f} "
+            f"| {dead:.3f} "
             f"| {loss:.3f} |",
             flush=True,
         )
@@ -270,7 +276,7 @@ def cost_section(repeats: int = 5) -> None:
         for repeat in range(repeats):
             started = time.perf_counter()
             pin.check(model)
-            checks.check(model, input_shape=shape)
+            checks.check(model, data=dataset.train_x[:samples])
             context = model_context(model=model, settings=settings)
             defence.append(time.perf_counter() - started)
             contributions = []
@@ -351,18 +357,22 @@ def _first_layer_round(model, layout, shards, dataset) -> list[float]:
 
 def evasion_section(trials: int) -> None:
     print(
-        "\n## Evasion: noise of relative size rho on the bins' rows and on the next layer "
-        "(pinned mlp, 64 bins; first-layer candidates: imprint differences and single-unit ratios)"
+        "\n## Evasion (pinned mlp, 64 bins; first-layer candidates: imprint differences and single-unit "
+        "ratios). 'hidden': random layer-1 weights on the pixels 0 in every image and large rows on "
+        "switched-off layer-2 units (evaded the checks over the input cube); 'rho': noise of relative "
+        "size rho on the bins' rows and on the next layer. Checks on the target's own batch of 8."
     )
     print(
-        "| model | rank-one share of the bins' layer | model flagged | recovered, 1 client x 8 "
+        "| model | rank-one share of the bins' layer on the data | target refuses | recovered, 1 client x 8 "
         "| recovered, sum of 16 x 8 |"
     )
     print("|---|---|---|---|---|")
     dataset = load_dataset("mnist-sample")
     direction = measurement_direction(dataset.input_shape, seed=0)
     prior = MeasurementPrior.fit(dataset.test_x, direction)
-    for rho in ("honest", 0.0, 0.3, 1.0, 2.0, 4.0):
+    # What the attacker can know without any client's data: the pixels 0 in every public image.
+    unused = (dataset.test_x.flatten(1).abs().max(0).values == 0).float()
+    for rho in ("honest", "hidden", 0.0, 0.3, 1.0, 2.0, 4.0):
         shares, flagged, alone, summed = [], 0, [], []
         for trial in range(trials):
             model, layout = imprint_model(
@@ -377,18 +387,28 @@ def evasion_section(trials: int) -> None:
             )
             if rho == "honest":
                 model = build_model("mlp", input_shape=dataset.input_shape, num_outputs=10, seed=trial)
+            elif rho == "hidden":
+                generator = torch.Generator().manual_seed(trial)
+                first, second = model.net[1], model.net[3]
+                with torch.no_grad():
+                    first.weight.add_(0.003 * torch.randn(first.weight.shape, generator=generator) * unused)
+                    second.weight[1::2] = 25 * torch.randn(
+                        second.out_features // 2, second.in_features, generator=generator
+                    )
+                    second.bias[1::2] = -1e6
             else:
                 generator = torch.Generator().manual_seed(trial)
                 with torch.no_grad():
                     for weight in (model.net[1].weight, model.net[3].weight):
                         noise = torch.randn(weight.shape, generator=generator)
                         weight.add_(rho * weight.norm(dim=1, keepdim=True) * noise / weight.shape[1] ** 0.5)
-            shares.append(checks.rank_one_share(model.net[1].weight))
-            flagged += bool(checks.inspect(model, input_shape=dataset.input_shape))
             shards = [
                 ClientShard(c, dataset.train_x[rows], dataset.train_y[rows])
                 for c, rows in enumerate(torch.arange(trial * 128, (trial + 1) * 128).split(8))
             ]
+            (_, first, inputs, outputs), *_ = checks.layer_io(model, shards[0].x)
+            shares.append(checks.rank_one_share_on(first.weight, inputs, outputs) or 0.0)
+            flagged += bool(checks.inspect(model, data=shards[0].x))
             alone.append(
                 statistics.mean(p >= 30 for p in _first_layer_round(model, layout, shards[:1], dataset))
             )
@@ -396,7 +416,7 @@ def evasion_section(trials: int) -> None:
                 statistics.mean(p >= 30 for p in _first_layer_round(model, layout, shards, dataset))
             )
         print(
-            f"| {'honest mlp (PyTorch init)' if rho == 'honest' else f'rho = {rho}'} | "
+            f"| {rho if rho in ('honest', 'hidden') else f'rho = {rho}'} | "
             f"{statistics.mean(shares):.3f} | {flagged}/{trials} | {statistics.mean(alone):.0%} "
             f"| {statistics.mean(summed):.1%} |",
             flush=True,
@@ -412,6 +432,11 @@ def main() -> None:
     )
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--honest-rounds", type=int, default=1000)
+    parser.add_argument(
+        "--honest-lrs",
+        type=lambda text: tuple(float(v) for v in text.split(",")),
+        default=(0.05, 0.1, 0.5, 1.0),
+    )
     parser.add_argument("--secagg-up-to", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -424,7 +449,7 @@ def main() -> None:
         elif section == "defences":
             defences_section(max(args.trials, 20))
         elif section == "honest":
-            honest_section(args.honest_rounds)
+            honest_section(args.honest_rounds, args.honest_lrs)
         elif section == "cost":
             cost_section()
         elif section == "evasion":

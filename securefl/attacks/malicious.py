@@ -2,7 +2,9 @@
 
 The server builds the attack model(s) (:mod:`securefl.attacks.imprint`) and sends them; every
 client runs its own program on what it received -- the client-side defences
-(:mod:`securefl.defences`: architecture pin, parameter checks, model context), then one
+(:mod:`securefl.defences`: architecture pin -- with it the client builds the pinned model itself
+and loads only the server's flat parameter vector --, parameter checks on its own batch, model
+context), then one
 full-batch step of :class:`~securefl.fl.client.LocalSGDTrainer` -- and the updates go through
 :class:`~securefl.fl.secure_channel.SecureAggregationChannel`, the real protocol, with every client
 in the session of the model it received.  The attacker then gets exactly an
@@ -55,7 +57,8 @@ from securefl.fl.client import LocalSGDTrainer
 from securefl.fl.fedavg import PlainSum, weight_by_samples
 from securefl.fl.secure_channel import SecureAggregationAborted, SecureAggregationChannel
 from securefl.fl.types import ClientShard
-from securefl.fl.vectors import to_vector
+from securefl.fl.vectors import load_vector, to_vector
+from securefl.models import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ SECAGG_BITS = 48
 SECAGG_CLIP = 16.0
 """Ring and per-coordinate clip of the demo rounds: quantization far below the bins' signal."""
 DEFAULT_BINS = {"front": 1024, "mlp": 64}
+MAX_BIN_WEIGHTS = 2**27
+"""Bound on bins x input features (the front block holds two such matrices: 1 GiB in float32)."""
 
 TrialProgress = Callable[[int, int], None]
 """Called with (done, total) after each round (or each comparison row)."""
@@ -204,10 +209,18 @@ def prepare_malicious(config: MaliciousConfig, *, dataset: Dataset | None = None
         raise ConfigError("--defense none observes one client's update: use --clients 1")
     if config.attack == "inconsistency" and not config.secagg:
         raise ConfigError("model inconsistency attacks secure aggregation: use --defense secagg")
+    if config.bins is not None and config.bins < 1:
+        raise ConfigError(f"--bins {config.bins} must be at least 1")
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
     if dataset.task != "classification" or len(dataset.input_shape) != 3:
         raise ConfigError(f"data set {dataset.name!r} is not an image set: use mnist-sample or images")
+    features = math.prod(dataset.input_shape)
+    if config.resolved_bins * features > MAX_BIN_WEIGHTS:
+        raise ConfigError(
+            f"--bins {config.resolved_bins} x {features} input features exceeds {MAX_BIN_WEIGHTS} weights "
+            f"per imprint layer: use --bins {MAX_BIN_WEIGHTS // features} or fewer"
+        )
     needed = config.clients * config.batch_size * config.trials
     if needed > len(dataset.train_x):
         raise ConfigError(
@@ -348,27 +361,34 @@ def play_trial(
         checked = time.perf_counter()
         try:
             if config.defences.pinning:
+                # The server's module stands for what it declares (parameter names and shapes) and
+                # its flat vector; the client builds the pinned model itself and loads only that
+                # vector, as ``securefl train`` does -- no server code or buffers reach the client.
                 pin.check(received, client_id=shard.client_id)
+                model = build_model("mlp", input_shape=dataset.input_shape, num_outputs=dataset.num_outputs)
+                load_vector(model.parameters(), to_vector(received.parameters()))
+            else:
+                model = copy.deepcopy(received)  # no pin: the client runs the module it was sent
             if config.defences.parameter_checks:
-                checks.check(received, input_shape=dataset.input_shape, client_id=shard.client_id)
+                checks.check(model, data=shard.x, client_id=shard.client_id)
         except ModelRefusedError as error:
             refused.append(shard.client_id)
             findings.append(str(error))
             defence_seconds += time.perf_counter() - checked
             continue
         if config.defences.consistency:
-            contexts[shard.client_id] = model_context(model=received, settings=settings)
+            contexts[shard.client_id] = model_context(model=model, settings=settings)
         defence_seconds += time.perf_counter() - checked
         trained = time.perf_counter()
         trainer = LocalSGDTrainer(
-            model=copy.deepcopy(received),
+            model=model,
             task="classification",
             local_epochs=1,
             batch_size=None,
             lr=config.learning_rate,
         )
         update = trainer.train(
-            global_params=to_vector(received.parameters()),
+            global_params=to_vector(model.parameters()),
             shard=shard,
             round_index=trial,
             generator=generator,

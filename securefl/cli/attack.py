@@ -62,6 +62,10 @@ AttackOpt = Annotated[
 ]
 DatasetOpt = Annotated[str, Opt(help="mnist-sample | images | cifar10 (needs --data-dir) | mnist.")]
 ModelOpt = Annotated[str, Opt(help="lenet (sigmoid) | cnn | resnet18 | mlp; DLG/iDLG need lenet.")]
+GradientModelOpt = Annotated[
+    str | None,
+    Opt(help="dlg/idlg/ig: lenet (sigmoid) | cnn | resnet18 | mlp; DLG/iDLG need lenet. (default lenet)"),
+]
 BatchOpt = Annotated[int, Opt(help="Images per client in the attacked round.")]
 StepsOpt = Annotated[int, Opt(help="Local full-batch SGD steps (1 = FedSGD gradient).")]
 LrOpt = Annotated[float, Opt("--lr", help="Client learning rate (public).")]
@@ -83,9 +87,11 @@ def attack(
     ctx: typer.Context,
     attack: AttackOpt = "dlg",
     dataset: DatasetOpt = "mnist-sample",
-    model: ModelOpt = "lenet",
+    model: GradientModelOpt = None,
     batch_size: BatchOpt = 1,
-    local_steps: StepsOpt = 1,
+    local_steps: Annotated[
+        int | None, Opt(help="dlg/idlg/ig: local full-batch SGD steps (1 = FedSGD gradient). (default 1)")
+    ] = None,
     lr: LrOpt = 0.1,
     defense: Annotated[str, Opt(help="none | dp | secagg | distributed-dp | clip | prune | noise.")] = "none",
     noise_multiplier: Annotated[
@@ -105,54 +111,104 @@ def attack(
     noise_std: Annotated[
         float | None, Opt(help="noise: Gaussian std added to the update. (default 0.01)")
     ] = None,
-    images: Annotated[int, Opt(help="Victim images K attacked.")] = 4,
+    images: Annotated[int | None, Opt(help="dlg/idlg/ig: victim images K attacked. (default 4)")] = None,
     seed: SeedOpt = 0,
     restarts: RestartsOpt = None,
     iterations: IterationsOpt = None,
-    server_init: InitOpt = "auto",
+    server_init: Annotated[
+        str | None,
+        Opt(
+            help="dlg/idlg/ig: model the server sends: auto | uniform (DLG's U(-0.5, 0.5)) | default "
+            "(PyTorch). (default auto)"
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = 1,
     out: Annotated[Path | None, Opt(help="Output directory. (default runs/attack-<timestamp>)")] = None,
     overwrite: OverwriteOpt = False,
     placement: Annotated[
-        str, Opt(help="imprint/inconsistency: front (block before the mlp) | mlp (its first layer).")
-    ] = "front",
+        str | None,
+        Opt(
+            help="imprint/inconsistency: front (block before the mlp) | mlp (its first layer). "
+            "(default front)"
+        ),
+    ] = None,
     bins: Annotated[
         int | None,
         Opt(help=f"imprint/inconsistency: bins. (default {DEFAULT_BINS['front']} front, the mlp's 64)"),
     ] = None,
-    trials: Annotated[int, Opt(help="imprint/inconsistency: attacked rounds, disjoint clients.")] = 1,
+    trials: Annotated[
+        int | None, Opt(help="imprint/inconsistency: attacked rounds, disjoint clients. (default 1)")
+    ] = None,
     active_secagg: Annotated[
-        bool, Opt(help="imprint/inconsistency: SecAgg in active-adversary mode (signatures).")
-    ] = False,
+        bool | None,
+        Opt(
+            "--active-secagg/--passive-secagg",
+            help="imprint/inconsistency: SecAgg in active-adversary mode (signatures). "
+            "(default active with --consistency: in passive mode nothing authenticates the peers)",
+        ),
+    ] = None,
     consistency: Annotated[
-        bool, Opt("--consistency/--no-consistency", help="Clients bind the model's hash into SecAgg.")
-    ] = True,
+        bool | None,
+        Opt(
+            "--consistency/--no-consistency",
+            help="imprint/inconsistency: clients bind the model's hash into SecAgg.",
+        ),
+    ] = None,
     pinning: Annotated[
-        bool, Opt("--pinning/--no-pinning", help="Clients refuse a model that is not the pinned mlp.")
-    ] = True,
+        bool | None,
+        Opt(
+            "--pinning/--no-pinning", help="imprint/inconsistency: clients refuse a model not the pinned mlp."
+        ),
+    ] = None,
     parameter_checks: Annotated[
-        bool, Opt("--parameter-checks/--no-parameter-checks", help="Clients check received weights.")
-    ] = True,
+        bool | None,
+        Opt(
+            "--parameter-checks/--no-parameter-checks",
+            help="imprint/inconsistency: clients check the received weights on their own batch.",
+        ),
+    ] = None,
 ) -> None:
     """Attack K victim images and write reconstruction.png, metrics.json and arrays.npz."""
     if ctx.invoked_subcommand is not None:
         return
     if attack in MALICIOUS_ATTACKS:
+        _refuse_flags(
+            attack,
+            {
+                "--model": model,
+                "--local-steps": local_steps,
+                "--images": images,
+                "--noise-multiplier": noise_multiplier,
+                "--max-grad-norm": max_grad_norm,
+                "--prune-ratio": prune_ratio,
+                "--noise-std": noise_std,
+                "--restarts": restarts,
+                "--iterations": iterations,
+                "--server-init": server_init,
+            },
+        )
         if defense not in ("secagg", "none"):
             raise ConfigError(f"--attack {attack} runs with --defense secagg or none, not {defense!r}")
+        defences = ClientDefences(
+            consistency=consistency is not False,
+            pinning=pinning is not False,
+            parameter_checks=parameter_checks is not False,
+        )
         malicious = MaliciousConfig(
             attack=attack,
             dataset=dataset,
-            placement=placement,
+            placement=placement or "front",
             bins=bins,
             clients=clients if clients is not None else (16 if defense == "secagg" else 1),
             batch_size=batch_size,
             learning_rate=lr,
-            trials=trials,
+            trials=trials if trials is not None else 1,
             secagg=defense == "secagg",
-            active=active_secagg,
-            defences=ClientDefences(consistency, pinning, parameter_checks),
+            active=(
+                active_secagg if active_secagg is not None else defense == "secagg" and defences.consistency
+            ),
+            defences=defences,
             seed=seed,
             data_dir=data_dir,
         )
@@ -169,6 +225,18 @@ def attack(
             bar=_trials_bar,
         )
         return
+    _refuse_flags(
+        attack,
+        {
+            "--placement": placement,
+            "--bins": bins,
+            "--trials": trials,
+            "--active-secagg/--passive-secagg": active_secagg,
+            "--consistency/--no-consistency": consistency,
+            "--pinning/--no-pinning": pinning,
+            "--parameter-checks/--no-parameter-checks": parameter_checks,
+        },
+    )
     defence = Defence(
         name=defense,
         max_grad_norm=max_grad_norm,
@@ -180,16 +248,16 @@ def attack(
     config = ExperimentConfig(
         attack=attack,
         dataset=dataset,
-        model=model,
+        model=model or "lenet",
         batch_size=batch_size,
-        local_steps=local_steps,
+        local_steps=local_steps if local_steps is not None else 1,
         learning_rate=lr,
-        images=images,
+        images=images if images is not None else 4,
         seed=seed,
         defence=defence,
         restarts=restarts,
         iterations=iterations,
-        server_init=server_init,
+        server_init=server_init or "auto",
         data_dir=data_dir,
     )
     _execute(
@@ -303,6 +371,14 @@ def _execute(
     write(result, out_dir)
     console.print(table(result))
     console.print(f"results written to [bold]{out_dir}[/]")
+
+
+def _refuse_flags(attack: str, given: dict[str, object]) -> None:
+    """Exit 2 on flags that do not apply to ``attack`` instead of ignoring them."""
+    stray = [flag for flag, value in given.items() if value is not None]
+    if stray:
+        verb, pronoun = ("does", "it") if len(stray) == 1 else ("do", "them")
+        raise ConfigError(f"{', '.join(stray)} {verb} not apply to --attack {attack}: leave {pronoun} out")
 
 
 def _check_threads(threads: int) -> None:

@@ -35,7 +35,13 @@ class ArchitecturePin:
 
     def check(self, model: nn.Module, *, client_id: int | None = None) -> None:
         """Raise :class:`ModelRefusedError` (and log why) unless ``model`` has exactly these
-        parameters, by name and shape, in this order."""
+        parameters, by name and shape, in this order.
+
+        Only names and shapes are compared: a module's code, hooks and buffers are not looked at.
+        So the module a client *runs* must be one it built itself from the config, loaded with
+        nothing but the server's flat parameter vector (as ``securefl train`` and the attack
+        path of :mod:`securefl.attacks.malicious` do); passing the server's own module object
+        here and then training it would run whatever code came with it."""
         received = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
         if received == self.shapes:
             return

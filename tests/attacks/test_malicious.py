@@ -141,3 +141,62 @@ def test_the_benchmarks_sum_in_the_clear_gives_what_secure_aggregation_gives(mni
     recovered = [p >= 30 for p in secure.everyone_psnr]
     assert sum(recovered) >= 6
     assert recovered == [p >= 30 for p in clear.everyone_psnr]
+
+
+def _hide_where_the_data_never_looks(dataset, real_imprint_model):
+    """The reviewer's evasion of the checks over the input cube, as the server would build it."""
+    unused = (dataset.test_x.flatten(1).abs().max(0).values == 0).float()
+
+    def imprint_model(**kwargs):
+        model, layout = real_imprint_model(**kwargs)
+        generator = torch.Generator().manual_seed(1)
+        first, second = model.net[1], model.net[3]
+        with torch.no_grad():
+            first.weight += 0.003 * torch.randn(first.weight.shape, generator=generator) * unused
+            second.weight[1::2] = 25 * torch.randn(
+                second.out_features // 2, second.in_features, generator=generator
+            )
+            second.bias[1::2] = -1e6
+        return model, layout
+
+    return imprint_model
+
+
+def test_weights_hidden_where_the_data_never_looks_are_refused_by_every_client(mnist, monkeypatch):
+    from securefl.attacks import malicious
+
+    monkeypatch.setattr(
+        malicious, "imprint_model", _hide_where_the_data_never_looks(mnist, malicious.imprint_model)
+    )
+    shards = _shards(mnist, clients=4, batch=8)
+    undefended, _ = _round(mnist, shards, attack="imprint", placement="mlp", clients=4, defences=OFF)
+    assert undefended.everyone_recovered > 0  # the hidden weights cost the attack nothing
+    result, candidates = _round(mnist, shards, attack="imprint", placement="mlp", clients=4)
+    assert result.refused == (0, 1, 2, 3) and len(candidates) == 0
+    assert "rank-one share on the data" in result.findings[0]
+
+
+def test_with_pinning_the_client_trains_its_own_module_not_the_servers(mnist, monkeypatch):
+    """A forward pre-hook and an extra buffer on the server's module: with the pin the client
+    builds the mlp from the config and loads only the flat vector, so neither reaches it."""
+    from securefl.attacks import malicious
+
+    real = malicious.server_models
+    calls = []
+
+    def server_models(prepared, *, trial):
+        models, layout = real(prepared, trial=trial)
+        for model in {id(m): m for m in models.values()}.values():
+            model.register_buffer("stolen", torch.zeros(784))
+            model.register_forward_pre_hook(lambda module, args: calls.append(1))
+        return models, layout
+
+    monkeypatch.setattr(malicious, "server_models", server_models)
+    shards = _shards(mnist, clients=2, batch=8)
+    pinned = ClientDefences(consistency=True, pinning=True, parameter_checks=False)
+    result, _ = _round(mnist, shards, attack="imprint", placement="mlp", clients=2, defences=pinned)
+    assert result.refused == () and result.aborted is None
+    assert calls == []
+    # Without the pin the client runs the module it was sent, hook and all.
+    _round(mnist, shards, attack="imprint", placement="mlp", clients=2, defences=OFF)
+    assert calls

@@ -148,11 +148,53 @@ def test_imprint_under_secagg_recovers_images_and_the_defaults_refuse_it(tmp_pat
         ["--attack", "imprint", "--placement", "mlp", "--bins", "32"],
         ["--attack", "imprint", "--placement", "side"],
         ["--attack", "imprint", "--defense", "secagg", "--clients", "1"],
+        ["--attack", "imprint", "--bins", "0"],
     ],
 )
 def test_bad_malicious_server_flags_exit_2(tmp_path, flags):
     assert main(["attack", *flags, "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_too_many_bins_exit_2_before_allocating(tmp_path, capsys):
+    flags = ["--attack", "imprint", "--no-pinning", "--placement", "front", "--bins", "100000000"]
+    assert main(["attack", *flags, "--out", str(tmp_path / "x")]) == 2
+    assert "--bins 171196 or fewer" in capsys.readouterr().err  # 2**27 // 784
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--attack", "imprint", "--model", "cnn"],
+        ["--attack", "imprint", "--local-steps", "5"],
+        ["--attack", "imprint", "--images", "3"],
+        ["--attack", "inconsistency", "--noise-multiplier", "2"],
+        ["--attack", "imprint", "--server-init", "uniform"],
+        ["--attack", "idlg", "--placement", "mlp"],
+        ["--attack", "idlg", "--no-pinning"],
+        ["--attack", "dlg", "--bins", "64"],
+        ["--attack", "ig", "--active-secagg"],
+    ],
+)
+def test_flags_that_do_not_apply_to_the_attack_exit_2(tmp_path, capsys, flags):
+    assert main(["attack", *flags, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert flags[2] in err and f"does not apply to --attack {flags[1]}" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_consistency_runs_secure_aggregation_in_active_mode_unless_told_otherwise(tmp_path):
+    flags = ["attack", "--attack", "inconsistency", "--defense", "secagg", "--clients", "3"]
+    flags += ["--batch-size", "4", "--placement", "mlp", "--no-pinning", "--no-parameter-checks"]
+    labels = {}
+    for extra in ([], ["--passive-secagg"], ["--no-consistency"]):
+        out = tmp_path / "-".join(extra or ["default"])
+        assert main([*flags, *extra, "--out", str(out)]) == 0
+        labels[tuple(extra)] = json.loads((out / "metrics.json").read_text())["summary"]["label"]
+    assert "active" in labels[()]
+    assert "active" not in labels[("--passive-secagg",)]
+    assert "active" not in labels[("--no-consistency",)]
 
 
 def test_compare_gains_malicious_server_rows(tmp_path):
