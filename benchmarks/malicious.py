@@ -276,7 +276,7 @@ def cost_section(repeats: int = 5) -> None:
         for repeat in range(repeats):
             started = time.perf_counter()
             pin.check(model)
-            checks.check(model, data=dataset.train_x[:samples])
+            checks.check(model, data=dataset.train_x[: batch or samples])  # on one batch
             context = model_context(model=model, settings=settings)
             defence.append(time.perf_counter() - started)
             contributions = []

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 RANK_ONE_LIMIT = 0.8
 MIN_SIDE = 6
-DEAD_LIMIT = 0.5
+DEAD_LIMIT = 0.8
 _RANK_TOLERANCE = 1e-5
 """Singular values of the layer input below this share of the largest do not count as span."""
 
