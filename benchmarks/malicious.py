@@ -19,7 +19,8 @@ Sections (all by default):
 - ``cost``: the defences' client time over the client's round (training + its share of SecAgg),
   for the FedSGD rounds of the attacks and for ``securefl train``'s default client round.
 - ``evasion``: weights hidden where the data never looks (random layer-1 weights on the pixels 0
-  in every public image, large rows on switched-off layer-2 units), and noise of relative size rho
+  in every public image, large rows on switched-off layer-2 units), an adaptive imprint built to
+  pass the data-aware checks (32 bins beside 32 scaled honest units), and noise of relative size rho
   on the bins' rows and the next layer: the checks on the target's batch against what the first
   layer still gives back (one client, and the sum of 16), beside an honest mlp.
 
@@ -30,6 +31,7 @@ Sections (all by default):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import time
@@ -37,11 +39,13 @@ import time
 import torch
 
 from securefl.attacks.imprint import (
+    MEASUREMENT_SCALE,
     MeasurementPrior,
     best_psnr,
     imprint_model,
     measurement_direction,
     recover,
+    thresholds,
 )
 from securefl.attacks.malicious import ClientDefences, MaliciousConfig, prepare_malicious, run_malicious
 from securefl.attacks.observation import Observation, ObservedKind, PublicKnowledge
@@ -359,21 +363,23 @@ def evasion_section(trials: int) -> None:
     print(
         "\n## Evasion (pinned mlp, 64 bins; first-layer candidates: imprint differences and single-unit "
         "ratios). 'hidden': random layer-1 weights on the pixels 0 in every image and large rows on "
-        "switched-off layer-2 units (evaded the checks over the input cube); 'rho': noise of relative "
+        "switched-off layer-2 units (evaded the checks over the input cube); 'adaptive': 32 bins beside "
+        "32 scaled honest units, honest-looking columns after them; 'rho': noise of relative "
         "size rho on the bins' rows and on the next layer. Checks on the target's own batch of 8."
     )
     print(
-        "| model | rank-one share of the bins' layer on the data | target refuses | recovered, 1 client x 8 "
+        "| model | rank-one share of the bins' layer on the data | target refuses | any of 16 refuses "
+        "| recovered, 1 client x 8 "
         "| recovered, sum of 16 x 8 |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     dataset = load_dataset("mnist-sample")
     direction = measurement_direction(dataset.input_shape, seed=0)
     prior = MeasurementPrior.fit(dataset.test_x, direction)
     # What the attacker can know without any client's data: the pixels 0 in every public image.
     unused = (dataset.test_x.flatten(1).abs().max(0).values == 0).float()
-    for rho in ("honest", "hidden", 0.0, 0.3, 1.0, 2.0, 4.0):
-        shares, flagged, alone, summed = [], 0, [], []
+    for rho in ("honest", "hidden", "adaptive", 0.0, 0.3, 1.0, 2.0, 4.0):
+        shares, flagged, everyone_flagged, alone, summed = [], 0, 0, [], []
         for trial in range(trials):
             model, layout = imprint_model(
                 placement="mlp",
@@ -387,6 +393,20 @@ def evasion_section(trials: int) -> None:
             )
             if rho == "honest":
                 model = build_model("mlp", input_shape=dataset.input_shape, num_outputs=10, seed=trial)
+            elif rho == "adaptive":
+                # Half the first layer are bins (32 cuts), half honest rows scaled by 0.1; the next
+                # layer keeps the equal columns on the bins and honest columns scaled by 300 on the
+                # rest (scales picked on a 3-round grid; public data only).
+                honest = build_model(
+                    "mlp", input_shape=dataset.input_shape, num_outputs=10, seed=1000 + trial
+                )
+                first, second = model.net[1], model.net[3]
+                with torch.no_grad():
+                    first.bias[:32] = -MEASUREMENT_SCALE * thresholds(prior, 32)
+                    first.weight[32:] = 0.1 * honest.net[1].weight[32:]
+                    first.bias[32:] = 0.1 * honest.net[1].bias[32:]
+                    second.weight[:, 32:] = 300 * honest.net[3].weight[:, 32:]
+                layout = dataclasses.replace(layout, bins=32)
             elif rho == "hidden":
                 generator = torch.Generator().manual_seed(trial)
                 first, second = model.net[1], model.net[3]
@@ -409,6 +429,7 @@ def evasion_section(trials: int) -> None:
             (_, first, inputs, outputs), *_ = checks.layer_io(model, shards[0].x)
             shares.append(checks.rank_one_share_on(first.weight, inputs, outputs) or 0.0)
             flagged += bool(checks.inspect(model, data=shards[0].x))
+            everyone_flagged += any(checks.inspect(model, data=shard.x) for shard in shards)
             alone.append(
                 statistics.mean(p >= 30 for p in _first_layer_round(model, layout, shards[:1], dataset))
             )
@@ -416,8 +437,9 @@ def evasion_section(trials: int) -> None:
                 statistics.mean(p >= 30 for p in _first_layer_round(model, layout, shards, dataset))
             )
         print(
-            f"| {rho if rho in ('honest', 'hidden') else f'rho = {rho}'} | "
-            f"{statistics.mean(shares):.3f} | {flagged}/{trials} | {statistics.mean(alone):.0%} "
+            f"| {rho if isinstance(rho, str) else f'rho = {rho}'} | "
+            f"{statistics.mean(shares):.3f} | {flagged}/{trials} | {everyone_flagged}/{trials} "
+            f"| {statistics.mean(alone):.0%} "
             f"| {statistics.mean(summed):.1%} |",
             flush=True,
         )
