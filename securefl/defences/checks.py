@@ -9,13 +9,15 @@ every linear layer, and the checks read the weights through them.  (An earlier v
 weights over the whole input cube; random weights on the pixels that are zero in every image and
 large rows on switched-off units evaded it at no cost to the attack.)
 
+Both run on every linear layer but the last (the output layer: low-rank by nature, no ReLU after).
+
 - **rank one on the data** (:func:`rank_one_share_on`): a layer's weight restricted to the units
   its input on the batch switches on (output above 0 for some image) and to the subspace that
   input spans, ``W[active] Q`` with ``Q`` an orthonormal basis of that span.  A binning layer
   gives every unit the same measurement direction, and the layer after it sees every unit alike:
   the restriction is rank one and ``σ_max² / ‖W[active] Q‖_F²`` is 1.  For a random ``m × r``
-  matrix it is about ``(1/√m + 1/√r)²`` (0.25 for 64 units and a centred batch of 8, rank 7).  Flagged above
-  :data:`RANK_ONE_LIMIT` when both sides are at least :data:`MIN_SIDE` (a batch of fewer than
+  matrix it is about ``(1/√m + 1/√r)²`` (0.25 for 64 units and a centred batch of 8, rank 7).
+  Flagged above :data:`RANK_ONE_LIMIT` when both sides are at least :data:`MIN_SIDE` (a batch of fewer than
   seven distinct images, or a layer with fewer active units, is not checked).  The span is that
   of the centred batch: the mean image, which every honest unit also weighs, is left out, so a
   binning layer still gives exactly 1.  Honest training at moderate learning rates stays below
@@ -24,14 +26,16 @@ large rows on switched-off units evaded it at no cost to the attack.)
   (pixels that are 0 in every image) and rows of units the data never switches on are outside
   the restriction: they change nothing the client computes, and nothing this check reads.
 - **dead units on the data** (:func:`dead_unit_share_on`): share of a hidden layer's units
-  (every linear layer but the last) that no image of the batch makes positive.  A layer most of
+  that no image of the batch makes positive.  A layer most of
   whose units stay off on the client's data has been switched off for that client -- what model
   inconsistency sends to the clients it wants out of the sum (Pasquini et al., CCS 2022).
   Flagged above :data:`DEAD_LIMIT`.
 
-What they do not catch (said plainly): weights built to look honest on the data.  An attacker
-that adds noise to the bins' rows lowers the rank-one share at the price of blurrier recoveries
-(measured in ``benchmarks/malicious.py``); SEER-like attacks train an encoder/decoder pair through
+What they do not catch (said plainly): weights built to look honest on the data -- an adaptive
+attacker evades them.  ``benchmarks/malicious.py``'s evasion section measures a hand-made one (32
+bins hidden among 32 scaled honest units) that every client accepts and that still reads a few
+percent of the images out of a 16-client sum; noise on the bins' rows lowers the rank-one share
+at the price of blurrier recoveries; SEER-like attacks train an encoder/decoder pair through
 an honest architecture and leave no such structure; trap weights (Boenisch et al., EuroS&P 2023)
 and convolutional imprints are not looked for here.  The checks assume a module the client built
 itself (the pinned architecture, loaded with the server's flat parameter vector): they run a
