@@ -14,11 +14,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from securefl.audit import AuditConfig, AuditResult, Break, run_audit
 from securefl.audit.report import FIGURE_FILE, write_audit
+from securefl.cli.progress import round_progress
 from securefl.config import RunConfig
 from securefl.fl.history import check_output_dir
 
@@ -128,21 +128,13 @@ def audit(
 
 
 def _run_with_progress(config: AuditConfig, console: Console) -> AuditResult:
-    columns = (
-        TextColumn("[bold]round"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("rounds", total=config.run.rounds, status="")
-
-        def on_round(record: dict[str, Any]) -> None:
-            metric = record.get("test_accuracy", record.get("test_mse"))
-            progress.update(task, advance=1, status=f"test {metric:.4f}" if metric is not None else "")
-
+    with round_progress(console, rounds=config.run.rounds, status=_test_metric) as on_round:
         return run_audit(config, on_round=on_round)
+
+
+def _test_metric(record: dict[str, Any]) -> str:
+    metric = record.get("test_accuracy", record.get("test_mse"))
+    return f"test {metric:.4f}" if metric is not None else ""
 
 
 def _epsilon(value: float) -> str:

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from securefl.cli.progress import round_progress
 from securefl.config import RunConfig
 from securefl.data import plot_label_histograms
 from securefl.fl.history import History, check_output_dir, write_run
@@ -176,19 +176,7 @@ def _noise_shares(config: RunConfig, federation: Any) -> str:
 
 
 def _run_with_progress(config: RunConfig, federation: Any, console: Console) -> History:
-    columns = (
-        TextColumn("[bold]round"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("rounds", total=config.rounds, status="")
-
-        def on_round(record: dict[str, Any]) -> None:
-            progress.update(task, advance=1, status=_status(record))
-
+    with round_progress(console, rounds=config.rounds, status=_status) as on_round:
         return run_simulation(config, federation=federation, on_round=on_round)
 
 
