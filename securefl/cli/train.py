@@ -131,9 +131,10 @@ def train(
 def _collusion_bound(config: RunConfig, federation: Any) -> str:
     """One line: the adversary every round that can run is secure against.
 
-    Rounds can be smaller than planned (Poisson sampling, clients left out for non-finite
-    updates) and run with their own threshold, so the bound printed is the smallest over every
-    round size the channel can run; if some size breaks a rule of ``choose_parameters`` (passive
+    Under Poisson sampling rounds can be smaller than planned and run with their own threshold,
+    so the bound printed is the smallest over every round size the channel can run (a fixed-size
+    round keeps its size: dropouts and clients left out for non-finite updates are dropouts inside
+    it); if some size breaks a rule of ``choose_parameters`` (passive
     SecAgg+ at the configured dropout rate) the line says it is not secure for that ``c``.
     """
     clients = config.sampled_clients
@@ -142,7 +143,12 @@ def _collusion_bound(config: RunConfig, federation: Any) -> str:
     params = next((p for p in rounds if p.num_clients == clients), rounds[-1])
     graph = "complete graph" if params.complete_graph else f"SecAgg+ with {params.neighbors} neighbours"
     head = f"secure aggregation: {graph}, threshold {params.threshold} for {clients} clients per round; "
-    sizes = f"rounds of {rounds[0].num_clients} to {rounds[-1].num_clients} clients can run"
+    if len(rounds) == 1:
+        sizes = f"every round has {clients} clients"
+        where = f"in every round of {clients} clients"
+    else:
+        sizes = f"rounds of {rounds[0].num_clients} to {rounds[-1].num_clients} clients can run"
+        where = f"in every round ({sizes}; {params.colluders_tolerated} in a round of {params.num_clients})"
     for round_params in sorted(rounds, key=lambda p: p.num_clients != clients):  # planned first
         broken = assess_parameters(round_params, dropout_rate=secure.config.dropout_rate)
         if broken:
@@ -158,7 +164,7 @@ def _collusion_bound(config: RunConfig, federation: Any) -> str:
     caveat = "" if params.complete_graph or params.active_adversary else " (w.h.p. over the random graph)"
     return (
         f"{head}secure against {server} colluding with up to {weakest.colluders_tolerated} client(s) "
-        f"in every round ({sizes}; {params.colluders_tolerated} in a round of {params.num_clients}){caveat}"
+        f"{where}{caveat}"
     )
 
 

@@ -16,8 +16,9 @@ sees one client's update, sample count or loss. What this module returns, an
 
 Dropouts are simulated per round: each client leaves with probability ``--dropout-rate`` at a
 random protocol step; the round then aggregates the survivors, or aborts below the threshold.
-A client whose update is NaN or inf has no fixed-point encoding (the quantizer refuses it): it is
-treated as dropped before the protocol starts, and the round's ``non_finite_dropped`` counts it.
+A client whose update is NaN or inf has no fixed-point encoding (the quantizer refuses it): it
+sends nothing, a dropout of the planned round before it advertises keys (so the round keeps its size
+and threshold), and the round's ``non_finite_dropped`` counts it.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from securefl.errors import ConfigError, NonFiniteUpdateError, ThresholdNotMetEr
 from securefl.fl.quantize import FixedPointCodec, level_for
 from securefl.fl.types import Aggregate, Contribution
 from securefl.protocols.secagg import (
+    Dropout,
     DropoutPlan,
     RoundAbortedError,
     SecAggParams,
     SecAggResult,
     SecAggStats,
+    Step,
     enforce_parameter_rules,
     protocol_steps,
     run_secure_aggregation,
@@ -90,6 +93,7 @@ class SecureAggregationChannel:
         self.dp_clip_norm = dp_clip_norm
         self.seed = seed
         self._round_guards: dict = {}  # client id -> RoundIdGuard, filled by the protocol driver
+        self.clients_per_round = clients_per_round
         self.max_clients = max(max_clients or clients_per_round, clients_per_round)
         if clients_per_round < 2:
             raise ConfigError(
@@ -164,9 +168,12 @@ class SecureAggregationChannel:
         return runnable[0]
 
     def round_params(self) -> list[SecAggParams]:
-        """The parameters of every round size that can run: from :meth:`smallest_round` up to
-        ``max_clients`` (every client under Poisson sampling, else the planned round, which
-        clients left out for non-finite updates can shrink)."""
+        """The parameters of every round size that can run: the planned round when its size is
+        fixed (a client left out for a non-finite update is a dropout of that round, which keeps
+        its threshold), else (Poisson sampling) every size from :meth:`smallest_round` up to
+        ``max_clients``."""
+        if self.max_clients == self.clients_per_round:
+            return [self.params_for(self.clients_per_round, self.codec_for(self.clients_per_round))]
         sizes = range(self.smallest_round(self.max_clients), self.max_clients + 1)
         return [self.probe_params(m) for m in sizes]  # none is None: see smallest_round
 
@@ -207,16 +214,16 @@ class SecureAggregationChannel:
             raise SecureAggregationAborted(
                 f"{len(contributions)} clients cannot run this protocol: {error}", {"survivors": 0}
             ) from None
-        inputs, non_finite = self._encode_finite(contributions, codec, round_index)
+        inputs, left_out = self._encode_finite(contributions, codec, round_index)
         try:
             params = self.params_for(len(inputs), codec)
         except ConfigError as error:  # e.g. a Poisson round below the threshold: reveal nothing
             raise SecureAggregationAborted(
                 f"{len(inputs)} clients cannot run this protocol: {error}",
-                {"survivors": 0, "non_finite_dropped": non_finite},
+                {"survivors": 0, "non_finite_dropped": len(left_out)},
             ) from None
         result, details = self.run_protocol(
-            inputs, params=params, round_index=round_index, non_finite=non_finite, contexts=contexts
+            inputs, params=params, round_index=round_index, left_out=left_out, contexts=contexts
         )
         survivors = len(result.survivors)
         sums = codec.decode_sum(result.sum, count=survivors)
@@ -240,21 +247,25 @@ class SecureAggregationChannel:
         *,
         params: SecAggParams,
         round_index: int,
-        non_finite: int = 0,
+        left_out: frozenset[int] = frozenset(),
         contexts: Mapping[int, bytes] | None = None,
     ) -> tuple[SecAggResult, dict]:
         """One protocol round on the clients' ring vectors, with this round's simulated dropouts:
         the survivors' sum and the round's details (byte counts, timings, dropouts per step).
-        Raises :class:`SecureAggregationAborted` below threshold (``non_finite`` is recorded).
+        The ``left_out`` clients (non-finite updates; their input is a placeholder) drop out before
+        advertising keys. Raises :class:`SecureAggregationAborted` below threshold.
         ``contexts`` (client id -> context) puts each client in the session of its own context;
         the server runs in the context most clients hold."""
         contexts = {c: contexts[c] for c in inputs} if contexts else {}
         server_context = Counter(contexts.values()).most_common(1)[0][0] if contexts else b""
-        dropouts = DropoutPlan.random(
+        simulated = DropoutPlan.random(
             sorted(inputs),
             rate=self.config.dropout_rate,
             steps=protocol_steps(params),
             generator=np.random.default_rng([self.seed, round_index, 0xD0]),
+        )
+        dropouts = DropoutPlan(
+            {**simulated.dropouts, **{client: Dropout(Step.ADVERTISE_KEYS) for client in left_out}}
         )
         try:
             result = run_secure_aggregation(
@@ -269,31 +280,35 @@ class SecureAggregationChannel:
             )
         except RoundAbortedError as error:
             details = {**self._details(error.stats), "abort_step": error.step.label, "survivors": 0}
-            details["non_finite_dropped"] = non_finite
+            details["non_finite_dropped"] = len(left_out)
             raise SecureAggregationAborted(str(error), details) from None
         details = self._details(result.stats)
-        details["non_finite_dropped"] = non_finite
+        details["non_finite_dropped"] = len(left_out)
         return result, details
 
     def _encode_finite(
         self, contributions: list[Contribution], codec: FixedPointCodec, round_index: int
-    ) -> tuple[dict[int, np.ndarray], int]:
-        """Each client's encoded input, and how many clients were left out for a non-finite update.
+    ) -> tuple[dict[int, np.ndarray], frozenset[int]]:
+        """Each client's encoded input, and the clients left out for a non-finite update.
 
         The quantizer refuses NaN and inf (:class:`~securefl.errors.NonFiniteUpdateError`); such
-        a client does not take part in the round, exactly like a client that drops out before the
-        protocol starts, and the others aggregate without it (or the round aborts below the
-        threshold). Under ``--dp`` whether an update is finite is a function of the already
+        a client sends nothing: it is a dropout of the planned round before it advertises keys
+        (its input here is an all-zero placeholder that never leaves it), so the round keeps the
+        planned size and threshold, and the others aggregate without it (or the round aborts
+        below the threshold). Under ``--dp`` whether an update is finite is a function of the already
         private update, so the count may be released; under ``--central-dp`` ``ClipUpdate``
         has already replaced a non-finite update by zero, so the count is always 0 there.
         """
         inputs: dict[int, np.ndarray] = {}
+        left_out = set()
         for contribution in contributions:
             try:
                 inputs[contribution.client_id] = self._encode(contribution, codec, round_index)
             except NonFiniteUpdateError as error:
                 log.warning("client %d leaves round %d: %s", contribution.client_id, round_index, error)
-        return inputs, len(contributions) - len(inputs)
+                inputs[contribution.client_id] = np.zeros(self.num_params + 3, dtype=np.uint64)
+                left_out.add(contribution.client_id)
+        return inputs, frozenset(left_out)
 
     def _encode(self, contribution: Contribution, codec: FixedPointCodec, round_index: int) -> np.ndarray:
         """Client side: clip, weight, append weight, loss and clip count, quantize."""

@@ -179,17 +179,16 @@ def test_secagg_run_records_survivors_dropouts_bytes_and_step_times(tmp_path):
     [
         (
             ["--active-adversary"],
-            "active server (7 survivor-set signatures needed) colluding with up to 0 client(s) in every "
-            "round (rounds of 2 to 10 clients can run; 3 in a round of 10)",
+            "active server (7 survivor-set signatures needed) colluding with up to 3 client(s) in every "
+            "round of 10 clients",
         ),
         (
             ["--active-adversary", "--secagg-colluders", "2"],
-            "signatures needed) colluding with up to 2 client(s) in every round (rounds of 5 to 10",
+            "signatures needed) colluding with up to 2 client(s) in every round of 10 clients",
         ),
         (
             [],
-            "honest-but-curious server colluding with up to 0 client(s) in every round (rounds of 2 to "
-            "10 clients can run; 5 in a round of 10)",
+            "honest-but-curious server colluding with up to 5 client(s) in every round of 10 clients",
         ),
         (
             ["--central-dp", "--clients", "20", "--clients-per-round", "10"],
@@ -200,9 +199,10 @@ def test_secagg_run_records_survivors_dropouts_bytes_and_step_times(tmp_path):
 )
 def test_secagg_run_prints_the_collusion_bound_it_is_secure_for(tmp_path, capsys, extra, bound):
     """Defaults: 10 clients; active t = floor(20/3) + 1 = 7 tolerates c = 3 (t > c, 2t > n + c)
-    with 7 signatures, passive t = 6 tolerates c = 5.  But a round left with 2 clients (non-finite
-    updates left out; Poisson sampling) runs with t = 2, which tolerates none: the line gives the
-    minimum over every size that can run.  With c = 2 declared, rounds below 5 cannot run."""
+    with 7 signatures, passive t = 6 tolerates c = 5; a fixed-size round keeps its size and
+    threshold (dropouts and non-finite updates are dropouts inside it).  Under Poisson sampling a
+    round of 2 clients runs with t = 2, which tolerates none: the line gives the minimum over every
+    size that can run."""
     args = [*SMALL, "--clients", "10", "--rounds", "1", "--secagg", *extra]
     assert main(["train", *args, "--out", str(tmp_path / "run")]) == 0
     assert bound in " ".join(capsys.readouterr().out.split())

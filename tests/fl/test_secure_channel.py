@@ -217,7 +217,30 @@ def test_a_round_left_with_one_finite_update_aborts():
     broken = [contributions[0], Contribution(1, nan_delta, contributions[1].weight, 0.0)]
     with pytest.raises(ThresholdNotMetError) as raised:
         _channel(30, 2).aggregate(broken, round_index=1)
-    assert raised.value.details == {"survivors": 0, "non_finite_dropped": 1}
+    details = raised.value.details
+    assert (details["survivors"], details["non_finite_dropped"]) == (0, 1)
+    # The non-finite client is a dropout of the planned round of 2 before it advertises keys.
+    assert (details["abort_step"], details["dropouts"]) == ("advertise_keys", {"advertise_keys": 1})
+
+
+def test_a_non_finite_client_is_a_dropout_of_the_planned_round_which_keeps_its_threshold():
+    """Leaving a client out must not shrink the round's parameters: with 5 planned and one NaN
+    update, the protocol still runs for 5 clients at the threshold of 5 (3), not of 4."""
+    contributions = _contributions(5, 30, seed=3)
+    broken = contributions[:4] + [Contribution(4, torch.full((30,), float("nan")), 1.0, 0.0)]
+    channel = _channel(30, 5)
+    seen = {}
+    run = channel.run_protocol
+
+    def spy(inputs, *, params, **kwargs):
+        seen["params"], seen["left_out"] = params, kwargs["left_out"]
+        return run(inputs, params=params, **kwargs)
+
+    channel.run_protocol = spy
+    aggregate = channel.aggregate(broken, round_index=1)
+    assert (seen["params"].num_clients, seen["params"].threshold) == (5, 3)
+    assert seen["left_out"] == frozenset({4}) and aggregate.survivors == (0, 1, 2, 3)
+    assert channel.round_params() == [seen["params"]]
 
 
 def test_probing_the_smallest_round_is_quiet(recwarn, caplog):
