@@ -44,18 +44,27 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--dim", type=int, default=1_000_000)
-    parser.add_argument("--neighbors", type=int, default=0,
-                        help="SecAgg+ degree k (even); 0 = complete graph")
+    parser.add_argument(
+        "--neighbors", type=int, default=0, help="SecAgg+ degree k (even); 0 = complete graph"
+    )
     parser.add_argument("--dropout", type=float, default=0.0, help="fraction of clients dropping")
     parser.add_argument("--dropout-step", choices=[s.label for s in Step], default="masked_input")
-    parser.add_argument("--threshold", type=int, default=0,
-                        help="Shamir threshold t (default: securefl train's, a majority of each "
-                        "client's share holders, floor(2h/3) + 1 of them with --active)")
+    parser.add_argument(
+        "--threshold",
+        type=int,
+        default=0,
+        help="Shamir threshold t (default: securefl train's, a majority of each "
+        "client's share holders, floor(2h/3) + 1 of them with --active)",
+    )
     parser.add_argument("--bits", type=int, default=32)
     parser.add_argument("--active", action="store_true", help="active-adversary mode")
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs and dropout choice")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run the round this many times; report the median wall and CPU time")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the round this many times; report the median wall and CPU time",
+    )
     return parser.parse_args()
 
 
@@ -64,13 +73,14 @@ def main() -> None:
     n, dim = args.clients, args.dim
     neighbors = args.neighbors or None
     threshold = args.threshold or SecAggConfig(
-        neighbors=neighbors, active_adversary=args.active).threshold_count(n)
-    params = SecAggParams(num_clients=n, threshold=threshold, bits=args.bits, neighbors=neighbors,
-                          active_adversary=args.active)
+        neighbors=neighbors, active_adversary=args.active
+    ).threshold_count(n)
+    params = SecAggParams(
+        num_clients=n, threshold=threshold, bits=args.bits, neighbors=neighbors, active_adversary=args.active
+    )
     rng = np.random.default_rng(args.seed)
     dtype = params.word_dtype
-    inputs = {c: rng.integers(0, 2**args.bits, size=dim, dtype=np.uint64).astype(dtype)
-              for c in range(n)}
+    inputs = {c: rng.integers(0, 2**args.bits, size=dim, dtype=np.uint64).astype(dtype) for c in range(n)}
     step = Step[args.dropout_step.upper()]
     dropped = sorted(rng.choice(n, size=round(args.dropout * n), replace=False).tolist())
     plan = DropoutPlan({c: Dropout(step) for c in dropped})
@@ -86,8 +96,9 @@ def main() -> None:
     walls, cpus = [], []
     for _ in range(args.repeat):  # the same inputs and plan each time, fresh keys and masks
         started, started_cpu = time.perf_counter(), time.process_time()
-        result = run_secure_aggregation(inputs, params=params, dropouts=plan,
-                                        graph_seed=graph_seed, record_transcript=False)
+        result = run_secure_aggregation(
+            inputs, params=params, dropouts=plan, graph_seed=graph_seed, record_transcript=False
+        )
         walls.append(time.perf_counter() - started)
         cpus.append(time.process_time() - started_cpu)
     wall = float(np.median(walls))
@@ -99,10 +110,10 @@ def main() -> None:
 
     # Which mask expansions did the round need?
     graph = neighbourhoods(params, RoundSetup(0, tuple(range(n)), dim, graph_seed))
+
     def sends(client: int, at: Step) -> bool:
         dropout = plan.dropouts.get(client)
-        return (dropout is None or dropout.step > at
-                or (dropout.step == at and dropout.after_sending))
+        return dropout is None or dropout.step > at or (dropout.step == at and dropout.after_sending)
 
     shared = {c for c in range(n) if sends(c, Step.SHARE_KEYS)}
     maskers = [c for c in sorted(shared) if sends(c, Step.MASKED_INPUT)]
@@ -131,14 +142,20 @@ def main() -> None:
     stats = result.stats
     mean_client = stats.mean_client_seconds()
     steps = [s for s in Step if s in mean_client or s in stats.server_seconds]
-    print(f"securefl secagg benchmark: n={n} D={dim:,} bits={args.bits} "
-          f"graph={'complete' if neighbors is None else f'harary k={neighbors}'} t={threshold} "
-          f"active={args.active} dropped={len(dropped)} at {step.label}")
-    print(f"secure against {params.colluders_tolerated} colluding client(s)"
-          + (f", {params.signature_threshold} survivor-set signatures needed" if args.active else ""))
-    print(f"survivors {len(survivors)}; wall time of the round {wall:.2f} s (one process), "
-          f"CPU time {float(np.median(cpus)):.2f} s (medians of {args.repeat}; wall "
-          f"{min(walls):.2f}-{max(walls):.2f} s)")
+    print(
+        f"securefl secagg benchmark: n={n} D={dim:,} bits={args.bits} "
+        f"graph={'complete' if neighbors is None else f'harary k={neighbors}'} t={threshold} "
+        f"active={args.active} dropped={len(dropped)} at {step.label}"
+    )
+    print(
+        f"secure against {params.colluders_tolerated} colluding client(s)"
+        + (f", {params.signature_threshold} survivor-set signatures needed" if args.active else "")
+    )
+    print(
+        f"survivors {len(survivors)}; wall time of the round {wall:.2f} s (one process), "
+        f"CPU time {float(np.median(cpus)):.2f} s (medians of {args.repeat}; wall "
+        f"{min(walls):.2f}-{max(walls):.2f} s)"
+    )
     print(f"{'step':<20}{'client mean s':>15}{'server s':>12}")
     for s in steps:
         print(f"{s.label:<20}{mean_client.get(s, 0.0):>15.4f}{stats.server_seconds.get(s, 0.0):>12.4f}")
@@ -146,25 +163,32 @@ def main() -> None:
     down = np.array(list(stats.bytes_down.values()))
     print(f"bytes up per client:   mean {up.mean():,.0f}  max {up.max():,}")
     print(f"bytes down per client: mean {down.mean():,.0f}  max {down.max():,}")
-    print(f"mask expansions: clients {sum(client_expansions.values())}, server {server_expansions}; "
-          f"raw AES-CTR keystream {raw_per_expansion * 1e3:.3f} ms each "
-          f"({num_bytes / raw_per_expansion / 1e9:.2f} GB/s; before the round "
-          f"{num_bytes * total_expansions / raw_timings[0] / 1e9:.2f}, after "
-          f"{num_bytes * total_expansions / raw_timings[1] / 1e9:.2f})")
+    print(
+        f"mask expansions: clients {sum(client_expansions.values())}, server {server_expansions}; "
+        f"raw AES-CTR keystream {raw_per_expansion * 1e3:.3f} ms each "
+        f"({num_bytes / raw_per_expansion / 1e9:.2f} GB/s; before the round "
+        f"{num_bytes * total_expansions / raw_timings[0] / 1e9:.2f}, after "
+        f"{num_bytes * total_expansions / raw_timings[1] / 1e9:.2f})"
+    )
 
     masking = [stats.client_seconds[c][Step.MASKED_INPUT] for c in maskers]
     raw_client = [client_expansions[c] * raw_per_expansion for c in maskers]
     client_ratio = float(np.mean(masking) / np.mean(raw_client))
-    round_seconds = (sum(sum(v.values()) for v in stats.client_seconds.values())
-                     + sum(stats.server_seconds.values()))
+    round_seconds = sum(sum(v.values()) for v in stats.client_seconds.values()) + sum(
+        stats.server_seconds.values()
+    )
     round_ratio = round_seconds / raw_total
     server_unmask = stats.server_seconds.get(Step.UNMASKING, 0.0)
     server_raw = server_expansions * raw_per_expansion
     print(f"client masking / raw keystream of its masks: {client_ratio:.2f}x  (aim <= 1.5x)")
-    print(f"server unmasking / raw keystream of its masks: "
-          f"{server_unmask / server_raw if server_raw else float('nan'):.2f}x")
-    print(f"whole round (all clients + server) / raw keystream of all expansions: "
-          f"{round_ratio:.2f}x  (aim <= 2.5x); protocol CPU time {round_seconds:.2f} s")
+    print(
+        f"server unmasking / raw keystream of its masks: "
+        f"{server_unmask / server_raw if server_raw else float('nan'):.2f}x"
+    )
+    print(
+        f"whole round (all clients + server) / raw keystream of all expansions: "
+        f"{round_ratio:.2f}x  (aim <= 2.5x); protocol CPU time {round_seconds:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,10 @@ def main() -> None:
     print(f"local training of the round (all clients): {training:.3f} s")
     print(f"plain sum: median {plain * 1e3:.2f} ms;  secure aggregation: median {secure * 1e3:.1f} ms")
     print(f"  protocol step times (last run, server): {details['secagg_server_seconds']}")
-    print(f"  bytes up per client: {details['secagg_bytes_up_per_client']:,} "
-          f"(plain float32 update: {4 * (params.numel() + 1):,})")
+    print(
+        f"  bytes up per client: {details['secagg_bytes_up_per_client']:,} "
+        f"(plain float32 update: {4 * (params.numel() + 1):,})"
+    )
     print(f"overhead: secure aggregation / plain round time = {secure / (training + plain):.3f}")
 
 

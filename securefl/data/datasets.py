@@ -104,9 +104,7 @@ class Dataset:
                 )
             expected = torch.int64 if self.info.task == "classification" else torch.float32
             if y.dtype != expected:
-                raise DataError(
-                    f"{self.info.name} {split} targets are {y.dtype}, expected {expected}"
-                )
+                raise DataError(f"{self.info.name} {split} targets are {y.dtype}, expected {expected}")
 
     @property
     def name(self) -> str:
@@ -219,9 +217,7 @@ def load_dataset(
         splits = _ON_DISK_LOADERS[name](_require_data_dir(name, data_dir), download)
     else:
         if data_dir is not None or download:
-            logger.info(
-                "dataset %s ships with securefl's dependencies; data_dir/download ignored", name
-            )
+            logger.info("dataset %s ships with securefl's dependencies; data_dir/download ignored", name)
         # Cached tensors are shared: hand out copies so no caller can corrupt another's data.
         splits = tuple(t.clone() for t in _OFFLINE_LOADERS[name]())
     train_x, train_y, test_x, test_y = splits
@@ -232,9 +228,7 @@ def load_dataset(
 # --------------------------------------------------------------------------- fixed splits
 
 
-def stratified_split(
-    labels: np.ndarray, *, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, *, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices so every class keeps ``round(count * test_fraction)`` test samples.
 
     Both index arrays come back in a seeded shuffled order (not grouped by class), so taking the
@@ -431,9 +425,7 @@ def _load_cifar10(root: Path, download: bool) -> _Splits:
     from torchvision.datasets import CIFAR10
 
     folder = root / CIFAR10.base_folder
-    names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [
-        CIFAR10.meta["filename"]
-    ]
+    names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
     try:
         # torchvision checks each file's MD5 against the official release before unpickling it.
         train = CIFAR10(root, train=True, download=download)

@@ -129,9 +129,7 @@ def _fill_empty_clients(parts: list[np.ndarray]) -> list[np.ndarray]:
     return parts
 
 
-def _shards(
-    sort_key: np.ndarray, *, num_clients: int, rng: np.random.Generator
-) -> list[np.ndarray]:
+def _shards(sort_key: np.ndarray, *, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
     num_shards = 2 * num_clients
     if num_shards > len(sort_key):
         raise ConfigError(
@@ -208,9 +206,7 @@ def plot_label_histograms(
         axes.set_xticks(clients)
     axes.legend(title="bin" if regression else "label", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".png"
-    )
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     try:
         with os.fdopen(descriptor, "wb") as handle:
             figure.savefig(handle, format="png", dpi=100)
@@ -252,7 +248,5 @@ def _labels(values: np.ndarray, num_classes: int | None) -> tuple[np.ndarray, in
         raise ConfigError(f"labels must be >= 0, found {labels.min()}")
     count = int(labels.max()) + 1 if num_classes is None else num_classes
     if labels.max() >= count:
-        raise ConfigError(
-            f"label {labels.max()} >= num_classes {count}: pass the right num_classes"
-        )
+        raise ConfigError(f"label {labels.max()} >= num_classes {count}: pass the right num_classes")
     return labels, count

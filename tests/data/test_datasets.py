@@ -24,9 +24,7 @@ def test_registry_entry_describes_what_loads(name: str) -> None:
     info = DATASETS[name]
     data = load_dataset(name)
     assert data.info is info and data.name == name and data.task == info.task
-    train_count, test_count = (
-        int(n.replace(",", "")) for n in re.findall(r"[\d,]+", info.size)[:2]
-    )
+    train_count, test_count = (int(n.replace(",", "")) for n in re.findall(r"[\d,]+", info.size)[:2])
     assert (len(data.train_x), len(data.test_x)) == (train_count, test_count)
     assert data.train_x.shape[1:] == info.input_shape == data.input_shape
     assert data.train_x.dtype == data.test_x.dtype == torch.float32
@@ -95,9 +93,7 @@ def test_boston_is_standardised_with_training_statistics_only() -> None:
     both = np.concatenate([train_x, test_x])
     scale, shift = np.zeros(13), np.zeros(13)
     for column in range(13):
-        scale[column], shift[column] = np.polyfit(
-            np.sort(both[:, column]), np.sort(features[:, column]), 1
-        )
+        scale[column], shift[column] = np.polyfit(np.sort(both[:, column]), np.sort(features[:, column]), 1)
         np.testing.assert_allclose(
             np.sort(both[:, column]) * scale[column] + shift[column],
             np.sort(features[:, column]),

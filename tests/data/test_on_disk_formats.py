@@ -30,9 +30,7 @@ IDX_UBYTE = 0x08
 def write_idx(path: Path, array: np.ndarray) -> None:
     """IDX: two zero bytes, the type code (0x08 = unsigned byte), the number of dimensions, then
     each dimension as a big-endian 32-bit integer, then the data in row-major order."""
-    header = bytes([0, 0, IDX_UBYTE, array.ndim]) + b"".join(
-        struct.pack(">I", d) for d in array.shape
-    )
+    header = bytes([0, 0, IDX_UBYTE, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
     path.write_bytes(header + array.astype(np.uint8).tobytes(order="C"))
 
 
@@ -92,9 +90,7 @@ def test_mnist_label_out_of_range_is_a_data_error(tmp_path: Path) -> None:
         load_dataset("mnist", data_dir=tmp_path)
 
 
-def test_mnist_failed_download_is_a_data_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_mnist_failed_download_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision.datasets.mnist as tv_mnist
 
     def offline(*args: object, **kwargs: object) -> None:
@@ -160,9 +156,7 @@ def expected_images(rows: np.ndarray) -> np.ndarray:
     return images
 
 
-def test_cifar10_python_batches_load_pixel_for_pixel(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cifar10_python_batches_load_pixel_for_pixel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written = write_cifar(tmp_path, np.random.default_rng(4))
     pin_checksums_to(tmp_path / "cifar-10-batches-py", monkeypatch)
     data = load_dataset("cifar10", data_dir=tmp_path)

@@ -20,9 +20,7 @@ def partition_problems(draw: st.DrawFn) -> dict:
     regression = draw(st.booleans())
     size = draw(st.integers(min_value=2, max_value=300))
     if regression:
-        values = draw(
-            st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=size, max_size=size)
-        )
+        values = draw(st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=size, max_size=size))
         targets = torch.tensor(values, dtype=torch.float32)
     else:
         classes = draw(st.integers(min_value=1, max_value=12))
@@ -64,9 +62,7 @@ def test_iid_sizes_differ_by_at_most_one(size: int, clients: int, seed: int) -> 
         with pytest.raises(ConfigError, match="lower --clients"):
             partition(torch.zeros(size, dtype=torch.int64), scheme="iid", num_clients=clients)
         return
-    parts = partition(
-        torch.zeros(size, dtype=torch.int64), scheme="iid", num_clients=clients, seed=seed
-    )
+    parts = partition(torch.zeros(size, dtype=torch.int64), scheme="iid", num_clients=clients, seed=seed)
     sizes = [len(part) for part in parts]
     assert max(sizes) - min(sizes) <= 1 and sum(sizes) == size
 
@@ -112,8 +108,7 @@ def test_dirichlet_class_shares_follow_the_dirichlet_law() -> None:
     alpha, count = 0.5, 2000
     targets = torch.zeros(count, dtype=torch.int64)
     shares = [
-        len(partition(targets, scheme="dirichlet", num_clients=2, alpha=alpha, seed=seed)[0])
-        / count
+        len(partition(targets, scheme="dirichlet", num_clients=2, alpha=alpha, seed=seed)[0]) / count
         for seed in range(300)
     ]
     result = scipy_stats.kstest(shares, scipy_stats.beta(alpha, alpha).cdf)

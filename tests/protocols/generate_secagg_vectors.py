@@ -45,21 +45,25 @@ def prg_vectors() -> dict:
         key = keys.derive_key(secret, purpose=purpose, round_id=round_id, parties=parties)
         dtype = np.uint32 if bits <= 32 else np.uint64
         mask = prg.expand_mask(key, length=1000, dtype=dtype) & dtype((1 << bits) - 1)
-        cases.append({
-            "purpose": purpose.name,
-            "secret": secret.hex(),
-            "round_id": round_id,
-            "parties": list(parties),
-            "bits": bits,
-            "derived_key": key.hex(),
-            "length": 1000,
-            "first_words": [int(v) for v in mask[:8]],
-            "mask_sha256": hashlib.sha256(mask.astype("<u8").tobytes()).hexdigest(),
-        })
-    return {"description": "derive_key (HKDF-SHA256 with securefl labels) then expand_mask "
-                           "(AES-256-CTR, zero counter block, little-endian words) reduced mod "
-                           "2^bits; mask_sha256 is over the mask as little-endian uint64.",
-            "cases": cases}
+        cases.append(
+            {
+                "purpose": purpose.name,
+                "secret": secret.hex(),
+                "round_id": round_id,
+                "parties": list(parties),
+                "bits": bits,
+                "derived_key": key.hex(),
+                "length": 1000,
+                "first_words": [int(v) for v in mask[:8]],
+                "mask_sha256": hashlib.sha256(mask.astype("<u8").tobytes()).hexdigest(),
+            }
+        )
+    return {
+        "description": "derive_key (HKDF-SHA256 with securefl labels) then expand_mask "
+        "(AES-256-CTR, zero counter block, little-endian words) reduced mod "
+        "2^bits; mask_sha256 is over the mask as little-endian uint64.",
+        "cases": cases,
+    }
 
 
 def shamir_vectors() -> dict:
@@ -67,13 +71,12 @@ def shamir_vectors() -> dict:
     secret = int.from_bytes(source(32), "big")
     threshold, holders = 3, [1, 2, 3, 4, 5]
     recorder = _Recording(source)
-    shares = shamir.split_secret(secret, threshold=threshold, holders=holders,
-                                 random_source=recorder)
+    shares = shamir.split_secret(secret, threshold=threshold, holders=holders, random_source=recorder)
     coefficients = [secret] + [int.from_bytes(chunk, "big") >> 7 for chunk in recorder.chunks]
     return {
         "description": "split_secret over 2^521 - 1 with the DeterministicRandom source; "
-                       "coefficients are [secret, a1, a2] (each a_i = 66 random bytes >> 7, "
-                       "all below the prime, so no rejection happened).",
+        "coefficients are [secret, a1, a2] (each a_i = 66 random bytes >> 7, "
+        "all below the prime, so no rejection happened).",
         "prime": "2^521 - 1",
         "secret": hex(secret),
         "threshold": threshold,
@@ -97,8 +100,10 @@ def main() -> None:
     import cryptography
 
     provenance = PROVENANCE.format(version=cryptography.__version__)
-    for name, content in (("secagg_prg_frozen.json", prg_vectors()),
-                          ("shamir_frozen.json", shamir_vectors())):
+    for name, content in (
+        ("secagg_prg_frozen.json", prg_vectors()),
+        ("shamir_frozen.json", shamir_vectors()),
+    ):
         path = VECTORS / name
         path.write_text(json.dumps({"provenance": provenance, **content}, indent=2) + "\n")
         print(f"wrote {path}")

@@ -51,30 +51,50 @@ class MaliciousServer:
     to it (the one deviation before the masked inputs): that recipient then masks only with the
     senders it heard from, recorded in :attr:`partners`."""
 
-    def __init__(self, params: SecAggParams, inputs: dict[int, np.ndarray], *, label: str,
-                 round_id: int = 0, colluders: tuple[int, ...] = (), graph_seed: bytes | None = None,
-                 signing_keys=None, round_guards=None, withhold=None) -> None:
+    def __init__(
+        self,
+        params: SecAggParams,
+        inputs: dict[int, np.ndarray],
+        *,
+        label: str,
+        round_id: int = 0,
+        colluders: tuple[int, ...] = (),
+        graph_seed: bytes | None = None,
+        signing_keys=None,
+        round_guards=None,
+        withhold=None,
+    ) -> None:
         self.params = params
         length = len(next(iter(inputs.values())))
-        setup = RoundSetup.create(sorted(inputs), vector_length=length, round_id=round_id,
-                                  random_source=DeterministicRandom(f"{label} setup"))
+        setup = RoundSetup.create(
+            sorted(inputs),
+            vector_length=length,
+            round_id=round_id,
+            random_source=DeterministicRandom(f"{label} setup"),
+        )
         if graph_seed is not None:
             setup = RoundSetup(round_id, setup.participants, length, graph_seed)
         self.setup = setup
         self.graph = neighbourhoods(params, setup)
         active = params.active_adversary
         self.signing_keys = signing_keys or (
-            {c: keys.generate_signing_key(DeterministicRandom(f"{label} signing {c}"))
-             for c in inputs} if active else None)
-        verify_keys = ({c: k.public_key() for c, k in self.signing_keys.items()}
-                       if active else None)
+            {c: keys.generate_signing_key(DeterministicRandom(f"{label} signing {c}")) for c in inputs}
+            if active
+            else None
+        )
+        verify_keys = {c: k.public_key() for c, k in self.signing_keys.items()} if active else None
 
         def client(c, twin=False):
             return ClientProtocol(
-                client_id=c, params=params, setup=setup, input_vector=inputs[c],
+                client_id=c,
+                params=params,
+                setup=setup,
+                input_vector=inputs[c],
                 random_source=DeterministicRandom(f"{label} client {c}"),
-                signing_key=self.signing_keys[c] if active else None, verify_keys=verify_keys,
-                round_guard=round_guards[c] if round_guards and not twin else RoundIdGuard())
+                signing_key=self.signing_keys[c] if active else None,
+                verify_keys=verify_keys,
+                round_guard=round_guards[c] if round_guards and not twin else RoundIdGuard(),
+            )
 
         self.clients = {c: client(c) for c in setup.participants}
         self.twins = {c: client(c, twin=True) for c in colluders}
@@ -97,10 +117,11 @@ class MaliciousServer:
             for message in honest.close_step():
                 if isinstance(message, RelayedShares):
                     hidden = set((withhold or {}).get(message.recipient, ()))
-                    message = dataclasses.replace(message, sealed_shares=tuple(
-                        s for s in message.sealed_shares if s.sender not in hidden))
-                    self.partners[message.recipient] = frozenset(
-                        s.sender for s in message.sealed_shares)
+                    message = dataclasses.replace(
+                        message,
+                        sealed_shares=tuple(s for s in message.sealed_shares if s.sender not in hidden),
+                    )
+                    self.partners[message.recipient] = frozenset(s.sender for s in message.sealed_shares)
                 for twin in [self.twins[message.recipient]] if message.recipient in self.twins else []:
                     twin.receive(message)
                 try:
@@ -113,8 +134,9 @@ class MaliciousServer:
                     if isinstance(answer, ShareKeys):
                         self.commitments[answer.sender] = answer.self_mask_commitment
                     if isinstance(answer, MaskedInput):
-                        self.masked[answer.sender] = unpack(answer.packed, bits=answer.bits,
-                                                            length=answer.length)
+                        self.masked[answer.sender] = unpack(
+                            answer.packed, bits=answer.bits, length=answer.length
+                        )
 
     def _party(self, client: int, twin: bool) -> ClientProtocol:
         return self.twins[client] if twin else self.clients[client]
@@ -126,7 +148,8 @@ class MaliciousServer:
         for c in sorted(members):
             try:
                 [answer] = self._party(c, c in twins).receive(
-                    ConsistencyRequest(self.setup.round_id, c, tuple(sorted(survivors))))
+                    ConsistencyRequest(self.setup.round_id, c, tuple(sorted(survivors)))
+                )
             except ProtocolError as error:
                 self.refusals.setdefault(c, error)  # the first refusal is the reason
                 continue
@@ -140,9 +163,13 @@ class MaliciousServer:
         seeds: dict[int, dict[int, int]] = {}
         mask_keys: dict[int, dict[int, int]] = {}
         for c in sorted(members):
-            request = UnmaskingRequest(self.setup.round_id, c, tuple(sorted(survivors)),
-                                       tuple(sorted(dropped)),
-                                       tuple(sorted(signatures, key=lambda s: s.client_id)))
+            request = UnmaskingRequest(
+                self.setup.round_id,
+                c,
+                tuple(sorted(survivors)),
+                tuple(sorted(dropped)),
+                tuple(sorted(signatures, key=lambda s: s.client_id)),
+            )
             try:
                 [answer] = self._party(c, c in twins).receive(request)
             except ProtocolError as error:
@@ -175,25 +202,33 @@ class MaliciousServer:
             if u not in seeds or u not in self.masked:
                 return None
             total += self.masked[u].astype(np.uint64)
-            self_key = keys.derive_key(seeds[u], purpose=KeyPurpose.SELF_MASK, round_id=round_id,
-                                       parties=(u,))
-            total -= prg.expand_mask(self_key, length=len(total), dtype=np.uint64 if bits > 32
-                                     else np.uint32).astype(np.uint64)
-            for w in sorted(w for w in self.partners[u]
-                            if w not in members or u not in self.partners[w]):
+            self_key = keys.derive_key(
+                seeds[u], purpose=KeyPurpose.SELF_MASK, round_id=round_id, parties=(u,)
+            )
+            total -= prg.expand_mask(
+                self_key, length=len(total), dtype=np.uint64 if bits > 32 else np.uint32
+            ).astype(np.uint64)
+            for w in sorted(w for w in self.partners[u] if w not in members or u not in self.partners[w]):
                 if w in mask_keys:
-                    agreed = keys.agree(X25519PrivateKey.from_private_bytes(mask_keys[w]),
-                                        self.mask_public[u])
+                    agreed = keys.agree(
+                        X25519PrivateKey.from_private_bytes(mask_keys[w]), self.mask_public[u]
+                    )
                 elif u in mask_keys:
-                    agreed = keys.agree(X25519PrivateKey.from_private_bytes(mask_keys[u]),
-                                        self.mask_public[w])
+                    agreed = keys.agree(
+                        X25519PrivateKey.from_private_bytes(mask_keys[u]), self.mask_public[w]
+                    )
                 else:
                     return None
-                pair_key = keys.derive_key(agreed, purpose=KeyPurpose.PAIRWISE_MASK,
-                                           round_id=round_id, parties=tuple(sorted((u, w))),
-                                           session=session_hash(self.params, self.setup))
-                mask = prg.expand_mask(pair_key, length=len(total),
-                                       dtype=np.uint64 if bits > 32 else np.uint32)
+                pair_key = keys.derive_key(
+                    agreed,
+                    purpose=KeyPurpose.PAIRWISE_MASK,
+                    round_id=round_id,
+                    parties=tuple(sorted((u, w))),
+                    session=session_hash(self.params, self.setup),
+                )
+                mask = prg.expand_mask(
+                    pair_key, length=len(total), dtype=np.uint64 if bits > 32 else np.uint32
+                )
                 if u < w:  # u added +PRG(s_uw)
                     total -= mask.astype(np.uint64)
                 else:

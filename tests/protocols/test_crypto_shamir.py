@@ -15,12 +15,17 @@ from securefl.protocols.crypto import shamir
 
 
 @settings(max_examples=40, deadline=None)
-@given(secret=st.integers(0, 2**256 - 1), threshold=st.integers(1, 5), extra=st.integers(0, 3),
-       label=st.text(max_size=8))
+@given(
+    secret=st.integers(0, 2**256 - 1),
+    threshold=st.integers(1, 5),
+    extra=st.integers(0, 3),
+    label=st.text(max_size=8),
+)
 def test_every_t_subset_reconstructs(secret, threshold, extra, label):
     holders = list(range(1, threshold + extra + 1))
-    shares = shamir.split_secret(secret, threshold=threshold, holders=holders,
-                                 random_source=DeterministicRandom(label))
+    shares = shamir.split_secret(
+        secret, threshold=threshold, holders=holders, random_source=DeterministicRandom(label)
+    )
     for subset in itertools.combinations(holders, threshold):
         assert shamir.reconstruct_secret({x: shares[x] for x in subset}) == secret
 

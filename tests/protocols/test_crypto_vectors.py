@@ -74,8 +74,11 @@ def test_hkdf_sha256_rfc5869(case):
 def test_aes256_ctr_keystream_sp800_38a_f55():
     vector = load("aes256_ctr_sp800_38a.json")
     plaintext, ciphertext = (bytes.fromhex(vector[k]) for k in ("plaintext", "ciphertext"))
-    stream = prg.keystream(bytes.fromhex(vector["key"]), len(plaintext),
-                           initial_counter_block=bytes.fromhex(vector["initial_counter_block"]))
+    stream = prg.keystream(
+        bytes.fromhex(vector["key"]),
+        len(plaintext),
+        initial_counter_block=bytes.fromhex(vector["initial_counter_block"]),
+    )
     assert bytes(a ^ b for a, b in zip(stream, plaintext, strict=True)) == ciphertext
 
 
@@ -86,17 +89,22 @@ def ctr_reference(key: bytes, num_bytes: int) -> bytes:
     return (encryptor.update(blocks) + encryptor.finalize())[:num_bytes]
 
 
-@pytest.mark.parametrize("case", load("secagg_prg_frozen.json")["cases"],
-                         ids=lambda c: f"{c['purpose']}-{c['bits']}")
+@pytest.mark.parametrize(
+    "case", load("secagg_prg_frozen.json")["cases"], ids=lambda c: f"{c['purpose']}-{c['bits']}"
+)
 def test_mask_prg_frozen_vectors(case):
     secret = bytes.fromhex(case["secret"])
     purpose = KeyPurpose[case["purpose"]]
-    key = keys.derive_key(secret, purpose=purpose, round_id=case["round_id"],
-                          parties=tuple(case["parties"]))
+    key = keys.derive_key(secret, purpose=purpose, round_id=case["round_id"], parties=tuple(case["parties"]))
     assert key.hex() == case["derived_key"]
     # independent: HKDF from the RFC definition over our documented label
-    label = (b"securefl/secagg/v1/" + purpose.value + b"\x00" + case["round_id"].to_bytes(8, "big")
-             + b"".join(p.to_bytes(4, "big") for p in case["parties"]))
+    label = (
+        b"securefl/secagg/v1/"
+        + purpose.value
+        + b"\x00"
+        + case["round_id"].to_bytes(8, "big")
+        + b"".join(p.to_bytes(4, "big") for p in case["parties"])
+    )
     assert rfc5869_reference(secret, b"", label, 32)[1] == key
 
     bits, length = case["bits"], case["length"]
@@ -104,8 +112,9 @@ def test_mask_prg_frozen_vectors(case):
     mask = prg.expand_mask(key, length=length, dtype=dtype) & dtype((1 << bits) - 1)
     assert [int(v) for v in mask[:8]] == case["first_words"]
     assert hashlib.sha256(mask.astype("<u8").tobytes()).hexdigest() == case["mask_sha256"]
-    reference = np.frombuffer(ctr_reference(key, length * np.dtype(dtype).itemsize),
-                              dtype=np.dtype(dtype).newbyteorder("<"))
+    reference = np.frombuffer(
+        ctr_reference(key, length * np.dtype(dtype).itemsize), dtype=np.dtype(dtype).newbyteorder("<")
+    )
     assert np.array_equal(mask, reference & dtype((1 << bits) - 1))
 
 
@@ -135,8 +144,10 @@ def test_shamir_frozen_vector():
     # reproducible from the same source ...
     source = DeterministicRandom("shamir frozen vectors")
     assert int.from_bytes(source(32), "big") == secret
-    assert shamir.split_secret(secret, threshold=threshold, holders=sorted(shares),
-                               random_source=source) == shares
+    assert (
+        shamir.split_secret(secret, threshold=threshold, holders=sorted(shares), random_source=source)
+        == shares
+    )
     # ... and equal to naive evaluation of the recorded polynomial
     assert coefficients[0] == secret and len(coefficients) == threshold
     for x, y in shares.items():

@@ -53,13 +53,15 @@ class Adversary:
 
 
 def rejections_of(result, party, error_type):
-    return [r for r in result.stats.rejections
-            if r.party == party and isinstance(r.error, error_type)]
+    return [r for r in result.stats.rejections if r.party == party and isinstance(r.error, error_type)]
 
 
 def unmasking_from(result, sender):
-    return [e.message for e in result.transcript
-            if isinstance(e.message, UnmaskingShares) and e.message.sender == sender]
+    return [
+        e.message
+        for e in result.transcript
+        if isinstance(e.message, UnmaskingShares) and e.message.sender == sender
+    ]
 
 
 def flip_share(message: RelayedShares, sender: int) -> RelayedShares:
@@ -83,8 +85,7 @@ def test_tampered_sealed_share_is_rejected_and_the_round_finishes(owner_drops):
         return None
 
     plan = DropoutPlan({4: Dropout(Step.MASKED_INPUT)} if owner_drops else {})
-    result = run_secure_aggregation(inputs, params=PARAMS, dropouts=plan,
-                                    network=Adversary(rewrite))
+    result = run_secure_aggregation(inputs, params=PARAMS, dropouts=plan, network=Adversary(rewrite))
     expected = frozenset(inputs) - ({4} if owner_drops else set())
     assert result.survivors == expected
     assert np.array_equal(result.sum, plain_sum(inputs, expected, 32))
@@ -106,7 +107,8 @@ def test_redirected_sealed_share_is_rejected():
         if isinstance(message, RelayedShares) and message.recipient == 2:
             records = tuple(
                 dataclasses.replace(r, ciphertext=sent_by_4[3]) if r.sender == 4 else r
-                for r in message.sealed_shares)
+                for r in message.sealed_shares
+            )
             return [dataclasses.replace(message, sealed_shares=records)]
         return None
 
@@ -129,8 +131,10 @@ def test_sealed_share_replayed_from_an_earlier_round_is_rejected():
 
     def replay(message, packet):
         if isinstance(message, RelayedShares) and message.recipient == 2:
-            records = tuple(dataclasses.replace(r, ciphertext=earlier[r.sender])
-                            if r.sender == 5 else r for r in message.sealed_shares)
+            records = tuple(
+                dataclasses.replace(r, ciphertext=earlier[r.sender]) if r.sender == 5 else r
+                for r in message.sealed_shares
+            )
             return [dataclasses.replace(message, sealed_shares=records)]
         return None
 
@@ -212,8 +216,10 @@ def test_active_mode_rejects_substituted_keys_at_the_server_and_the_client():
         if isinstance(message, AdvertiseKeys) and message.sender == 6:
             return [dataclasses.replace(message, channel_public_key=intruder)]
         if isinstance(message, KeyDirectory) and message.recipient == 2:
-            peers = tuple(dataclasses.replace(p, mask_public_key=intruder) if p.client_id == 4
-                          else p for p in message.peers)
+            peers = tuple(
+                dataclasses.replace(p, mask_public_key=intruder) if p.client_id == 4 else p
+                for p in message.peers
+            )
             return [dataclasses.replace(message, peers=peers)]
         return None
 
@@ -227,8 +233,7 @@ def test_active_mode_rejects_substituted_keys_at_the_server_and_the_client():
 # ------------------------------------------------------------------ malicious-server requests
 
 
-def run_with_malicious_request(params, tamper, *, recipient=0, dropouts=None, signing_keys=None,
-                               seed=9):
+def run_with_malicious_request(params, tamper, *, recipient=0, dropouts=None, signing_keys=None, seed=9):
     inputs = random_inputs(N, 12, 32, seed=seed)
 
     def rewrite(message, packet):
@@ -236,9 +241,14 @@ def run_with_malicious_request(params, tamper, *, recipient=0, dropouts=None, si
             return tamper(message)
         return None
 
-    result = run_secure_aggregation(inputs, params=params, network=Adversary(rewrite),
-                                    dropouts=dropouts, signing_keys=signing_keys,
-                                    round_guards={} if signing_keys else None)
+    result = run_secure_aggregation(
+        inputs,
+        params=params,
+        network=Adversary(rewrite),
+        dropouts=dropouts,
+        signing_keys=signing_keys,
+        round_guards={} if signing_keys else None,
+    )
     # the round still finishes without the refusing client's shares, and correctly
     assert np.array_equal(result.sum, plain_sum(inputs, result.survivors, 32))
     return result
@@ -261,8 +271,10 @@ def test_client_refuses_overlapping_survivor_and_dropped_lists():
 def test_client_reveals_only_one_share_kind_across_two_requests():
     def second_request_flips_client_3(message):
         flipped = dataclasses.replace(
-            message, survivors=tuple(c for c in message.survivors if c != 3),
-            dropped=tuple(sorted(message.dropped + (3,))))
+            message,
+            survivors=tuple(c for c in message.survivors if c != 3),
+            dropped=tuple(sorted(message.dropped + (3,))),
+        )
         return [message, flipped]
 
     result = run_with_malicious_request(PARAMS, second_request_flips_client_3)
@@ -276,13 +288,17 @@ def test_client_reveals_only_one_share_kind_across_two_requests():
 @pytest.mark.parametrize(
     ("tamper", "fragment"),
     [
-        (lambda m: [dataclasses.replace(m, dropped=tuple(sorted(m.dropped + (6,))))],
-         "never shared keys"),
-        (lambda m: [dataclasses.replace(m, survivors=tuple(c for c in m.survivors if c != 3))],
-         "neither survivors nor dropped"),
-        (lambda m: [dataclasses.replace(m, survivors=m.survivors[1:],
-                                        dropped=tuple(sorted(m.dropped + (0,))))],
-         "not in the survivor set"),
+        (lambda m: [dataclasses.replace(m, dropped=tuple(sorted(m.dropped + (6,))))], "never shared keys"),
+        (
+            lambda m: [dataclasses.replace(m, survivors=tuple(c for c in m.survivors if c != 3))],
+            "neither survivors nor dropped",
+        ),
+        (
+            lambda m: [
+                dataclasses.replace(m, survivors=m.survivors[1:], dropped=tuple(sorted(m.dropped + (0,))))
+            ],
+            "not in the survivor set",
+        ),
     ],
     ids=["never-shared-listed", "sharer-omitted", "self-listed-dropped"],
 )
@@ -298,9 +314,13 @@ def signing_keys_for(n):
 
 def test_active_client_refuses_a_survivor_set_other_than_the_one_it_signed():
     def different_set(message):
-        return [dataclasses.replace(message, survivors=message.survivors[:-1],
-                                    dropped=tuple(sorted(message.dropped
-                                                         + message.survivors[-1:])))]
+        return [
+            dataclasses.replace(
+                message,
+                survivors=message.survivors[:-1],
+                dropped=tuple(sorted(message.dropped + message.survivors[-1:])),
+            )
+        ]
 
     result = run_with_malicious_request(ACTIVE, different_set)
     assert_refused(result, 0, "differs from the one client 0 signed")
@@ -314,8 +334,9 @@ def test_active_client_refuses_signatures_over_a_different_survivor_set():
         other_set = message.survivors[:-1]
         # client 3's genuine signature, over another set (session and keys digest made up)
         forged = keys.sign(signing[3], survivor_set_payload(bytes(32), bytes(32), other_set))
-        signatures = tuple(SurvivorSignature(s.client_id, forged) if s.client_id == 3 else s
-                           for s in message.signatures)
+        signatures = tuple(
+            SurvivorSignature(s.client_id, forged) if s.client_id == 3 else s for s in message.signatures
+        )
         return [dataclasses.replace(message, signatures=signatures)]
 
     result = run_with_malicious_request(ACTIVE, split_view, signing_keys=signing)

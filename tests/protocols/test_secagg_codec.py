@@ -77,9 +77,14 @@ def test_random_bodies_behind_a_valid_header_only_raise_decode_error(data, code)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(index=st.integers(0, len(PAYLOADS) - 1), edits=st.lists(
-    st.tuples(st.sampled_from(["flip", "cut", "insert"]), st.integers(0, 10**6),
-              st.integers(0, 255)), min_size=1, max_size=4))
+@given(
+    index=st.integers(0, len(PAYLOADS) - 1),
+    edits=st.lists(
+        st.tuples(st.sampled_from(["flip", "cut", "insert"]), st.integers(0, 10**6), st.integers(0, 255)),
+        min_size=1,
+        max_size=4,
+    ),
+)
 def test_mutated_messages_only_raise_decode_error(index, edits):
     data = bytearray(PAYLOADS[index])
     for kind, position, value in edits:

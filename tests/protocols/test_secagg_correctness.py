@@ -29,8 +29,9 @@ def test_unmasked_sum_equals_plain_sum(n, neighbors, seed):
     threshold = max(2, (n if neighbors is None else neighbors + 1) // 2 + 1)
     params = SecAggParams(num_clients=n, threshold=threshold, bits=bits, neighbors=neighbors)
     inputs = random_inputs(n, 23, bits, seed)
-    result = run_secure_aggregation(inputs, params=params,
-                                    random_source=DeterministicRandom(f"sum {n} {seed}"))
+    result = run_secure_aggregation(
+        inputs, params=params, random_source=DeterministicRandom(f"sum {n} {seed}")
+    )
     assert result.survivors == frozenset(inputs)
     assert result.sum.dtype == np.uint64
     assert np.array_equal(result.sum, plain_sum(inputs, inputs, bits))
@@ -72,11 +73,12 @@ def test_server_transcript_holds_only_masked_vectors():
     [
         ({0: np.zeros(3, np.uint32), 1: np.zeros(3, np.uint32)}, "got 2 inputs"),
         ({c: np.zeros(3, np.float32) for c in range(3)}, "quantize floats first"),
-        ({0: np.zeros(3, np.int64) - 1, 1: np.zeros(3, np.int64), 2: np.zeros(3, np.int64)},
-         "negative"),
+        ({0: np.zeros(3, np.int64) - 1, 1: np.zeros(3, np.int64), 2: np.zeros(3, np.int64)}, "negative"),
         ({c: np.full(3, 2**20, np.uint32) for c in range(3)}, "values >= 2^20"),
-        ({0: np.zeros(3, np.uint32), 1: np.zeros(4, np.uint32), 2: np.zeros(3, np.uint32)},
-         "one common length"),
+        (
+            {0: np.zeros(3, np.uint32), 1: np.zeros(4, np.uint32), 2: np.zeros(3, np.uint32)},
+            "one common length",
+        ),
         ({c: np.full(3, 200, np.uint32) for c in range(3)}, "exceeds input_bound 100"),
     ],
 )

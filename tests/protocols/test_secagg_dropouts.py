@@ -24,10 +24,11 @@ from securefl.protocols.secagg.messages import UnmaskingShares
 
 def senders_at(step: Step, clients, plan: DropoutPlan) -> frozenset[int]:
     """Reference model: who sends its message of `step` under `plan`."""
+
     def sends(client):
         dropout = plan.dropouts.get(client)
-        return (dropout is None or dropout.step > step
-                or (dropout.step == step and dropout.after_sending))
+        return dropout is None or dropout.step > step or (dropout.step == step and dropout.after_sending)
+
     return frozenset(c for c in clients if sends(c))
 
 
@@ -37,12 +38,9 @@ def expected_outcome(params, plan, clients, graph):
     shared = senders_at(Step.SHARE_KEYS, clients, plan)
     for step in steps:
         alive = senders_at(step, clients, plan)
-        minimum = (params.signature_threshold if step is Step.CONSISTENCY_CHECK
-                   else params.threshold)
+        minimum = params.signature_threshold if step is Step.CONSISTENCY_CHECK else params.threshold
         owners = alive if step <= Step.SHARE_KEYS else shared
-        if len(alive) < minimum or any(
-            len((graph[o] | {o}) & alive) < params.threshold for o in owners
-        ):
+        if len(alive) < minimum or any(len((graph[o] | {o}) & alive) < params.threshold for o in owners):
             return None, step
     return senders_at(Step.MASKED_INPUT, clients, plan), None
 
@@ -68,8 +66,7 @@ def test_dropouts_at_every_step(step, after_sending):
     inputs = random_inputs(n, 31, 32, seed=int(step) * 2 + after_sending)
     # n - t dropouts: still enough (the signature threshold in active mode is max(t, n//2+1) = 4)
     plan = DropoutPlan({c: Dropout(step, after_sending) for c in (1, 3, 5)})
-    survivors, abort_step = expected_outcome(params, plan, inputs, {c: set(inputs) - {c}
-                                                                    for c in inputs})
+    survivors, abort_step = expected_outcome(params, plan, inputs, {c: set(inputs) - {c} for c in inputs})
     assert abort_step is None
     result = run_secure_aggregation(inputs, params=params, dropouts=plan)
     assert result.survivors == survivors
@@ -82,8 +79,7 @@ def test_dropouts_at_every_step(step, after_sending):
     # one more dropout at the same step: fewer than t remain for the step that needs them, the
     # round aborts there (the next step if they left after sending) and reveals nothing
     plan = DropoutPlan({c: Dropout(step, after_sending) for c in (0, 1, 3, 5)})
-    survivors, abort_step = expected_outcome(params, plan, inputs, {c: set(inputs) - {c}
-                                                                    for c in inputs})
+    survivors, abort_step = expected_outcome(params, plan, inputs, {c: set(inputs) - {c} for c in inputs})
     if step is Step.UNMASKING and after_sending:
         assert abort_step is None  # every share already arrived
         result = run_secure_aggregation(inputs, params=params, dropouts=plan)
@@ -105,10 +101,8 @@ def test_random_dropout_plans_complete_graph(active):
     outcomes = set()
     for trial in range(14):
         inputs = random_inputs(n, 17, 32, seed=100 + trial)
-        plan = DropoutPlan.random(inputs, rate=0.45, generator=generator,
-                                  steps=protocol_steps(params))
-        survivors, abort_step = expected_outcome(params, plan, inputs,
-                                                 {c: set(inputs) - {c} for c in inputs})
+        plan = DropoutPlan.random(inputs, rate=0.45, generator=generator, steps=protocol_steps(params))
+        survivors, abort_step = expected_outcome(params, plan, inputs, {c: set(inputs) - {c} for c in inputs})
         if abort_step is None:
             result = run_secure_aggregation(inputs, params=params, dropouts=plan)
             assert result.survivors == survivors

@@ -43,8 +43,9 @@ def test_complete_graph_when_neighbors_is_none():
 
 def test_permutation_is_uniform_over_seeds():
     source = DeterministicRandom("permutations")
-    counts = Counter(tuple(random_permutation([0, 1, 2, 3], seed=source(32), round_id=0))
-                     for _ in range(4800))
+    counts = Counter(
+        tuple(random_permutation([0, 1, 2, 3], seed=source(32), round_id=0)) for _ in range(4800)
+    )
     assert set(counts) == set(itertools.permutations(range(4)))
     assert stats.chisquare(list(counts.values())).pvalue > 1e-3
 

@@ -45,8 +45,9 @@ def test_server_never_holds_an_individual_input(monkeypatch, bits):
 
     monkeypatch.setattr(server_module.ServerProtocol, "receive", spying_receive)
     plan = DropoutPlan({4: Step.UNMASKING})
-    result = run_secure_aggregation(inputs, params=SecAggParams(num_clients=5, threshold=3,
-                                                                 bits=bits), dropouts=plan)
+    result = run_secure_aggregation(
+        inputs, params=SecAggParams(num_clients=5, threshold=3, bits=bits), dropouts=plan
+    )
     assert len(snapshots) == 5 + 5 + 5 + 4
     for objects in snapshots:
         arrays = [o for o in objects if isinstance(o, np.ndarray)]

@@ -43,9 +43,7 @@ def violations(source: str) -> list[str]:
             if chain and chain[0] in aliases:
                 chain[0] = aliases[chain[0]]
             name = ".".join(chain)
-            if name.startswith("numpy.random") or (
-                name.startswith("torch.") and chain[1].startswith("rand")
-            ):
+            if name.startswith("numpy.random") or (name.startswith("torch.") and chain[1].startswith("rand")):
                 found.append(name)
     return found
 
@@ -70,6 +68,7 @@ def test_checker_catches_every_forbidden_form():
 def test_protocols_package_uses_no_insecure_randomness():
     files = sorted(PROTOCOLS.rglob("*.py"))
     assert len(files) >= 12
-    offenders = {str(f.relative_to(PROTOCOLS)): v for f in files
-                 if (v := violations(f.read_text(encoding="utf-8")))}
+    offenders = {
+        str(f.relative_to(PROTOCOLS)): v for f in files if (v := violations(f.read_text(encoding="utf-8")))
+    }
     assert offenders == {}

@@ -25,8 +25,10 @@ from securefl.protocols.secagg.params import binomial_tail_at_least, hypergeomet
         ({"num_clients": 5, "threshold": 3, "bits": 63}, "bits 63 is outside 8..62"),
         ({"num_clients": 5, "threshold": 0}, "threshold 0"),
         ({"num_clients": 1, "threshold": 1}, "num_clients 1"),
-        ({"num_clients": 4, "threshold": 3, "bits": 8, "input_bound": 64},
-         "num_clients 4 * input_bound 64 = 256 >= 2^8: the sum could wrap"),
+        (
+            {"num_clients": 4, "threshold": 3, "bits": 8, "input_bound": 64},
+            "num_clients 4 * input_bound 64 = 256 >= 2^8: the sum could wrap",
+        ),
     ],
 )
 def test_invalid_params_name_the_knob(kwargs, fragment):
@@ -63,14 +65,17 @@ def test_round_setup_validation():
 def test_tails_match_scipy():
     for trials, p, k in [(25, 0.9, 19), (40, 0.1, 12), (100, 0.5, 60), (9, 0.0, 1)]:
         assert binomial_tail_at_least(trials, p, k) == pytest.approx(
-            stats.binom.sf(k - 1, trials, p), rel=1e-9, abs=1e-300)
+            stats.binom.sf(k - 1, trials, p), rel=1e-9, abs=1e-300
+        )
     for population, marked, draws, k in [(99, 10, 24, 5), (49, 5, 49, 5), (99, 0, 10, 1)]:
         assert hypergeometric_tail_at_least(population, marked, draws, k) == pytest.approx(
-            stats.hypergeom.sf(k - 1, population, marked, draws), rel=1e-9, abs=1e-300)
+            stats.hypergeom.sf(k - 1, population, marked, draws), rel=1e-9, abs=1e-300
+        )
 
 
-@pytest.mark.parametrize(("n", "dropout", "corruption"),
-                         [(100, 0.1, 0.1), (50, 0.05, 0.05), (200, 0.2, 0.0), (20, 0.1, 0.1)])
+@pytest.mark.parametrize(
+    ("n", "dropout", "corruption"), [(100, 0.1, 0.1), (50, 0.05, 0.05), (200, 0.2, 0.0), (20, 0.1, 0.1)]
+)
 def test_choose_parameters_meets_the_documented_rule_minimally(n, dropout, corruption):
     params = choose_parameters(n, dropout_rate=dropout, corruption_rate=corruption)
     security, correctness = 2.0**-40, 2.0**-20

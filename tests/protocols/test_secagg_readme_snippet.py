@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-SNIPPET = '''
+SNIPPET = """
 import numpy as np
 from securefl.errors import ThresholdNotMetError
 from securefl.protocols.secagg import (
@@ -36,7 +36,7 @@ except ThresholdNotMetError as error:
 # SecAgg+: k and t for 100 clients, 10% dropouts, 5% colluding clients (rule in the docstring)
 plus = choose_parameters(100, dropout_rate=0.1, corruption_rate=0.05)
 print(plus.neighbors, plus.threshold)
-'''
+"""
 
 
 def test_readme_snippet_runs_and_prints_the_survivors_sum():

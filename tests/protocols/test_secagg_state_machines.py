@@ -40,12 +40,20 @@ from securefl.protocols.secagg.messages import UnmaskingRequest, UnmaskingShares
 
 def harness(n=4, t=3, length=6):
     params = SecAggParams(num_clients=n, threshold=t)
-    setup = RoundSetup.create(list(range(n)), vector_length=length,
-                              random_source=DeterministicRandom("harness"))
+    setup = RoundSetup.create(
+        list(range(n)), vector_length=length, random_source=DeterministicRandom("harness")
+    )
     inputs = random_inputs(n, length, 32, seed=0)
-    clients = {c: ClientProtocol(client_id=c, params=params, setup=setup, input_vector=inputs[c],
-                                 random_source=DeterministicRandom(f"client {c}"))
-               for c in range(n)}
+    clients = {
+        c: ClientProtocol(
+            client_id=c,
+            params=params,
+            setup=setup,
+            input_vector=inputs[c],
+            random_source=DeterministicRandom(f"client {c}"),
+        )
+        for c in range(n)
+    }
     server = ServerProtocol(params=params, setup=setup)
     return params, setup, inputs, clients, server
 
@@ -128,12 +136,10 @@ def test_constructors_validate_their_configuration():
     params = SecAggParams(num_clients=3, threshold=2)
     setup = RoundSetup.create([0, 1, 2], vector_length=4)
     with pytest.raises(ConfigError, match="not a participant"):
-        ClientProtocol(client_id=9, params=params, setup=setup,
-                       input_vector=np.zeros(4, np.uint32))
+        ClientProtocol(client_id=9, params=params, setup=setup, input_vector=np.zeros(4, np.uint32))
     active = SecAggParams(num_clients=3, threshold=2, active_adversary=True)
     with pytest.raises(ConfigError, match="active_adversary"):
-        ClientProtocol(client_id=0, params=active, setup=setup,
-                       input_vector=np.zeros(4, np.uint32))
+        ClientProtocol(client_id=0, params=active, setup=setup, input_vector=np.zeros(4, np.uint32))
     with pytest.raises(ConfigError, match="verify_keys"):
         ServerProtocol(params=active, setup=setup)
 
@@ -149,14 +155,19 @@ def test_corrupted_shares_never_yield_a_wrong_sum(corrupted_holders):
     def network(packet):
         message = decode(packet.payload)
         if isinstance(message, UnmaskingShares) and message.sender < corrupted_holders:
-            records = tuple(dataclasses.replace(r, share=(int.from_bytes(r.share, "big") + 1)
-                                                .to_bytes(66, "big"))
-                            if r.owner in (5, 6) else r for r in message.self_mask_shares)
-            records_s = tuple(dataclasses.replace(r, share=(int.from_bytes(r.share, "big") + 1)
-                                                  .to_bytes(66, "big"))
-                              if r.owner in (5, 6) else r for r in message.mask_key_shares)
-            message = dataclasses.replace(message, self_mask_shares=records,
-                                          mask_key_shares=records_s)
+            records = tuple(
+                dataclasses.replace(r, share=(int.from_bytes(r.share, "big") + 1).to_bytes(66, "big"))
+                if r.owner in (5, 6)
+                else r
+                for r in message.self_mask_shares
+            )
+            records_s = tuple(
+                dataclasses.replace(r, share=(int.from_bytes(r.share, "big") + 1).to_bytes(66, "big"))
+                if r.owner in (5, 6)
+                else r
+                for r in message.mask_key_shares
+            )
+            message = dataclasses.replace(message, self_mask_shares=records, mask_key_shares=records_s)
         return [encode(message)]
 
     plan = DropoutPlan({6: Dropout(Step.MASKED_INPUT)})
@@ -192,25 +203,35 @@ def test_any_graph_threshold_and_dropouts_match_the_reference_model(n, data):
     bits = data.draw(st.sampled_from([8, 13, 32, 44, 62]), label="bits")
     params = SecAggParams(num_clients=n, threshold=t, bits=bits, neighbors=degree)
     steps = protocol_steps(params)
-    plan = DropoutPlan({
-        c: Dropout(data.draw(st.sampled_from(steps)), data.draw(st.booleans()))
-        for c in range(n) if data.draw(st.booleans(), label=f"drops {c}")
-    })
+    plan = DropoutPlan(
+        {
+            c: Dropout(data.draw(st.sampled_from(steps)), data.draw(st.booleans()))
+            for c in range(n)
+            if data.draw(st.booleans(), label=f"drops {c}")
+        }
+    )
     seed = data.draw(st.binary(min_size=32, max_size=32), label="graph seed")
     inputs = random_inputs(n, 5, bits, seed=n)
     graph = neighbourhoods(params, RoundSetup(0, tuple(range(n)), 5, seed))
 
     def senders(step):
-        return frozenset(c for c in range(n) if c not in plan.dropouts
-                         or plan.dropouts[c].step > step
-                         or (plan.dropouts[c].step == step and plan.dropouts[c].after_sending))
+        return frozenset(
+            c
+            for c in range(n)
+            if c not in plan.dropouts
+            or plan.dropouts[c].step > step
+            or (plan.dropouts[c].step == step and plan.dropouts[c].after_sending)
+        )
 
     shared = senders(Step.SHARE_KEYS)
     must_abort = any(
-        len(senders(step)) < t or any(len((graph[o] | {o}) & senders(step)) < t
-                                      for o in (senders(step) if step <= Step.SHARE_KEYS
-                                                else shared))
-        for step in steps) or not connected(graph, senders(Step.MASKED_INPUT))
+        len(senders(step)) < t
+        or any(
+            len((graph[o] | {o}) & senders(step)) < t
+            for o in (senders(step) if step <= Step.SHARE_KEYS else shared)
+        )
+        for step in steps
+    ) or not connected(graph, senders(Step.MASKED_INPUT))
     if must_abort:
         with pytest.raises(ThresholdNotMetError):
             run_secure_aggregation(inputs, params=params, dropouts=plan, graph_seed=seed)

@@ -61,12 +61,11 @@ def split_view_attack(params, *, colluders, group_a, group_b, label):
     everyone = set(range(n))
     view_b = everyone - {TARGET}
     signatures_a = server.collect_signatures(everyone, set(group_a) | set(colluders))
-    signatures_b = server.collect_signatures(view_b, set(group_b) | set(colluders),
-                                             twins=colluders)
-    seeds, _ = server.request_shares(everyone, (), set(group_a) | set(colluders),
-                                     signatures=signatures_a)
-    _, mask_keys = server.request_shares(view_b, {TARGET}, set(group_b) | set(colluders),
-                                         signatures=signatures_b, twins=colluders)
+    signatures_b = server.collect_signatures(view_b, set(group_b) | set(colluders), twins=colluders)
+    seeds, _ = server.request_shares(everyone, (), set(group_a) | set(colluders), signatures=signatures_a)
+    _, mask_keys = server.request_shares(
+        view_b, {TARGET}, set(group_b) | set(colluders), signatures=signatures_b, twins=colluders
+    )
     seed = server.reconstruct(seeds.get(TARGET, {}))
     mask_key = server.reconstruct(mask_keys.get(TARGET, {}))
     if seed is None or mask_key is None:
@@ -91,12 +90,16 @@ def smallest_active_threshold(n, c):
 
 
 @pytest.mark.parametrize(("n", "colluders", "group_a", "group_b"), SPLIT_VIEW_CASES)
-def test_split_view_with_colluders_is_refused_once_the_colluders_are_declared(
-        n, colluders, group_a, group_b):
-    params = SecAggParams(num_clients=n, threshold=smallest_active_threshold(n, len(colluders)),
-                          active_adversary=True, max_colluders=len(colluders))
-    server, recovered = split_view_attack(params, colluders=colluders, group_a=group_a,
-                                          group_b=group_b, label=f"split {n}")
+def test_split_view_with_colluders_is_refused_once_the_colluders_are_declared(n, colluders, group_a, group_b):
+    params = SecAggParams(
+        num_clients=n,
+        threshold=smallest_active_threshold(n, len(colluders)),
+        active_adversary=True,
+        max_colluders=len(colluders),
+    )
+    server, recovered = split_view_attack(
+        params, colluders=colluders, group_a=group_a, group_b=group_b, label=f"split {n}"
+    )
     assert recovered is None
     assert refused_locally(server, set(group_a) | set(group_b))
     assert "valid signatures" in str(server.refusals[group_a[0]])
@@ -104,13 +107,19 @@ def test_split_view_with_colluders_is_refused_once_the_colluders_are_declared(
 
 @pytest.mark.parametrize(("n", "colluders", "group_a", "group_b"), SPLIT_VIEW_CASES)
 def test_split_view_recovers_an_input_when_colluders_exceed_the_declared_bound(
-        n, colluders, group_a, group_b):
+    n, colluders, group_a, group_b
+):
     """Positive control: declaring fewer colluders than there are lets the attack through."""
     declared = len(colluders) - 1
-    params = SecAggParams(num_clients=n, threshold=smallest_active_threshold(n, declared),
-                          active_adversary=True, max_colluders=declared)
-    _, recovered = split_view_attack(params, colluders=colluders, group_a=group_a,
-                                     group_b=group_b, label=f"control {n}")
+    params = SecAggParams(
+        num_clients=n,
+        threshold=smallest_active_threshold(n, declared),
+        active_adversary=True,
+        max_colluders=declared,
+    )
+    _, recovered = split_view_attack(
+        params, colluders=colluders, group_a=group_a, group_b=group_b, label=f"control {n}"
+    )
     assert recovered is not None
 
 
@@ -120,8 +129,9 @@ def test_active_default_threshold_tolerates_a_third_of_the_clients():
     assert SecAggParams(num_clients=10, threshold=7, active_adversary=True).colluders_tolerated == 3
     params = SecAggParams(num_clients=8, threshold=8 * 2 // 3 + 1, active_adversary=True)
     assert params.colluders_tolerated >= 2
-    server, recovered = split_view_attack(params, colluders=(6, 7), group_a=(0, 1, 2),
-                                          group_b=(3, 4, 5), label="default 8")
+    server, recovered = split_view_attack(
+        params, colluders=(6, 7), group_a=(0, 1, 2), group_b=(3, 4, 5), label="default 8"
+    )
     assert recovered is None and refused_locally(server, (0, 1, 2, 3, 4, 5))
 
 
@@ -151,19 +161,25 @@ def test_collusion_bound_and_signature_threshold_against_brute_force(n):
                 with pytest.raises(ConfigError, match=f"threshold >= {(n + c) // 2 + 1}, not {t}"):
                     SecAggParams(num_clients=n, threshold=t, active_adversary=True, max_colluders=c)
                 continue
-            s = SecAggParams(num_clients=n, threshold=t, active_adversary=True,
-                             max_colluders=c).signature_threshold
+            s = SecAggParams(
+                num_clients=n, threshold=t, active_adversary=True, max_colluders=c
+            ).signature_threshold
             # the smallest s >= t with 2s > n + c, and never more than n
             assert s == min(x for x in range(t, n + 1) if 2 * x > n + c)
 
 
-@pytest.mark.parametrize(("kwargs", "fragment"), [
-    ({"num_clients": 7, "threshold": 4, "max_colluders": 4}, "raise the threshold to at least 5"),
-    ({"num_clients": 7, "threshold": 4, "max_colluders": 6}, "max_colluders 6 must be"),
-    ({"num_clients": 7, "threshold": 4, "max_colluders": -1}, "max_colluders -1 must be"),
-    ({"num_clients": 12, "threshold": 3, "neighbors": 4, "active_adversary": True,
-      "max_colluders": 1}, "use the complete graph"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"num_clients": 7, "threshold": 4, "max_colluders": 4}, "raise the threshold to at least 5"),
+        ({"num_clients": 7, "threshold": 4, "max_colluders": 6}, "max_colluders 6 must be"),
+        ({"num_clients": 7, "threshold": 4, "max_colluders": -1}, "max_colluders -1 must be"),
+        (
+            {"num_clients": 12, "threshold": 3, "neighbors": 4, "active_adversary": True, "max_colluders": 1},
+            "use the complete graph",
+        ),
+    ],
+)
 def test_insecure_collusion_bounds_are_refused(kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment):
         SecAggParams(**kwargs)
@@ -183,7 +199,7 @@ def ring_cut(graph_seed, threshold):
     start = order.index(TARGET)
     ring = order[start:] + order[:start]
     block = ring[:threshold]
-    bands = ring[threshold:threshold + K // 2] + ring[-(K // 2):]
+    bands = ring[threshold : threshold + K // 2] + ring[-(K // 2) :]
     return block, bands
 
 
@@ -199,8 +215,10 @@ def ring_cut_attack(params, graph_seed, label):
     seed_of = {u: server.reconstruct(shares) for u, shares in seeds.items()}
     key_of = {v: server.reconstruct(shares) for v, shares in mask_keys.items()}
     block_sum = server.unmask_sum(
-        block, seeds={u: s for u, s in seed_of.items() if s is not None},
-        mask_keys={v: k for v, k in key_of.items() if k is not None})
+        block,
+        seeds={u: s for u, s in seed_of.items() if s is not None},
+        mask_keys={v: k for v, k in key_of.items() if k is not None},
+    )
     if block_sum is not None:
         assert np.array_equal(block_sum, plain_sum(inputs, block, 32))
     return server, survivors, block_sum
@@ -208,8 +226,12 @@ def ring_cut_attack(params, graph_seed, label):
 
 @pytest.mark.parametrize("active", [True, False], ids=["active", "passive-client-check"])
 def test_cutting_the_harary_ring_is_refused_by_every_survivor(active):
-    params = SecAggParams(num_clients=N_RING, threshold=T_RING_ACTIVE if active else T_RING,
-                          neighbors=K, active_adversary=active)
+    params = SecAggParams(
+        num_clients=N_RING,
+        threshold=T_RING_ACTIVE if active else T_RING,
+        neighbors=K,
+        active_adversary=active,
+    )
     server, survivors, block_sum = ring_cut_attack(params, bytes(range(32)), "cut")
     assert block_sum is None
     assert refused_locally(server, survivors)
@@ -233,15 +255,13 @@ def test_cutting_the_ring_leaks_the_block_sum_when_clients_do_not_check():
 def test_client_refuses_when_half_of_its_neighbours_are_declared_dropped():
     """The local rule (active SecAgg+): more than k/2 of a client's neighbours must survive,
     even when the survivors' graph is connected."""
-    params = SecAggParams(num_clients=N_RING, threshold=T_RING_ACTIVE, neighbors=K,
-                          active_adversary=True)
+    params = SecAggParams(num_clients=N_RING, threshold=T_RING_ACTIVE, neighbors=K, active_adversary=True)
     seed = bytes(range(32))
     graph = neighbourhoods(params, RoundSetup(0, tuple(range(N_RING)), 8, seed))
-    dropped = set(sorted(graph[TARGET])[:K // 2])
+    dropped = set(sorted(graph[TARGET])[: K // 2])
     survivors = set(range(N_RING)) - dropped
     assert connected(graph, survivors)
-    server = MaliciousServer(params, random_inputs(N_RING, 8, 32, seed=1), label="local",
-                             graph_seed=seed)
+    server = MaliciousServer(params, random_inputs(N_RING, 8, 32, seed=1), label="local", graph_seed=seed)
     server.collect_signatures(survivors, {TARGET})
     assert "not more than half" in str(server.refusals[TARGET])
 
@@ -249,8 +269,7 @@ def test_client_refuses_when_half_of_its_neighbours_are_declared_dropped():
 def test_ground_graph_seed_gives_an_active_server_nothing():
     """Point 5: an active server grinds 200 seeds for the graph that isolates the target in the
     smallest block its t-requirement allows; every survivor still refuses the cut."""
-    params = SecAggParams(num_clients=N_RING, threshold=T_RING_ACTIVE, neighbors=K,
-                          active_adversary=True)
+    params = SecAggParams(num_clients=N_RING, threshold=T_RING_ACTIVE, neighbors=K, active_adversary=True)
     source = DeterministicRandom("grinding")
     best = None
     for _ in range(200):
@@ -270,11 +289,19 @@ def test_ground_graph_seed_gives_an_active_server_nothing():
 
 
 def record_session_signatures(params, inputs, signing_keys, round_id):
-    result = run_secure_aggregation(inputs, params=params, signing_keys=signing_keys,
-                                    round_id=round_id, random_source=DeterministicRandom("s1"),
-                                    round_guards={})  # the earlier session's own guards
-    return tuple(SurvivorSignature(e.message.sender, e.message.signature)
-                 for e in result.transcript if isinstance(e.message, ConsistencySignature))
+    result = run_secure_aggregation(
+        inputs,
+        params=params,
+        signing_keys=signing_keys,
+        round_id=round_id,
+        random_source=DeterministicRandom("s1"),
+        round_guards={},
+    )  # the earlier session's own guards
+    return tuple(
+        SurvivorSignature(e.message.sender, e.message.signature)
+        for e in result.transcript
+        if isinstance(e.message, ConsistencySignature)
+    )
 
 
 def test_signatures_replayed_from_an_earlier_session_with_the_same_round_id_are_refused():
@@ -310,8 +337,13 @@ def test_a_client_refuses_a_round_id_it_has_seen():
     with pytest.raises(LocalProtocolError, match="round id 9 was used before"):
         run_secure_aggregation(inputs, params=params, round_id=9, round_guards=guards)
     setup = RoundSetup.create(list(range(n)), vector_length=4, round_id=9)
-    client = ClientProtocol(client_id=0, params=params, setup=setup, input_vector=inputs[0],
-                            round_guard=RoundIdGuard(guards[0].seen))  # rebuilt from storage
+    client = ClientProtocol(
+        client_id=0,
+        params=params,
+        setup=setup,
+        input_vector=inputs[0],
+        round_guard=RoundIdGuard(guards[0].seen),
+    )  # rebuilt from storage
     with pytest.raises(LocalProtocolError, match="used before"):
         client.start()
     run_secure_aggregation(inputs, params=params, round_id=10, round_guards=guards)
@@ -325,9 +357,14 @@ def test_active_mode_requires_round_guards_for_persistent_identities():
     signing = {c: keys.generate_signing_key() for c in range(5)}
     verify = {c: k.public_key() for c, k in signing.items()}
     with pytest.raises(ConfigError, match="needs the client's round_guard"):
-        ClientProtocol(client_id=0, params=params, setup=setup,
-                       input_vector=np.zeros(4, np.uint32), signing_key=signing[0],
-                       verify_keys=verify)
+        ClientProtocol(
+            client_id=0,
+            params=params,
+            setup=setup,
+            input_vector=np.zeros(4, np.uint32),
+            signing_key=signing[0],
+            verify_keys=verify,
+        )
     inputs = random_inputs(5, 4, 32, seed=19)
     with pytest.raises(ConfigError, match="caller-supplied signing_keys needs round_guards"):
         run_secure_aggregation(inputs, params=params, signing_keys=signing)
@@ -346,9 +383,18 @@ def test_a_repeated_setup_replays_signed_keys_unless_the_client_keeps_its_guard(
     guards = {c: RoundIdGuard() for c in range(n)}
 
     def session(guard_of):
-        return {c: ClientProtocol(client_id=c, params=params, setup=setup,
-                                  input_vector=np.zeros(4, np.uint32), signing_key=signing[c],
-                                  verify_keys=verify, round_guard=guard_of(c)) for c in range(n)}
+        return {
+            c: ClientProtocol(
+                client_id=c,
+                params=params,
+                setup=setup,
+                input_vector=np.zeros(4, np.uint32),
+                signing_key=signing[c],
+                verify_keys=verify,
+                round_guard=guard_of(c),
+            )
+            for c in range(n)
+        }
 
     first = session(guards.get)
     adverts_1 = {c: first[c].start()[0] for c in range(n)}
@@ -356,8 +402,11 @@ def test_a_repeated_setup_replays_signed_keys_unless_the_client_keeps_its_guard(
     second = session(lambda c: RoundIdGuard())
     adverts_2 = {c: second[c].start()[0] for c in range(n)}
     shown = {**adverts_2, 1: adverts_1[1]}
-    peers = tuple(PeerKeys(c, a.channel_public_key, a.mask_public_key, a.signature)
-                  for c, a in sorted(shown.items()) if c != 0)
+    peers = tuple(
+        PeerKeys(c, a.channel_public_key, a.mask_public_key, a.signature)
+        for c, a in sorted(shown.items())
+        if c != 0
+    )
     second[0].receive(KeyDirectory(3, 0, peers))  # accepted: the signature still verifies
     # With its own guard, the client never starts the repeated session.
     with pytest.raises(LocalProtocolError, match="round id 3 was used before"):
@@ -393,18 +442,21 @@ SETUP = RoundSetup(3, (0, 1, 2, 3, 4), 8, bytes(32))
 PARAMS = SecAggParams(num_clients=5, threshold=4, active_adversary=True)
 
 
-@pytest.mark.parametrize("changed", [
-    (PARAMS, dataclasses.replace(SETUP, context=b"model hash")),
-    (PARAMS, dataclasses.replace(SETUP, round_id=4)),
-    (PARAMS, dataclasses.replace(SETUP, graph_seed=bytes(31) + b"\x01")),
-    (PARAMS, dataclasses.replace(SETUP, vector_length=9)),
-    (PARAMS, dataclasses.replace(SETUP, participants=(0, 1, 2, 3, 5))),
-    (dataclasses.replace(PARAMS, threshold=5), SETUP),
-    (dataclasses.replace(PARAMS, max_colluders=1), SETUP),
-    (dataclasses.replace(PARAMS, input_bound=0), SETUP),
-    (dataclasses.replace(PARAMS, bits=31), SETUP),
-], ids=["context", "round", "seed", "length", "participants", "threshold", "colluders",
-        "bound", "bits"])
+@pytest.mark.parametrize(
+    "changed",
+    [
+        (PARAMS, dataclasses.replace(SETUP, context=b"model hash")),
+        (PARAMS, dataclasses.replace(SETUP, round_id=4)),
+        (PARAMS, dataclasses.replace(SETUP, graph_seed=bytes(31) + b"\x01")),
+        (PARAMS, dataclasses.replace(SETUP, vector_length=9)),
+        (PARAMS, dataclasses.replace(SETUP, participants=(0, 1, 2, 3, 5))),
+        (dataclasses.replace(PARAMS, threshold=5), SETUP),
+        (dataclasses.replace(PARAMS, max_colluders=1), SETUP),
+        (dataclasses.replace(PARAMS, input_bound=0), SETUP),
+        (dataclasses.replace(PARAMS, bits=31), SETUP),
+    ],
+    ids=["context", "round", "seed", "length", "participants", "threshold", "colluders", "bound", "bits"],
+)
 def test_session_hash_changes_with_every_field(changed):
     assert session_hash(*changed) != session_hash(PARAMS, SETUP)
 
@@ -415,9 +467,15 @@ def test_keys_signed_for_another_context_are_rejected_by_the_server():
     verify = {c: k.public_key() for c, k in signing.items()}
     server = ServerProtocol(params=PARAMS, setup=SETUP, verify_keys=verify)
     other = dataclasses.replace(SETUP, context=b"another model")
-    client = ClientProtocol(client_id=0, params=PARAMS, setup=other, input_vector=inputs[0],
-                            signing_key=signing[0], verify_keys=verify,
-                            round_guard=RoundIdGuard())
+    client = ClientProtocol(
+        client_id=0,
+        params=PARAMS,
+        setup=other,
+        input_vector=inputs[0],
+        signing_key=signing[0],
+        verify_keys=verify,
+        round_guard=RoundIdGuard(),
+    )
     [advert] = client.start()
     with pytest.raises(RemoteProtocolError, match="not signed"):
         server.receive(advert)
@@ -454,18 +512,23 @@ def test_honest_server_aborts_every_round_whose_survivors_graph_is_disconnected(
     for trial in range(400):
         seed = source(32)
         graph = neighbourhoods(params, RoundSetup(0, tuple(range(n)), 4, seed))
-        plan = DropoutPlan.random(range(n), rate=0.1 + 0.1 * (trial % 2),
-                                  generator=generator, steps=protocol_steps(params))
-        survivors = {c for c in range(n) if c not in plan.dropouts
-                     or plan.dropouts[c].step > Step.MASKED_INPUT
-                     or (plan.dropouts[c].step is Step.MASKED_INPUT
-                         and plan.dropouts[c].after_sending)}
+        plan = DropoutPlan.random(
+            range(n), rate=0.1 + 0.1 * (trial % 2), generator=generator, steps=protocol_steps(params)
+        )
+        survivors = {
+            c
+            for c in range(n)
+            if c not in plan.dropouts
+            or plan.dropouts[c].step > Step.MASKED_INPUT
+            or (plan.dropouts[c].step is Step.MASKED_INPUT and plan.dropouts[c].after_sending)
+        }
         if connected(graph, survivors):
             if completed >= 15:
                 continue
             try:
-                result = run_secure_aggregation(inputs, params=params, dropouts=plan,
-                                                graph_seed=seed, record_transcript=False)
+                result = run_secure_aggregation(
+                    inputs, params=params, dropouts=plan, graph_seed=seed, record_transcript=False
+                )
             except ThresholdNotMetError:
                 continue
             completed += 1
@@ -473,23 +536,23 @@ def test_honest_server_aborts_every_round_whose_survivors_graph_is_disconnected(
             continue
         disconnected_tried += 1
         with pytest.raises(ThresholdNotMetError) as aborted:
-            run_secure_aggregation(inputs, params=params, dropouts=plan, graph_seed=seed,
-                                   record_transcript=False)
+            run_secure_aggregation(
+                inputs, params=params, dropouts=plan, graph_seed=seed, record_transcript=False
+            )
         assert aborted.value.step <= Step.MASKED_INPUT  # before any share was asked for
     assert disconnected_tried >= 5 and completed >= 5
 
 
-@pytest.mark.parametrize(("n", "dropout", "corruption", "active"), [
-    (100, 0.1, 0.05, False), (50, 0.05, 0.0, True), (60, 0.05, 0.1, True), (20, 0.1, 0.1, False)])
-def test_chosen_parameters_pass_the_assessment_and_the_review_case_does_not(
-        n, dropout, corruption, active):
-    chosen = choose_parameters(n, dropout_rate=dropout, corruption_rate=corruption,
-                               active_adversary=active)
+@pytest.mark.parametrize(
+    ("n", "dropout", "corruption", "active"),
+    [(100, 0.1, 0.05, False), (50, 0.05, 0.0, True), (60, 0.05, 0.1, True), (20, 0.1, 0.1, False)],
+)
+def test_chosen_parameters_pass_the_assessment_and_the_review_case_does_not(n, dropout, corruption, active):
+    chosen = choose_parameters(n, dropout_rate=dropout, corruption_rate=corruption, active_adversary=active)
     assert assess_parameters(chosen, dropout_rate=dropout) == ()
     assert chosen.max_colluders == math.ceil(corruption * n)
     review = SecAggParams(num_clients=20, threshold=3, neighbors=4)
-    assert any(rule.startswith("connectivity") for rule in
-               assess_parameters(review, dropout_rate=0.1))
+    assert any(rule.startswith("connectivity") for rule in assess_parameters(review, dropout_rate=0.1))
 
 
 def test_rule_violations_warn_in_passive_mode_and_are_refused_in_active_mode():
@@ -513,5 +576,6 @@ def test_threshold_one_is_refused_by_the_protocol_parameters():
     with pytest.raises(ConfigError, match="every share is the secret itself"):
         SecAggParams(num_clients=6, threshold=1, neighbors=2)
     with pytest.raises(ConfigError, match="every share is the secret itself"):
-        run_secure_aggregation(random_inputs(3, 4, 32, seed=17),
-                               params=SecAggParams(num_clients=3, threshold=1))
+        run_secure_aggregation(
+            random_inputs(3, 4, 32, seed=17), params=SecAggParams(num_clients=3, threshold=1)
+        )

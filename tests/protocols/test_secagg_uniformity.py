@@ -24,8 +24,7 @@ def masked_vector_of_client_0(bits: int, neighbors, first_input: np.ndarray, lab
     inputs[0] = first_input
     params = SecAggParams(num_clients=n, threshold=3, bits=bits, neighbors=neighbors)
     result = run_secure_aggregation(inputs, params=params, random_source=DeterministicRandom(label))
-    [upload] = [e.message for e in result.transcript
-                if e.step is Step.MASKED_INPUT and e.message.sender == 0]
+    [upload] = [e.message for e in result.transcript if e.step is Step.MASKED_INPUT and e.message.sender == 0]
     return unpack(upload.packed, bits=bits, length=LENGTH).astype(np.uint64)
 
 
@@ -42,8 +41,11 @@ def uniformity_pvalues(values: np.ndarray, bits: int) -> tuple[float, float, flo
 @pytest.mark.parametrize(("bits", "neighbors"), [(32, None), (20, 2), (62, None)])
 @pytest.mark.parametrize("kind", ["zeros", "ramp"])
 def test_masked_vector_looks_uniform(bits, neighbors, kind):
-    first = (np.zeros(LENGTH, dtype=np.uint64) if kind == "zeros"
-             else np.arange(LENGTH, dtype=np.uint64) % np.uint64(2**bits))
+    first = (
+        np.zeros(LENGTH, dtype=np.uint64)
+        if kind == "zeros"
+        else np.arange(LENGTH, dtype=np.uint64) % np.uint64(2**bits)
+    )
     masked = masked_vector_of_client_0(bits, neighbors, first, f"uniform {bits} {kind}")
     assert min(uniformity_pvalues(masked, bits)) > P_FLOOR
     assert not np.array_equal(masked, first)
@@ -53,7 +55,8 @@ def test_the_same_statistics_reject_a_structured_vector():
     ramp = np.arange(LENGTH, dtype=np.uint64)  # the "ramp" input above, before masking
     assert min(uniformity_pvalues(ramp, 20)) < P_FLOOR
     biased = np.frombuffer(DeterministicRandom("biased")(4 * LENGTH), dtype="<u4").astype(
-        np.uint64) % np.uint64(3 * 2**30)  # uniform on 3/4 of Z_2^32 only
+        np.uint64
+    ) % np.uint64(3 * 2**30)  # uniform on 3/4 of Z_2^32 only
     assert min(uniformity_pvalues(biased, 32)) < P_FLOOR
     assert min(uniformity_pvalues(np.zeros(LENGTH, dtype=np.uint64), 32)) < P_FLOOR
 

@@ -36,21 +36,25 @@ def isolation_attack(params, *, colluders=(), label):
     assert set(colluders) <= graph[TARGET]
     honest_partners = sorted(graph[TARGET] - set(colluders))[: t - 1 - len(colluders)]
     partners = set(colluders) | set(honest_partners)
-    server = MaliciousServer(params, inputs, label=label, colluders=tuple(colluders),
-                             graph_seed=SEED,
-                             withhold={TARGET: set(range(n)) - partners - {TARGET}})
+    server = MaliciousServer(
+        params,
+        inputs,
+        label=label,
+        colluders=tuple(colluders),
+        graph_seed=SEED,
+        withhold={TARGET: set(range(n)) - partners - {TARGET}},
+    )
     assert server.partners[TARGET] == partners  # the target masked with t - 1 partners only
     survivors = set(range(n)) - set(honest_partners)
-    signatures = (server.collect_signatures(survivors, survivors)
-                  if params.active_adversary else ())
-    seeds, mask_keys = server.request_shares(survivors, honest_partners, survivors,
-                                             signatures=signatures)
+    signatures = server.collect_signatures(survivors, survivors) if params.active_adversary else ()
+    seeds, mask_keys = server.request_shares(survivors, honest_partners, survivors, signatures=signatures)
     seed = server.reconstruct(seeds.get(TARGET, {}))
     dropped_keys = {v: server.reconstruct(mask_keys.get(v, {})) for v in honest_partners}
     if seed is None or None in dropped_keys.values():
         return server, None
-    recovered = server.unmask_sum({TARGET}, seeds={TARGET: seed},
-                                  mask_keys={**dropped_keys, **server.colluder_mask_keys})
+    recovered = server.unmask_sum(
+        {TARGET}, seeds={TARGET: seed}, mask_keys={**dropped_keys, **server.colluder_mask_keys}
+    )
     assert np.array_equal(recovered, plain_sum(inputs, {TARGET}, params.bits))
     return server, recovered
 
@@ -75,10 +79,8 @@ def test_isolation_is_refused_at_the_declared_bound():
 
 # The review's configurations: each accepted before the fix, each broken by the attack.
 REVIEW_CASES = [
-    pytest.param({"num_clients": 10, "threshold": 5, "max_colluders": 4}, (1, 2, 3, 4),
-                 id="n10-t5-c4"),
-    pytest.param({"num_clients": 10, "threshold": 7, "max_colluders": 5}, (1, 2, 3, 4, 5),
-                 id="n10-t7-c5"),
+    pytest.param({"num_clients": 10, "threshold": 5, "max_colluders": 4}, (1, 2, 3, 4), id="n10-t5-c4"),
+    pytest.param({"num_clients": 10, "threshold": 7, "max_colluders": 5}, (1, 2, 3, 4, 5), id="n10-t7-c5"),
     pytest.param({"num_clients": 20, "threshold": 3, "neighbors": 6}, (), id="n20-t3-k6"),
 ]
 
@@ -89,8 +91,7 @@ def test_review_configurations_are_refused_in_active_mode(kwargs, colluders):
         SecAggParams(**kwargs, active_adversary=True)
     # Positive control: the same n, t, c, k without the active-mode requirement (the
     # honest-but-curious model, where no client counts signatures) falls to the attack.
-    _, recovered = isolation_attack(SecAggParams(**kwargs), colluders=colluders,
-                                    label=f"review {kwargs}")
+    _, recovered = isolation_attack(SecAggParams(**kwargs), colluders=colluders, label=f"review {kwargs}")
     assert recovered is not None
 
 
@@ -111,11 +112,11 @@ def band_attack(params, *, band_size, label):
     n = params.num_clients
     inputs = random_inputs(n, 8, params.bits, seed=22)
     band = set(random_permutation(range(n), seed=SEED, round_id=0)[:band_size])
-    server = MaliciousServer(params, inputs, label=label, graph_seed=SEED,
-                             withhold={u: set(range(n)) - band for u in band})
+    server = MaliciousServer(
+        params, inputs, label=label, graph_seed=SEED, withhold={u: set(range(n)) - band for u in band}
+    )
     everyone = set(range(n))
-    signatures = (server.collect_signatures(everyone, everyone)
-                  if params.active_adversary else ())
+    signatures = server.collect_signatures(everyone, everyone) if params.active_adversary else ()
     seeds, _ = server.request_shares(everyone, (), everyone, signatures=signatures)
     band_seeds = {u: server.reconstruct(seeds.get(u, {})) for u in band}
     if None in band_seeds.values():
@@ -132,8 +133,12 @@ def test_band_of_secagg_plus_clients_is_unmasked_unless_2t_exceeds_k_plus_2():
     with pytest.raises(ConfigError, match=r"2 \* threshold > k \+ 2"):
         SecAggParams(num_clients=30, threshold=4, neighbors=6, active_adversary=True)
     # Positive control: the attack works at t = 4 when nothing counts signatures.
-    assert band_attack(SecAggParams(num_clients=30, threshold=4, neighbors=6), band_size=10,
-                       label="band control") is not None
+    assert (
+        band_attack(
+            SecAggParams(num_clients=30, threshold=4, neighbors=6), band_size=10, label="band control"
+        )
+        is not None
+    )
     secure = SecAggParams(num_clients=30, threshold=5, neighbors=6, active_adversary=True)
     assert band_attack(secure, band_size=10, label="band secure") is None
 
@@ -151,19 +156,18 @@ def active_bound_holds(params, c):
 @pytest.mark.parametrize("corruption", [0.0, 0.05, 0.1, 0.2])
 def test_choose_parameters_active_outputs_meet_the_bound(n, dropout, corruption):
     try:
-        params = choose_parameters(n, dropout_rate=dropout, corruption_rate=corruption,
-                                   active_adversary=True)
+        params = choose_parameters(n, dropout_rate=dropout, corruption_rate=corruption, active_adversary=True)
     except ConfigError as error:
         assert "2t > n + c" in str(error)
         return
     assert active_bound_holds(params, math.ceil(corruption * n))
     assert params.signature_threshold == (
-        params.threshold if params.complete_graph else max(params.threshold, n // 2 + 1))
+        params.threshold if params.complete_graph else max(params.threshold, n // 2 + 1)
+    )
 
 
 def test_choose_parameters_raises_t_for_the_review_cases():
-    complete = choose_parameters(20, dropout_rate=0.01, corruption_rate=0.1,
-                                 active_adversary=True)
+    complete = choose_parameters(20, dropout_rate=0.01, corruption_rate=0.1, active_adversary=True)
     assert complete.complete_graph and complete.threshold == 12  # was 3 before the fix
     sparse = choose_parameters(100, dropout_rate=0.1, corruption_rate=0.0, active_adversary=True)
     assert 2 * sparse.threshold > sparse.neighbors + 2

@@ -57,9 +57,7 @@ def keystream_into(
     _encryptor(key, initial_counter_block).update_into(memoryview(data)[:num_bytes], out)
 
 
-def keystream(
-    key: bytes, num_bytes: int, *, initial_counter_block: bytes = ZERO_COUNTER_BLOCK
-) -> bytes:
+def keystream(key: bytes, num_bytes: int, *, initial_counter_block: bytes = ZERO_COUNTER_BLOCK) -> bytes:
     """``num_bytes`` of AES-256-CTR keystream (the encryption of zeros)."""
     out = keystream_buffer(num_bytes)
     keystream_into(key, out, num_bytes, initial_counter_block=initial_counter_block)
@@ -104,8 +102,7 @@ def apply_masks(
     zeros = memoryview(_ZEROS)
     # Bound methods and ufuncs hoisted out of the hot loop: per chunk and mask, one keystream
     # call into the cached scratch buffer and one in-place add or subtract.
-    streams = [(_encryptor(key).update_into, np.add if sign == 1 else np.subtract)
-               for key, sign in masks]
+    streams = [(_encryptor(key).update_into, np.add if sign == 1 else np.subtract) for key, sign in masks]
     first_update, first_combine = streams[0]
     length = vector.shape[0]
     for start in range(0, length, chunk_words):

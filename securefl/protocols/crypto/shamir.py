@@ -39,9 +39,7 @@ def random_field_element(random_source: RandomSource, prime: int) -> int:
             return candidate
 
 
-def random_polynomial(
-    secret: int, *, threshold: int, random_source: RandomSource, prime: int
-) -> list[int]:
+def random_polynomial(secret: int, *, threshold: int, random_source: RandomSource, prime: int) -> list[int]:
     """Coefficients ``[secret, a_1, ..., a_{t-1}]`` with uniform ``a_i`` in Z_prime."""
     return [secret] + [random_field_element(random_source, prime) for _ in range(threshold - 1)]
 
@@ -69,9 +67,7 @@ def split_secret(
         raise ValueError(f"threshold {threshold} must be between 1 and {len(holders)} holders")
     if len(set(holders)) != len(holders) or any(not 0 < x < prime for x in holders):
         raise ValueError("holders must be distinct nonzero field elements")
-    coefficients = random_polynomial(
-        secret, threshold=threshold, random_source=random_source, prime=prime
-    )
+    coefficients = random_polynomial(secret, threshold=threshold, random_source=random_source, prime=prime)
     return {x: evaluate_polynomial(coefficients, x, prime) for x in holders}
 
 

@@ -87,29 +87,36 @@ _EXPECTED: dict[type, ClientState] = {
 }
 
 
-def check_input_vector(vector: np.ndarray, *, params: SecAggParams, length: int,
-                       client_id: int) -> None:
+def check_input_vector(vector: np.ndarray, *, params: SecAggParams, length: int, client_id: int) -> None:
     """Raise :class:`ConfigError` unless ``vector`` is a valid input in Z_{2^bits}."""
     if not isinstance(vector, np.ndarray) or vector.ndim != 1:
         raise ConfigError(f"input of client {client_id} must be a 1-D numpy array")
     if vector.shape[0] != length:
-        raise ConfigError(f"input of client {client_id} has length {vector.shape[0]}, "
-                          f"expected {length}: all inputs must have the same length")
+        raise ConfigError(
+            f"input of client {client_id} has length {vector.shape[0]}, "
+            f"expected {length}: all inputs must have the same length"
+        )
     if vector.dtype.kind not in "ui":
-        raise ConfigError(f"input of client {client_id} has dtype {vector.dtype}: inputs are "
-                          "ring elements (integers); quantize floats first")
+        raise ConfigError(
+            f"input of client {client_id} has dtype {vector.dtype}: inputs are "
+            "ring elements (integers); quantize floats first"
+        )
     if length == 0:
         return
     low, high = int(vector.min()), int(vector.max())
     if low < 0:
-        raise ConfigError(f"input of client {client_id} has negative values: map them into "
-                          f"Z_2^{params.bits} first")
+        raise ConfigError(
+            f"input of client {client_id} has negative values: map them into Z_2^{params.bits} first"
+        )
     if high >= params.modulus:
-        raise ConfigError(f"input of client {client_id} has values >= 2^{params.bits}: raise "
-                          "bits or reduce the inputs")
+        raise ConfigError(
+            f"input of client {client_id} has values >= 2^{params.bits}: raise bits or reduce the inputs"
+        )
     if params.input_bound is not None and high > params.input_bound:
-        raise ConfigError(f"input of client {client_id} exceeds input_bound "
-                          f"{params.input_bound} (max {high}): clip the input or raise the bound")
+        raise ConfigError(
+            f"input of client {client_id} exceeds input_bound "
+            f"{params.input_bound} (max {high}): clip the input or raise the bound"
+        )
 
 
 class RoundIdGuard:
@@ -134,7 +141,8 @@ class RoundIdGuard:
         if round_id in self._seen:
             raise LocalProtocolError(
                 f"refusing: round id {round_id} was used before; a server that reuses round ids "
-                "could replay signatures from an earlier session (start a round with a fresh id)")
+                "could replay signatures from an earlier session (start a round with a fresh id)"
+            )
         self._seen.add(round_id)
 
 
@@ -189,20 +197,21 @@ class ClientProtocol:
             raise LocalProtocolError(
                 f"client {client_id}: the round setup binds another context than the one it "
                 "computed (e.g. the hash of the model it received): refused, it would join "
-                "another session than its model's")
+                "another session than its model's"
+            )
         if client_id not in setup.participants:
-            raise ConfigError(f"client {client_id} is not a participant of round "
-                              f"{setup.round_id}")
-        check_input_vector(input_vector, params=params, length=setup.vector_length,
-                           client_id=client_id)
+            raise ConfigError(f"client {client_id} is not a participant of round {setup.round_id}")
+        check_input_vector(input_vector, params=params, length=setup.vector_length, client_id=client_id)
         if params.active_adversary and (signing_key is None or verify_keys is None):
-            raise ConfigError("active_adversary mode needs every client's signing_key and the "
-                              "participants' verify_keys")
+            raise ConfigError(
+                "active_adversary mode needs every client's signing_key and the participants' verify_keys"
+            )
         if params.active_adversary and round_guard is None:
             raise ConfigError(
                 "active_adversary mode needs the client's round_guard (its RoundIdGuard, kept "
                 "across rounds): without it a server repeating a whole round setup could replay "
-                "this client's signed keys from an earlier session")
+                "this client's signed keys from an earlier session"
+            )
         if params.active_adversary and set(setup.participants) - set(verify_keys or {}):
             raise ConfigError("verify_keys must hold the public key of every participant")
         self.client_id = client_id
@@ -252,27 +261,35 @@ class ClientProtocol:
         mask_public = keys.public_bytes(self._mask_key)
         signature = b""
         if self._signing_key is not None:
-            signature = keys.sign(self._signing_key, advertise_signature_payload(
-                self._session, self.client_id, channel_public, mask_public))
+            signature = keys.sign(
+                self._signing_key,
+                advertise_signature_payload(self._session, self.client_id, channel_public, mask_public),
+            )
         self.state = ClientState.AWAITING_KEY_DIRECTORY
-        return [AdvertiseKeys(self.setup.round_id, self.client_id, channel_public, mask_public,
-                              signature)]
+        return [AdvertiseKeys(self.setup.round_id, self.client_id, channel_public, mask_public, signature)]
 
     def receive(self, message: ServerMessage) -> list[ClientMessage]:
         """Process one message from the server; return the messages to send back."""
         expected = _EXPECTED.get(type(message))
         if expected is None:
-            raise RemoteProtocolError(f"client got a {type(message).__name__}, which is not a "
-                                      "server message: rejected")
+            raise RemoteProtocolError(
+                f"client got a {type(message).__name__}, which is not a server message: rejected"
+            )
         if message.round_id != self.setup.round_id:
-            raise RemoteProtocolError(f"{type(message).__name__} for round {message.round_id} "
-                                      f"but this is round {self.setup.round_id}: rejected")
+            raise RemoteProtocolError(
+                f"{type(message).__name__} for round {message.round_id} "
+                f"but this is round {self.setup.round_id}: rejected"
+            )
         if message.recipient != self.client_id:
-            raise RemoteProtocolError(f"{type(message).__name__} addressed to client "
-                                      f"{message.recipient}, not {self.client_id}: rejected")
+            raise RemoteProtocolError(
+                f"{type(message).__name__} addressed to client "
+                f"{message.recipient}, not {self.client_id}: rejected"
+            )
         if self.state is not expected:
-            raise RemoteProtocolError(f"unexpected {type(message).__name__} in state "
-                                      f"{self.state.value}: rejected (replayed or out of order)")
+            raise RemoteProtocolError(
+                f"unexpected {type(message).__name__} in state "
+                f"{self.state.value}: rejected (replayed or out of order)"
+            )
         try:
             match message:
                 case KeyDirectory():
@@ -293,12 +310,17 @@ class ClientProtocol:
     def _on_key_directory(self, message: KeyDirectory) -> list[ClientMessage]:
         listed = {peer.client_id: peer for peer in message.peers}
         # Active mode lists everyone who advertised (for the keys digest), passive neighbours only.
-        allowed = ((set(self.setup.participants) - {self.client_id}) if self.params.active_adversary
-                   else self._neighbours)
+        allowed = (
+            (set(self.setup.participants) - {self.client_id})
+            if self.params.active_adversary
+            else self._neighbours
+        )
         strangers = set(listed) - allowed
         if strangers:
-            raise RemoteProtocolError(f"key directory lists {sorted(strangers)}, who may not be "
-                                      f"in client {self.client_id}'s directory: rejected")
+            raise RemoteProtocolError(
+                f"key directory lists {sorted(strangers)}, who may not be "
+                f"in client {self.client_id}'s directory: rejected"
+            )
         own_keys = (keys.public_bytes(self._channel_key), keys.public_bytes(self._mask_key))
         public_keys = list(own_keys)
         for peer in message.peers:
@@ -311,68 +333,88 @@ class ClientProtocol:
         # signatures over it), so a forged one cannot change what any client computes.
         for peer in peers.values():
             if self._verify_keys and not keys.verify(
-                self._verify_keys[peer.client_id], peer.signature,
-                advertise_signature_payload(self._session, peer.client_id,
-                                            peer.channel_public_key, peer.mask_public_key),
+                self._verify_keys[peer.client_id],
+                peer.signature,
+                advertise_signature_payload(
+                    self._session, peer.client_id, peer.channel_public_key, peer.mask_public_key
+                ),
             ):
-                raise RemoteProtocolError(f"advertised keys of client {peer.client_id} are not "
-                                          "signed by it: rejected")
-        channel_secrets = {v: keys.agree(self._channel_key, peer.channel_public_key)
-                           for v, peer in peers.items()}
-        mask_secrets = {v: keys.agree(self._mask_key, peer.mask_public_key)
-                        for v, peer in peers.items()}
+                raise RemoteProtocolError(
+                    f"advertised keys of client {peer.client_id} are not signed by it: rejected"
+                )
+        channel_secrets = {
+            v: keys.agree(self._channel_key, peer.channel_public_key) for v, peer in peers.items()
+        }
+        mask_secrets = {v: keys.agree(self._mask_key, peer.mask_public_key) for v, peer in peers.items()}
         holders = sorted(set(peers) | {self.client_id})
         if len(holders) < self.params.threshold:
             raise ThresholdNotMetError(
                 f"client {self.client_id}: only {len(holders)} of its share holders advertised "
-                f"keys, fewer than threshold {self.params.threshold}: round aborted")
+                f"keys, fewer than threshold {self.params.threshold}: round aborted"
+            )
 
         round_id = self.setup.round_id
         seed = keys.random_bytes(self._random_source, KEY_BYTES)
         xs = [holder + 1 for holder in holders]
         mask_secret = int.from_bytes(keys.private_bytes(self._mask_key), "big")
         mask_key_shares = shamir.split_secret(
-            mask_secret, threshold=self.params.threshold, holders=xs,
-            random_source=self._random_source)
+            mask_secret, threshold=self.params.threshold, holders=xs, random_source=self._random_source
+        )
         seed_shares = shamir.split_secret(
-            int.from_bytes(seed, "big"), threshold=self.params.threshold, holders=xs,
-            random_source=self._random_source)
+            int.from_bytes(seed, "big"),
+            threshold=self.params.threshold,
+            holders=xs,
+            random_source=self._random_source,
+        )
         sealed = []
         for v in sorted(peers):
-            key = keys.derive_key(channel_secrets[v], purpose=KeyPurpose.SHARE_ENCRYPTION,
-                                  round_id=round_id, parties=(self.client_id, v))
-            plaintext = (shamir.share_to_bytes(mask_key_shares[v + 1])
-                         + shamir.share_to_bytes(seed_shares[v + 1]))
+            key = keys.derive_key(
+                channel_secrets[v],
+                purpose=KeyPurpose.SHARE_ENCRYPTION,
+                round_id=round_id,
+                parties=(self.client_id, v),
+            )
+            plaintext = shamir.share_to_bytes(mask_key_shares[v + 1]) + shamir.share_to_bytes(
+                seed_shares[v + 1]
+            )
             ciphertext = aead.seal(
-                key, plaintext,
+                key,
+                plaintext,
                 associated_data=share_associated_data(round_id, self.client_id, v),
-                random_source=self._random_source)
+                random_source=self._random_source,
+            )
             sealed.append(SealedShares(self.client_id, v, ciphertext))
         self._peer_keys = peers
         if self.params.active_adversary:
-            advertised = {v: (peer.channel_public_key, peer.mask_public_key)
-                          for v, peer in listed.items()}
+            advertised = {v: (peer.channel_public_key, peer.mask_public_key) for v, peer in listed.items()}
             self._keys_digest = advertised_keys_digest(
-                self._session, {**advertised, self.client_id: own_keys})
+                self._session, {**advertised, self.client_id: own_keys}
+            )
         self._channel_secrets = channel_secrets
         self._mask_secrets = mask_secrets
         self._self_mask_seed = seed
         me = self.client_id + 1
         self._held_shares = {self.client_id: (mask_key_shares[me], seed_shares[me])}
         self.state = ClientState.AWAITING_RELAYED_SHARES
-        return [ShareKeys(round_id, self.client_id,
-                          self_mask_commitment(round_id, self.client_id, seed), tuple(sealed))]
+        return [
+            ShareKeys(
+                round_id, self.client_id, self_mask_commitment(round_id, self.client_id, seed), tuple(sealed)
+            )
+        ]
 
     def _on_relayed_shares(self, message: RelayedShares) -> list[ClientMessage]:
         senders = [record.sender for record in message.sealed_shares]
         unknown = set(senders) - set(self._peer_keys)
         if unknown:
-            raise RemoteProtocolError(f"relayed shares from {sorted(unknown)}, who are not in "
-                                      f"client {self.client_id}'s key directory: rejected")
+            raise RemoteProtocolError(
+                f"relayed shares from {sorted(unknown)}, who are not in "
+                f"client {self.client_id}'s key directory: rejected"
+            )
         if len(senders) + 1 < self.params.threshold:
             raise ThresholdNotMetError(
                 f"client {self.client_id}: only {len(senders) + 1} of its share holders shared "
-                f"keys, fewer than threshold {self.params.threshold}: round aborted")
+                f"keys, fewer than threshold {self.params.threshold}: round aborted"
+            )
         round_id = self.setup.round_id
         for record in message.sealed_shares:
             self._open(record, round_id)
@@ -380,13 +422,18 @@ class ClientProtocol:
         vector = self._input
         if vector.dtype.kind != "u":  # validated non-negative: reinterpret as ring words
             vector = vector.astype(self.params.word_dtype)
-        self_key = keys.derive_key(self._self_mask_seed, purpose=KeyPurpose.SELF_MASK,
-                                   round_id=round_id, parties=(self.client_id,))
+        self_key = keys.derive_key(
+            self._self_mask_seed, purpose=KeyPurpose.SELF_MASK, round_id=round_id, parties=(self.client_id,)
+        )
         masks = [(self_key, 1)]
         for v in senders:
-            pair_key = keys.derive_key(self._mask_secrets[v], purpose=KeyPurpose.PAIRWISE_MASK,
-                                       round_id=round_id, parties=tuple(sorted((self.client_id, v))),
-                                       session=self._session)
+            pair_key = keys.derive_key(
+                self._mask_secrets[v],
+                purpose=KeyPurpose.PAIRWISE_MASK,
+                round_id=round_id,
+                parties=tuple(sorted((self.client_id, v))),
+                session=self._session,
+            )
             masks.append((pair_key, 1 if self.client_id < v else -1))
         masked = np.empty(self.setup.vector_length, dtype=self.params.word_dtype)
         prg.apply_masks(masked, masks, base=vector)
@@ -400,26 +447,36 @@ class ClientProtocol:
         self._channel_key = None
         self._self_mask_seed = b""
         self._share_senders = frozenset(senders)
-        self.state = (ClientState.AWAITING_CONSISTENCY_REQUEST if self.params.active_adversary
-                      else ClientState.AWAITING_UNMASKING_REQUEST)
-        return [MaskedInput(round_id, self.client_id, self.params.bits,
-                            self.setup.vector_length, packed)]
+        self.state = (
+            ClientState.AWAITING_CONSISTENCY_REQUEST
+            if self.params.active_adversary
+            else ClientState.AWAITING_UNMASKING_REQUEST
+        )
+        return [MaskedInput(round_id, self.client_id, self.params.bits, self.setup.vector_length, packed)]
 
     def _open(self, record: SealedShares, round_id: int) -> None:
         sender = record.sender
         try:
-            key = keys.derive_key(self._channel_secrets[sender],
-                                  purpose=KeyPurpose.SHARE_ENCRYPTION, round_id=round_id,
-                                  parties=(sender, self.client_id))
+            key = keys.derive_key(
+                self._channel_secrets[sender],
+                purpose=KeyPurpose.SHARE_ENCRYPTION,
+                round_id=round_id,
+                parties=(sender, self.client_id),
+            )
             plaintext = aead.open_sealed(
-                key, record.ciphertext,
-                associated_data=share_associated_data(round_id, sender, self.client_id))
+                key,
+                record.ciphertext,
+                associated_data=share_associated_data(round_id, sender, self.client_id),
+            )
             try:
-                shares = (shamir.share_from_bytes(plaintext[: shamir.SHARE_BYTES]),
-                          shamir.share_from_bytes(plaintext[shamir.SHARE_BYTES:]))
+                shares = (
+                    shamir.share_from_bytes(plaintext[: shamir.SHARE_BYTES]),
+                    shamir.share_from_bytes(plaintext[shamir.SHARE_BYTES :]),
+                )
             except ValueError as error:
-                raise RemoteProtocolError(f"shares from client {sender} are not field "
-                                          "elements: rejected") from error
+                raise RemoteProtocolError(
+                    f"shares from client {sender} are not field elements: rejected"
+                ) from error
         except RemoteProtocolError as error:
             self.rejected_shares[sender] = error
             return
@@ -427,8 +484,9 @@ class ClientProtocol:
 
     def _on_consistency_request(self, message: ConsistencyRequest) -> list[ClientMessage]:
         self._check_survivors(message.survivors)
-        signature = keys.sign(self._signing_key, survivor_set_payload(
-            self._session, self._keys_digest, message.survivors))
+        signature = keys.sign(
+            self._signing_key, survivor_set_payload(self._session, self._keys_digest, message.survivors)
+        )
         self._signed_survivors = message.survivors
         self.state = ClientState.AWAITING_UNMASKING_REQUEST
         return [ConsistencySignature(self.setup.round_id, self.client_id, signature)]
@@ -438,32 +496,38 @@ class ClientProtocol:
         if self.client_id not in survivor_set:
             raise LocalProtocolError(
                 f"refusing: client {self.client_id} sent its masked input but is not in the "
-                "survivor set (contradicts earlier rounds)")
+                "survivor set (contradicts earlier rounds)"
+            )
         outsiders = survivor_set - set(self.setup.participants)
         if outsiders:
-            raise LocalProtocolError(f"refusing: survivors {sorted(outsiders)} are not "
-                                     "participants of this round")
+            raise LocalProtocolError(
+                f"refusing: survivors {sorted(outsiders)} are not participants of this round"
+            )
         unknown = (survivor_set & self._neighbours) - self._share_senders
         if unknown:
             raise LocalProtocolError(
                 f"refusing: neighbours {sorted(unknown)} are listed as survivors but never "
-                f"shared keys with client {self.client_id} (contradicts earlier rounds)")
+                f"shared keys with client {self.client_id} (contradicts earlier rounds)"
+            )
         if len(survivor_set) < self.params.threshold:
             raise ThresholdNotMetError(
                 f"client {self.client_id}: only {len(survivor_set)} survivors, fewer than "
-                f"threshold {self.params.threshold}: round aborted")
+                f"threshold {self.params.threshold}: round aborted"
+            )
         if self.params.complete_graph:
             return
         if not induces_connected_subgraph(self._graph, survivor_set):
             raise LocalProtocolError(
                 "refusing: the survivors' graph is disconnected, so unmasking would reveal the "
-                "sum of each of its components, not only the sum of all survivors")
+                "sum of each of its components, not only the sum of all survivors"
+            )
         surviving = len(self._neighbours & survivor_set)
         if self.params.active_adversary and 2 * surviving <= self.params.degree:
             raise LocalProtocolError(
                 f"refusing: only {surviving} of client {self.client_id}'s "
                 f"{self.params.degree} neighbours are listed as survivors, not more than half "
-                "(on a Harary ring a server cutting the graph must declare k/2 neighbours dropped)")
+                "(on a Harary ring a server cutting the graph must declare k/2 neighbours dropped)"
+            )
 
     def _on_unmasking_request(self, message: UnmaskingRequest) -> list[ClientMessage]:
         survivors, dropped = set(message.survivors), set(message.dropped)
@@ -471,55 +535,64 @@ class ClientProtocol:
         if both:
             raise LocalProtocolError(
                 f"refusing: clients {sorted(both)} are listed both as survivors and as dropped; "
-                "answering would reveal both of their shares")
+                "answering would reveal both of their shares"
+            )
         self._check_survivors(message.survivors)
         outsiders = dropped - set(self.setup.participants)
         if outsiders:
-            raise LocalProtocolError(f"refusing: dropped clients {sorted(outsiders)} are not "
-                                     "participants of this round")
+            raise LocalProtocolError(
+                f"refusing: dropped clients {sorted(outsiders)} are not participants of this round"
+            )
         listed = (survivors | dropped) & self._neighbours
         if listed - self._share_senders:
             raise LocalProtocolError(
                 f"refusing: neighbours {sorted(listed - self._share_senders)} never shared keys "
-                f"with client {self.client_id} but are listed (contradicts earlier rounds)")
+                f"with client {self.client_id} but are listed (contradicts earlier rounds)"
+            )
         if self._share_senders - listed:
             raise LocalProtocolError(
                 f"refusing: neighbours {sorted(self._share_senders - listed)} shared keys with "
-                f"client {self.client_id} but are neither survivors nor dropped")
+                f"client {self.client_id} but are neither survivors nor dropped"
+            )
         if self.params.active_adversary:
             self._check_signatures(message)
 
         self_mask_shares = tuple(
             RevealedShare(owner, shamir.share_to_bytes(self._held_shares[owner][1]))
-            for owner in sorted(survivors & self._held_shares.keys()))
+            for owner in sorted(survivors & self._held_shares.keys())
+        )
         mask_key_shares = tuple(
             RevealedShare(owner, shamir.share_to_bytes(self._held_shares[owner][0]))
-            for owner in sorted(dropped & self._held_shares.keys()))
+            for owner in sorted(dropped & self._held_shares.keys())
+        )
         self._forget_secrets()
         self.state = ClientState.DONE
-        return [UnmaskingShares(self.setup.round_id, self.client_id, self_mask_shares,
-                                mask_key_shares)]
+        return [UnmaskingShares(self.setup.round_id, self.client_id, self_mask_shares, mask_key_shares)]
 
     def _check_signatures(self, message: UnmaskingRequest) -> None:
         if message.survivors != self._signed_survivors:
             raise LocalProtocolError(
                 f"refusing: the survivor set to unmask differs from the one client "
-                f"{self.client_id} signed in the consistency check")
+                f"{self.client_id} signed in the consistency check"
+            )
         payload = survivor_set_payload(self._session, self._keys_digest, message.survivors)
         signers = set()
         for record in message.signatures:
             if record.client_id not in self._signed_survivors:
-                raise LocalProtocolError(f"refusing: signature from client {record.client_id}, "
-                                         "who is not a survivor")
+                raise LocalProtocolError(
+                    f"refusing: signature from client {record.client_id}, who is not a survivor"
+                )
             if not keys.verify(self._verify_keys[record.client_id], record.signature, payload):
                 raise LocalProtocolError(
                     f"refusing: client {record.client_id}'s signature over the survivor set does "
-                    "not verify (the server may be showing different survivor sets)")
+                    "not verify (the server may be showing different survivor sets)"
+                )
             signers.add(record.client_id)
         if len(signers) < self.params.signature_threshold:
             raise LocalProtocolError(
                 f"refusing: only {len(signers)} valid signatures over the survivor set, "
-                f"{self.params.signature_threshold} needed")
+                f"{self.params.signature_threshold} needed"
+            )
 
     def _forget_secrets(self) -> None:
         self._held_shares = {}

@@ -96,9 +96,8 @@ class _Reader:
 
     def raw(self, size: int) -> bytes:
         if size > self.remaining():
-            raise DecodeError(f"message truncated: needed {size} more bytes, "
-                              f"{self.remaining()} left")
-        chunk = bytes(self.data[self.offset: self.offset + size])
+            raise DecodeError(f"message truncated: needed {size} more bytes, {self.remaining()} left")
+        chunk = bytes(self.data[self.offset : self.offset + size])
         self.offset += size
         return chunk
 
@@ -219,8 +218,7 @@ def decode(data: bytes) -> Message:
 def _decode_body(message_type: type, r: _Reader) -> Message:
     round_id = r.u64()
     if message_type is AdvertiseKeys:
-        return AdvertiseKeys(round_id, r.u32(), r.raw(KEY_BYTES), r.raw(KEY_BYTES),
-                             r.optional_signature())
+        return AdvertiseKeys(round_id, r.u32(), r.raw(KEY_BYTES), r.raw(KEY_BYTES), r.optional_signature())
     if message_type is ShareKeys:
         sender = r.u32()
         commitment = r.raw(COMMITMENT_BYTES)
@@ -243,10 +241,12 @@ def _decode_body(message_type: type, r: _Reader) -> Message:
         sender = r.u32()
         lists = []
         for _ in range(2):
-            lists.append(tuple(
-                RevealedShare(owner=r.u32(), share=r.raw(SHARE_BYTES))
-                for _ in range(r.count(4 + SHARE_BYTES))
-            ))
+            lists.append(
+                tuple(
+                    RevealedShare(owner=r.u32(), share=r.raw(SHARE_BYTES))
+                    for _ in range(r.count(4 + SHARE_BYTES))
+                )
+            )
         return UnmaskingShares(round_id, sender, lists[0], lists[1])
     if message_type is KeyDirectory:
         recipient = r.u32()
@@ -269,8 +269,7 @@ def _decode_body(message_type: type, r: _Reader) -> Message:
         survivors = r.ids()
         dropped = r.ids()
         signatures = tuple(
-            SurvivorSignature(r.u32(), r.raw(SIGNATURE_BYTES))
-            for _ in range(r.count(4 + SIGNATURE_BYTES))
+            SurvivorSignature(r.u32(), r.raw(SIGNATURE_BYTES)) for _ in range(r.count(4 + SIGNATURE_BYTES))
         )
         return UnmaskingRequest(round_id, recipient, survivors, dropped, signatures)
     raise DecodeError(f"unknown message type {message_type.__name__}")  # pragma: no cover

@@ -186,8 +186,13 @@ class SecAggStats:
             "bytes_down": {str(c): v for c, v in self.bytes_down.items()},
             "dropouts": {s.label: list(v) for s, v in self.dropouts.items()},
             "rejections": [
-                {"step": r.step.label, "party": r.party, "peer": r.peer,
-                 "error": type(r.error).__name__, "message": str(r.error)}
+                {
+                    "step": r.step.label,
+                    "party": r.party,
+                    "peer": r.peer,
+                    "error": type(r.error).__name__,
+                    "message": str(r.error),
+                }
                 for r in self.rejections
             ],
         }
@@ -211,8 +216,9 @@ class SecAggResult:
 class RoundAbortedError(ThresholdNotMetError):
     """The round aborted below threshold; carries what was observed until then."""
 
-    def __init__(self, message: str, *, step: Step, stats: SecAggStats,
-                 transcript: tuple[TranscriptEntry, ...]) -> None:
+    def __init__(
+        self, message: str, *, step: Step, stats: SecAggStats, transcript: tuple[TranscriptEntry, ...]
+    ) -> None:
         super().__init__(message)
         self.step = step
         self.stats = stats
@@ -233,7 +239,8 @@ class _Recorder:
     def stats(self) -> SecAggStats:
         return SecAggStats(
             client_seconds=MappingProxyType(
-                {c: MappingProxyType(dict(v)) for c, v in self.client_seconds.items()}),
+                {c: MappingProxyType(dict(v)) for c, v in self.client_seconds.items()}
+            ),
             server_seconds=MappingProxyType(dict(self.server_seconds)),
             bytes_up=MappingProxyType(dict(self.bytes_up)),
             bytes_down=MappingProxyType(dict(self.bytes_down)),
@@ -246,8 +253,9 @@ def _check_inputs(inputs: Mapping[int, np.ndarray], params: SecAggParams) -> int
     if not isinstance(inputs, Mapping) or not inputs:
         raise ConfigError("inputs must be a non-empty mapping from client id to vector")
     if len(inputs) != params.num_clients:
-        raise ConfigError(f"got {len(inputs)} inputs but num_clients is {params.num_clients}: "
-                          "make them equal")
+        raise ConfigError(
+            f"got {len(inputs)} inputs but num_clients is {params.num_clients}: make them equal"
+        )
     lengths = {np.shape(v)[0] if np.ndim(v) == 1 else -1 for v in inputs.values()}
     if len(lengths) != 1 or -1 in lengths:
         raise ConfigError("inputs must be 1-D vectors of one common length")
@@ -304,10 +312,12 @@ def run_secure_aggregation(
     if strangers:
         raise ConfigError(f"dropout plan names clients {sorted(strangers)} without inputs")
     if any(d.step not in steps for d in plan.dropouts.values()):
-        raise ConfigError("dropout plan uses the consistency check, which only runs with "
-                          "active_adversary=True")
-    setup = RoundSetup.create(list(inputs), vector_length=length, round_id=round_id,
-                              random_source=random_source, context=context)
+        raise ConfigError(
+            "dropout plan uses the consistency check, which only runs with active_adversary=True"
+        )
+    setup = RoundSetup.create(
+        list(inputs), vector_length=length, round_id=round_id, random_source=random_source, context=context
+    )
     if graph_seed is not None:
         setup = dataclasses.replace(setup, graph_seed=graph_seed)
     verify_keys = None
@@ -319,20 +329,23 @@ def run_secure_aggregation(
             raise ConfigError(
                 "active_adversary with caller-supplied signing_keys needs round_guards (each "
                 "client's RoundIdGuard, kept across its rounds): with persistent keys and no "
-                "guard a server repeating a round setup could replay earlier signatures")
+                "guard a server repeating a round setup could replay earlier signatures"
+            )
         verify_keys = {c: k.public_key() for c, k in signing_keys.items()}
     server = ServerProtocol(params=params, setup=setup, verify_keys=verify_keys)
     own_context = dict(client_contexts or {})
     clients = {
-        c: ClientProtocol(client_id=c, params=params,
-                          setup=dataclasses.replace(setup, context=own_context.get(c, context)),
-                          input_vector=inputs[c],
-                          random_source=random_source,
-                          signing_key=signing_keys[c] if signing_keys else None,
-                          verify_keys=verify_keys,
-                          round_guard=(None if round_guards is None
-                                       else round_guards.setdefault(c, RoundIdGuard())),
-                          expected_context=own_context.get(c))
+        c: ClientProtocol(
+            client_id=c,
+            params=params,
+            setup=dataclasses.replace(setup, context=own_context.get(c, context)),
+            input_vector=inputs[c],
+            random_source=random_source,
+            signing_key=signing_keys[c] if signing_keys else None,
+            verify_keys=verify_keys,
+            round_guard=(None if round_guards is None else round_guards.setdefault(c, RoundIdGuard())),
+            expected_context=own_context.get(c),
+        )
         for c in setup.participants
     }
     record = _Recorder(record_transcript)
@@ -359,10 +372,10 @@ def run_secure_aggregation(
         except ThresholdNotMetError as error:
             record.server_seconds[step] += time.perf_counter() - started
             record.rejections.append(Rejection(step, None, None, error))
-            logger.warning("secure aggregation round %d aborted at %s: %s", round_id, step.label,
-                           error)
-            raise RoundAbortedError(str(error), step=step, stats=record.stats(),
-                                    transcript=tuple(record.transcript)) from error
+            logger.warning("secure aggregation round %d aborted at %s: %s", round_id, step.label, error)
+            raise RoundAbortedError(
+                str(error), step=step, stats=record.stats(), transcript=tuple(record.transcript)
+            ) from error
         encoded = [(message.recipient, message.step, encode(message)) for message in outgoing]
         record.server_seconds[step] += time.perf_counter() - started
         for recipient, next_step, payload in encoded:
@@ -371,12 +384,12 @@ def run_secure_aggregation(
                     inbox[recipient].append(delivered)
                     record.bytes_down[recipient] += len(delivered)
     output = server.result
-    return SecAggResult(sum=output.sum, survivors=output.survivors,
-                        transcript=tuple(record.transcript), stats=record.stats())
+    return SecAggResult(
+        sum=output.sum, survivors=output.survivors, transcript=tuple(record.transcript), stats=record.stats()
+    )
 
 
-def _client_turn(client: ClientProtocol, step: Step, payloads: list[bytes],
-                 record: _Recorder) -> list[bytes]:
+def _client_turn(client: ClientProtocol, step: Step, payloads: list[bytes], record: _Recorder) -> list[bytes]:
     started = time.perf_counter()
     outgoing = []
     if step is Step.ADVERTISE_KEYS:
@@ -386,8 +399,7 @@ def _client_turn(client: ClientProtocol, step: Step, payloads: list[bytes],
             outgoing += client.receive(decode(payload))
         except ProtocolError as error:
             record.rejections.append(Rejection(step, client.client_id, None, error))
-            logger.info("client %d refused a message at %s: %s", client.client_id, step.label,
-                        error)
+            logger.info("client %d refused a message at %s: %s", client.client_id, step.label, error)
     encoded = [encode(message) for message in outgoing]
     record.client_seconds[client.client_id][step] += time.perf_counter() - started
     if step is Step.MASKED_INPUT:
@@ -396,8 +408,9 @@ def _client_turn(client: ClientProtocol, step: Step, payloads: list[bytes],
     return encoded
 
 
-def _deliver_to_server(server: ServerProtocol, step: Step, sender: int, payload: bytes,
-                       record: _Recorder) -> None:
+def _deliver_to_server(
+    server: ServerProtocol, step: Step, sender: int, payload: bytes, record: _Recorder
+) -> None:
     started = time.perf_counter()
     message = None
     try:
@@ -406,8 +419,7 @@ def _deliver_to_server(server: ServerProtocol, step: Step, sender: int, payload:
         accepted = True
     except RemoteProtocolError as error:
         record.rejections.append(Rejection(step, None, sender, error))
-        logger.info("server rejected a message from client %d at %s: %s", sender, step.label,
-                    error)
+        logger.info("server rejected a message from client %d at %s: %s", sender, step.label, error)
         accepted = False
     record.server_seconds[step] += time.perf_counter() - started
     if record.record_transcript and message is not None:

@@ -56,8 +56,7 @@ def harary_ring(order: Sequence[int], degree: int) -> dict[int, frozenset[int]]:
     n = len(order)
     half = degree // 2
     return {
-        node: frozenset(order[(position + offset) % n]
-                        for offset in range(-half, half + 1) if offset != 0)
+        node: frozenset(order[(position + offset) % n] for offset in range(-half, half + 1) if offset != 0)
         for position, node in enumerate(order)
     }
 

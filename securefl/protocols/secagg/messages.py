@@ -205,9 +205,7 @@ class MaskedInput:
         if not isinstance(self.bits, int) or not 8 <= self.bits <= 62:
             raise LocalProtocolError(f"bits must be in 8..62, got {self.bits!r}")
         _check_id(self.length, "length")
-        if not isinstance(self.packed, bytes) or len(self.packed) != packed_size(
-            self.length, self.bits
-        ):
+        if not isinstance(self.packed, bytes) or len(self.packed) != packed_size(self.length, self.bits):
             raise LocalProtocolError("packed must hold exactly ceil(length * bits / 8) bytes")
 
 
@@ -247,7 +245,8 @@ class UnmaskingShares:
         both = {r.owner for r in self.self_mask_shares} & {r.owner for r in self.mask_key_shares}
         if both:
             raise LocalProtocolError(
-                f"refusing to build a message revealing both shares of clients {sorted(both)}")
+                f"refusing to build a message revealing both shares of clients {sorted(both)}"
+            )
 
 
 # ---------------------------------------------------------------------------- server -> client
@@ -337,8 +336,14 @@ def advertise_signature_payload(
 ) -> bytes:
     """What a client signs (active mode) when it advertises its two public keys: the session
     hash (:func:`~securefl.protocols.secagg.params.session_hash`), its id and the keys."""
-    return (_BINDING_PREFIX + b"advertise-keys\x00" + session + client_id.to_bytes(4, "big")
-            + channel_public_key + mask_public_key)
+    return (
+        _BINDING_PREFIX
+        + b"advertise-keys\x00"
+        + session
+        + client_id.to_bytes(4, "big")
+        + channel_public_key
+        + mask_public_key
+    )
 
 
 def advertised_keys_digest(session: bytes, advertised: Mapping[int, tuple[bytes, bytes]]) -> bytes:
@@ -348,8 +353,7 @@ def advertised_keys_digest(session: bytes, advertised: Mapping[int, tuple[bytes,
     its own included; equal digests mean equal views of U1 and of everyone's keys.
     """
     digest = hashes.Hash(hashes.SHA256())
-    digest.update(_BINDING_PREFIX + b"advertised-keys\x00" + session
-                  + len(advertised).to_bytes(4, "big"))
+    digest.update(_BINDING_PREFIX + b"advertised-keys\x00" + session + len(advertised).to_bytes(4, "big"))
     for client in sorted(advertised):
         channel_public_key, mask_public_key = advertised[client]
         digest.update(client.to_bytes(4, "big") + channel_public_key + mask_public_key)
@@ -359,21 +363,36 @@ def advertised_keys_digest(session: bytes, advertised: Mapping[int, tuple[bytes,
 def survivor_set_payload(session: bytes, keys_digest: bytes, survivors: tuple[int, ...]) -> bytes:
     """What a client signs (active mode) in the ConsistencyCheck: the session hash, the digest of
     the advertised keys it saw (:func:`advertised_keys_digest`) and the survivor set."""
-    return (_BINDING_PREFIX + b"survivor-set\x00" + session + keys_digest
-            + len(survivors).to_bytes(4, "big")
-            + b"".join(client.to_bytes(4, "big") for client in survivors))
+    return (
+        _BINDING_PREFIX
+        + b"survivor-set\x00"
+        + session
+        + keys_digest
+        + len(survivors).to_bytes(4, "big")
+        + b"".join(client.to_bytes(4, "big") for client in survivors)
+    )
 
 
 def share_associated_data(round_id: int, sender: int, recipient: int) -> bytes:
     """AEAD associated data of a sealed share: binds it to its round, sender and recipient."""
-    return (_BINDING_PREFIX + b"sealed-shares\x00" + round_id.to_bytes(8, "big")
-            + sender.to_bytes(4, "big") + recipient.to_bytes(4, "big"))
+    return (
+        _BINDING_PREFIX
+        + b"sealed-shares\x00"
+        + round_id.to_bytes(8, "big")
+        + sender.to_bytes(4, "big")
+        + recipient.to_bytes(4, "big")
+    )
 
 
 def self_mask_commitment(round_id: int, client_id: int, seed: bytes) -> bytes:
     """SHA-256 commitment to a self-mask seed ``b_u``, so the server can check the seed it
     reconstructs from shares (a corrupted share cannot silently produce a wrong sum)."""
     digest = hashes.Hash(hashes.SHA256())
-    digest.update(_BINDING_PREFIX + b"self-mask-commitment\x00" + round_id.to_bytes(8, "big")
-                  + client_id.to_bytes(4, "big") + seed)
+    digest.update(
+        _BINDING_PREFIX
+        + b"self-mask-commitment\x00"
+        + round_id.to_bytes(8, "big")
+        + client_id.to_bytes(4, "big")
+        + seed
+    )
     return digest.finalize()

@@ -89,31 +89,44 @@ class SecAggParams:
     def __post_init__(self) -> None:
         n, t, k = self.num_clients, self.threshold, self.neighbors
         if not _is_int(n) or n < 2:
-            raise ConfigError(f"num_clients {n!r} must be an integer >= 2: secure aggregation "
-                              "needs at least two clients")
+            raise ConfigError(
+                f"num_clients {n!r} must be an integer >= 2: secure aggregation needs at least two clients"
+            )
         if not _is_int(self.bits) or not MIN_BITS <= self.bits <= MAX_BITS:
-            raise ConfigError(f"bits {self.bits!r} is outside {MIN_BITS}..{MAX_BITS}: choose a "
-                              "ring size in that range (e.g. --secagg-bits 32)")
+            raise ConfigError(
+                f"bits {self.bits!r} is outside {MIN_BITS}..{MAX_BITS}: choose a "
+                "ring size in that range (e.g. --secagg-bits 32)"
+            )
         if k is not None:
             if not _is_int(k) or k < 2:
-                raise ConfigError(f"neighbors {k!r} must be an even integer >= 2 (or None for "
-                                  "the complete graph)")
+                raise ConfigError(
+                    f"neighbors {k!r} must be an even integer >= 2 (or None for the complete graph)"
+                )
             if k >= n:
-                raise ConfigError(f"neighbors {k} >= clients {n}: use fewer neighbours than "
-                                  "clients, or neighbors=None for the complete graph")
+                raise ConfigError(
+                    f"neighbors {k} >= clients {n}: use fewer neighbours than "
+                    "clients, or neighbors=None for the complete graph"
+                )
             if k % 2:
-                raise ConfigError(f"neighbors {k} is odd: a Harary graph links k/2 peers on each "
-                                  f"side, use {k + 1} or {k - 1}")
+                raise ConfigError(
+                    f"neighbors {k} is odd: a Harary graph links k/2 peers on each "
+                    f"side, use {k + 1} or {k - 1}"
+                )
         if not _is_int(t) or t < MIN_THRESHOLD:
-            raise ConfigError(f"threshold {t!r} must be an integer >= {MIN_THRESHOLD}: with "
-                              "threshold 1 every share is the secret itself, so one share holder "
-                              "and the server could unmask a client")
+            raise ConfigError(
+                f"threshold {t!r} must be an integer >= {MIN_THRESHOLD}: with "
+                "threshold 1 every share is the secret itself, so one share holder "
+                "and the server could unmask a client"
+            )
         if t > n:
-            raise ConfigError(f"threshold {t} > clients {n}: lower the threshold "
-                              "(--secagg-threshold) or add clients")
+            raise ConfigError(
+                f"threshold {t} > clients {n}: lower the threshold (--secagg-threshold) or add clients"
+            )
         if k is not None and t > k + 1:
-            raise ConfigError(f"threshold {t} > neighbors + 1 = {k + 1} share holders per client:"
-                              " lower the threshold or raise neighbors")
+            raise ConfigError(
+                f"threshold {t} > neighbors + 1 = {k + 1} share holders per client:"
+                " lower the threshold or raise neighbors"
+            )
         if self.input_bound is not None:
             bound = self.input_bound
             if not _is_int(bound) or bound < 0:
@@ -122,7 +135,8 @@ class SecAggParams:
                 raise ConfigError(
                     f"num_clients {n} * input_bound {bound} = {n * bound} >= 2^{self.bits}: the "
                     "sum could wrap; raise bits, lower input_bound (clip harder) or use fewer "
-                    "clients per round")
+                    "clients per round"
+                )
         if not isinstance(self.active_adversary, bool):
             raise ConfigError("active_adversary must be True or False")
         self._check_colluders()
@@ -130,13 +144,16 @@ class SecAggParams:
     def _check_colluders(self) -> None:
         n, t, c = self.num_clients, self.threshold, self.max_colluders
         if c is not None and (not _is_int(c) or not 0 <= c <= n - 2):
-            raise ConfigError(f"max_colluders {c!r} must be an integer in [0, {n - 2}]: at least "
-                              "two honest clients are needed for a sum to hide anything")
+            raise ConfigError(
+                f"max_colluders {c!r} must be an integer in [0, {n - 2}]: at least "
+                "two honest clients are needed for a sum to hide anything"
+            )
         if c is not None and self.complete_graph and t <= c:
             raise ConfigError(
                 f"threshold {t} <= max_colluders {c}: {c} colluding clients would hold enough "
                 f"shares to unmask an honest client; raise the threshold to at least {c + 1} "
-                "or lower max_colluders")
+                "or lower max_colluders"
+            )
         if not self.active_adversary:
             return
         if self.complete_graph and 2 * t <= n + (c or 0):
@@ -146,8 +163,8 @@ class SecAggParams:
                 f"{(n + (c or 0)) // 2 + 1}, not {t}: the threshold must exceed half the share "
                 "holders plus the colluders, or a server that withholds shares from one client "
                 "and declares its partners dropped unmasks it alone (proof in "
-                "securefl.protocols.secagg); raise the threshold"
-                + (" or lower max_colluders" if c else ""))
+                "securefl.protocols.secagg); raise the threshold" + (" or lower max_colluders" if c else "")
+            )
         if self.complete_graph:
             return
         k = self.degree
@@ -156,14 +173,16 @@ class SecAggParams:
                 f"active_adversary with SecAgg+ (neighbors {k}) is secure only for "
                 f"max_colluders 0, not {c}: a colluder inside a band of clients the server "
                 "declares dropped bridges the survivors' graph, which no client can detect; use "
-                "the complete graph (neighbors None), which tolerates c < 2t - n colluders")
+                "the complete graph (neighbors None), which tolerates c < 2t - n colluders"
+            )
         if 2 * t <= k + 2:
             raise ConfigError(
                 f"active_adversary with SecAgg+ (neighbors {k}) needs 2 * threshold > k + 2, so "
                 f"threshold >= {k // 2 + 2}, not {t}: the threshold must exceed half of each "
                 f"client's {k + 1} share holders by more than one, or a server that withholds "
                 "shares unmasks one client, or a band of clients, alone (proof in "
-                "securefl.protocols.secagg); raise the threshold or lower neighbors")
+                "securefl.protocols.secagg); raise the threshold or lower neighbors"
+            )
 
     @property
     def complete_graph(self) -> bool:
@@ -300,7 +319,8 @@ class RoundSetup:
         if len(self.participants) != params.num_clients:
             raise ConfigError(
                 f"{len(self.participants)} participants but num_clients is "
-                f"{params.num_clients}: make them equal")
+                f"{params.num_clients}: make them equal"
+            )
 
 
 def session_hash(params: SecAggParams, setup: RoundSetup) -> bytes:
@@ -314,15 +334,23 @@ def session_hash(params: SecAggParams, setup: RoundSetup) -> bytes:
     hash, so this alone does not stop replay across sessions; each client's
     :class:`~securefl.protocols.secagg.client.RoundIdGuard` does (active mode requires it).
     """
+
     def integer(value: int | None) -> bytes:
         return b"" if value is None else int(value).to_bytes(8, "big")
 
     fields = (
-        integer(params.num_clients), integer(params.threshold), integer(params.bits),
-        integer(params.neighbors), integer(params.input_bound),
-        integer(int(params.active_adversary)), integer(params.colluders_tolerated),
-        integer(setup.round_id), b"".join(p.to_bytes(4, "big") for p in setup.participants),
-        integer(setup.vector_length), setup.graph_seed, setup.context,
+        integer(params.num_clients),
+        integer(params.threshold),
+        integer(params.bits),
+        integer(params.neighbors),
+        integer(params.input_bound),
+        integer(int(params.active_adversary)),
+        integer(params.colluders_tolerated),
+        integer(setup.round_id),
+        b"".join(p.to_bytes(4, "big") for p in setup.participants),
+        integer(setup.vector_length),
+        setup.graph_seed,
+        setup.context,
     )
     digest = hashes.Hash(hashes.SHA256())
     digest.update(b"securefl/secagg/v1/session\x00")
@@ -356,9 +384,7 @@ def binomial_tail_at_least(trials: int, p: float, at_least: int) -> float:
         return 0.0
     if p >= 1.0:
         return 1.0
-    return min(1.0, math.fsum(
-        math.exp(_log_binomial_pmf(trials, i, p)) for i in range(at_least, trials + 1)
-    ))
+    return min(1.0, math.fsum(math.exp(_log_binomial_pmf(trials, i, p)) for i in range(at_least, trials + 1)))
 
 
 def hypergeometric_tail_at_least(population: int, marked: int, draws: int, at_least: int) -> float:
@@ -397,19 +423,22 @@ def assess_parameters(
             f"connectivity: with dropout rate {dropout_rate} and {c} colluders, the survivors' "
             f"graph of degree {k} can be cut (bound n^2 (δ + c/n)^k = "
             f"{n * n * min(1.0, dropout_rate + c / n) ** k:.2g} > 2^-{security_bits}); raise "
-            "neighbors, lower the dropout rate or max_colluders")
+            "neighbors, lower the dropout rate or max_colluders"
+        )
     if n * hypergeometric_tail_at_least(n - 1, c, k, t) > security:
         violated.append(
             f"share privacy: {c} colluders hold {t} of some client's {k + 1} shares with "
             f"probability up to {n * hypergeometric_tail_at_least(n - 1, c, k, t):.2g} > "
-            f"2^-{security_bits}; raise the threshold or neighbors, or lower max_colluders")
+            f"2^-{security_bits}; raise the threshold or neighbors, or lower max_colluders"
+        )
     unrecoverable = n * (1.0 - binomial_tail_at_least(k + 1, 1.0 - dropout_rate, t))
     if unrecoverable > correctness:
         violated.append(
             f"correctness: with dropout rate {dropout_rate}, fewer than threshold {t} of some "
             f"client's {k + 1} share holders survive with probability up to "
             f"{unrecoverable:.2g} > 2^-{correctness_bits}; lower the threshold, raise neighbors "
-            "or lower the dropout rate")
+            "or lower the dropout rate"
+        )
     if params.active_adversary:
         unsigned = 1.0 - binomial_tail_at_least(n, 1.0 - dropout_rate, params.signature_threshold)
         if unsigned > correctness:
@@ -417,7 +446,8 @@ def assess_parameters(
                 f"correctness: with dropout rate {dropout_rate}, fewer than the "
                 f"{params.signature_threshold} survivor-set signatures needed for {c} colluders "
                 f"arrive with probability {unsigned:.2g} > 2^-{correctness_bits}; add clients, "
-                "lower max_colluders or lower the dropout rate")
+                "lower max_colluders or lower the dropout rate"
+            )
     return tuple(violated)
 
 
@@ -430,8 +460,9 @@ def enforce_parameter_rules(params: SecAggParams, *, dropout_rate: float) -> tup
     """
     violated = assess_parameters(params, dropout_rate=dropout_rate)
     if violated and params.active_adversary:
-        raise ConfigError("secure-aggregation parameters refused against an active server: "
-                          + "; ".join(violated))
+        raise ConfigError(
+            "secure-aggregation parameters refused against an active server: " + "; ".join(violated)
+        )
     for rule in violated:
         message = f"secure-aggregation parameters break a rule of choose_parameters: {rule}"
         warnings.warn(message, UserWarning, stacklevel=2)
@@ -492,15 +523,18 @@ def choose_parameters(
     _check_rate("corruption_rate", corruption_rate)
     if dropout_rate + corruption_rate >= 1.0:
         raise ConfigError("dropout_rate + corruption_rate must be below 1: no honest survivors")
-    security = 2.0 ** -security_bits
+    security = 2.0**-security_bits
     corrupted = math.ceil(corruption_rate * n)
     sparse_allowed = not (active_adversary and corrupted > 0)
     candidates: list[int | None] = [k for k in range(2, n - 1, 2) if sparse_allowed] + [None]
     for k in candidates:
         degree = n - 1 if k is None else k
         threshold = next(
-            (t for t in range(2, degree + 2)
-             if n * hypergeometric_tail_at_least(n - 1, corrupted, degree, t) <= security),
+            (
+                t
+                for t in range(2, degree + 2)
+                if n * hypergeometric_tail_at_least(n - 1, corrupted, degree, t) <= security
+            ),
             None,
         )
         if threshold is None or corrupted > n - 2:
@@ -518,13 +552,18 @@ def choose_parameters(
             active_adversary=active_adversary,
             max_colluders=corrupted,
         )
-        if not assess_parameters(params, dropout_rate=dropout_rate, security_bits=security_bits,
-                                 correctness_bits=correctness_bits):
+        if not assess_parameters(
+            params, dropout_rate=dropout_rate, security_bits=security_bits, correctness_bits=correctness_bits
+        ):
             return params
     raise ConfigError(
         f"no neighbour degree and threshold meet 2^-{security_bits} security and "
         f"2^-{correctness_bits} correctness for {n} clients with dropout_rate {dropout_rate} and "
         f"corruption_rate {corruption_rate}"
-        + (" against an active server (which needs 2t > n + c, or 2t > k + 2 with SecAgg+)"
-           if active_adversary else "")
-        + ": lower the rates, add clients or relax the targets")
+        + (
+            " against an active server (which needs 2t > n + c, or 2t > k + 2 with SecAgg+)"
+            if active_adversary
+            else ""
+        )
+        + ": lower the rates, add clients or relax the targets"
+    )

@@ -59,8 +59,10 @@ def unpack(data: bytes, *, bits: int, length: int) -> np.ndarray:
     For 32-bit packing on a little-endian machine this is a read-only view of ``data`` (no copy).
     """
     if len(data) != packed_size(length, bits):
-        raise ValueError(f"packed vector of {length} x {bits} bits must be "
-                         f"{packed_size(length, bits)} bytes, got {len(data)}")
+        raise ValueError(
+            f"packed vector of {length} x {bits} bits must be "
+            f"{packed_size(length, bits)} bytes, got {len(data)}"
+        )
     dtype = word_dtype(bits)
     if bits in _BYTE_ALIGNED:
         values = np.frombuffer(data, dtype=_BYTE_ALIGNED[bits])

@@ -93,16 +93,13 @@ class ServerProtocol:
         verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
     ) -> None:
         setup.check(params)
-        if params.active_adversary and (
-            verify_keys is None or set(setup.participants) - set(verify_keys)
-        ):
+        if params.active_adversary and (verify_keys is None or set(setup.participants) - set(verify_keys)):
             raise ConfigError("active_adversary mode needs the verify_keys of every participant")
         self.params = params
         self.setup = setup
         self.state = ServerState.COLLECTING
         self.step = Step.ADVERTISE_KEYS
-        self._steps = [s for s in Step
-                       if params.active_adversary or s is not Step.CONSISTENCY_CHECK]
+        self._steps = [s for s in Step if params.active_adversary or s is not Step.CONSISTENCY_CHECK]
         self._verify_keys = dict(verify_keys or {}) if params.active_adversary else {}
         self._neighbours = neighbourhoods(params, setup)
         self._session = session_hash(params, setup)
@@ -111,9 +108,9 @@ class ServerProtocol:
         self._received: dict[int, ClientMessage] = {}
         self._advertised: dict[int, AdvertiseKeys] = {}
         self._shared: dict[int, ShareKeys] = {}
-        self._with_keys: frozenset[int] = frozenset()   # U1
+        self._with_keys: frozenset[int] = frozenset()  # U1
         self._with_shares: frozenset[int] = frozenset()  # U2
-        self._survivors: frozenset[int] = frozenset()    # U3
+        self._survivors: frozenset[int] = frozenset()  # U3
         self._masked_sum = np.zeros(setup.vector_length, dtype=params.word_dtype)
         self._result: AggregationOutput | None = None
 
@@ -123,33 +120,42 @@ class ServerProtocol:
     def result(self) -> AggregationOutput:
         """The round's output; :class:`LocalProtocolError` before the round has finished."""
         if self._result is None:
-            raise LocalProtocolError(f"the round has not finished (state {self.state.value}, "
-                                     f"step {self.step.label})")
+            raise LocalProtocolError(
+                f"the round has not finished (state {self.state.value}, step {self.step.label})"
+            )
         return self._result
 
     def receive(self, message: ClientMessage) -> list[ServerMessage]:
         """Accept one client message for the current step (answers come from :meth:`close_step`)."""
         if self.state is not ServerState.COLLECTING:
-            raise RemoteProtocolError(f"{type(message).__name__} after the round "
-                                      f"{self.state.value}: rejected")
+            raise RemoteProtocolError(
+                f"{type(message).__name__} after the round {self.state.value}: rejected"
+            )
         step = getattr(message, "step", None)
         if not isinstance(message, ClientMessage):
-            raise RemoteProtocolError(f"server got a {type(message).__name__}, which is not a "
-                                      "client message: rejected")
+            raise RemoteProtocolError(
+                f"server got a {type(message).__name__}, which is not a client message: rejected"
+            )
         if message.round_id != self.setup.round_id:
-            raise RemoteProtocolError(f"{type(message).__name__} from client {message.sender} is "
-                                      f"for round {message.round_id}, this is round "
-                                      f"{self.setup.round_id}: rejected")
+            raise RemoteProtocolError(
+                f"{type(message).__name__} from client {message.sender} is "
+                f"for round {message.round_id}, this is round "
+                f"{self.setup.round_id}: rejected"
+            )
         if step is not self.step:
-            raise RemoteProtocolError(f"{type(message).__name__} from client {message.sender} "
-                                      f"arrived during {self.step.label}: rejected (late, "
-                                      "replayed or out of order)")
+            raise RemoteProtocolError(
+                f"{type(message).__name__} from client {message.sender} "
+                f"arrived during {self.step.label}: rejected (late, "
+                "replayed or out of order)"
+            )
         if message.sender not in self._eligible:
-            raise RemoteProtocolError(f"client {message.sender} is not expected at "
-                                      f"{self.step.label}: rejected")
+            raise RemoteProtocolError(
+                f"client {message.sender} is not expected at {self.step.label}: rejected"
+            )
         if message.sender in self._received:
-            raise RemoteProtocolError(f"second {type(message).__name__} from client "
-                                      f"{message.sender}: rejected as a replay")
+            raise RemoteProtocolError(
+                f"second {type(message).__name__} from client {message.sender}: rejected as a replay"
+            )
         match message:
             case AdvertiseKeys():
                 self._check_advertise_keys(message)
@@ -202,34 +208,40 @@ class ServerProtocol:
         keys.check_agreement_public_key(message.channel_public_key)
         keys.check_agreement_public_key(message.mask_public_key)
         if self._verify_keys and not keys.verify(
-            self._verify_keys[message.sender], message.signature,
-            advertise_signature_payload(self._session, message.sender,
-                                        message.channel_public_key, message.mask_public_key),
+            self._verify_keys[message.sender],
+            message.signature,
+            advertise_signature_payload(
+                self._session, message.sender, message.channel_public_key, message.mask_public_key
+            ),
         ):
-            raise RemoteProtocolError(f"advertised keys of client {message.sender} are not "
-                                      "signed by it: rejected")
+            raise RemoteProtocolError(
+                f"advertised keys of client {message.sender} are not signed by it: rejected"
+            )
 
     def _check_share_keys(self, message: ShareKeys) -> None:
         expected = sorted(self._neighbours[message.sender] & self._with_keys)
         recipients = [record.recipient for record in message.sealed_shares]
         if recipients != expected:
-            raise RemoteProtocolError(f"client {message.sender} sealed shares for {recipients} "
-                                      f"but its neighbours with keys are {expected}: rejected")
+            raise RemoteProtocolError(
+                f"client {message.sender} sealed shares for {recipients} "
+                f"but its neighbours with keys are {expected}: rejected"
+            )
 
     def _add_masked_input(self, message: MaskedInput) -> None:
         if message.bits != self.params.bits or message.length != self.setup.vector_length:
             raise RemoteProtocolError(
                 f"masked input of client {message.sender} has {message.length} x {message.bits} "
-                f"bits, expected {self.setup.vector_length} x {self.params.bits}: rejected")
+                f"bits, expected {self.setup.vector_length} x {self.params.bits}: rejected"
+            )
         masked = ring.unpack(message.packed, bits=message.bits, length=message.length)
         np.add(self._masked_sum, masked, out=self._masked_sum)
 
     def _check_consistency_signature(self, message: ConsistencySignature) -> None:
-        payload = survivor_set_payload(self._session, self._keys_digest,
-                                       tuple(sorted(self._survivors)))
+        payload = survivor_set_payload(self._session, self._keys_digest, tuple(sorted(self._survivors)))
         if not keys.verify(self._verify_keys[message.sender], message.signature, payload):
-            raise RemoteProtocolError(f"client {message.sender}'s signature over the survivor "
-                                      "set does not verify: rejected")
+            raise RemoteProtocolError(
+                f"client {message.sender}'s signature over the survivor set does not verify: rejected"
+            )
 
     def _check_unmasking_shares(self, message: UnmaskingShares) -> None:
         holder_of = self._neighbours[message.sender] | {message.sender}
@@ -242,40 +254,59 @@ class ServerProtocol:
                 if record.owner not in allowed or record.owner not in holder_of:
                     raise RemoteProtocolError(
                         f"client {message.sender} sent a {kind} share of client {record.owner}, "
-                        "which was not asked for: rejected")
+                        "which was not asked for: rejected"
+                    )
                 if int.from_bytes(record.share, "big") >= shamir.PRIME_521:
-                    raise RemoteProtocolError(f"client {message.sender} sent a share that is not "
-                                              "a field element: rejected")
+                    raise RemoteProtocolError(
+                        f"client {message.sender} sent a share that is not a field element: rejected"
+                    )
 
     # ------------------------------------------------------------------------------ step closing
 
-    def _require(self, alive: frozenset[int], owners: frozenset[int], minimum: int,
-                 what: str) -> None:
+    def _require(self, alive: frozenset[int], owners: frozenset[int], minimum: int, what: str) -> None:
         if len(alive) < minimum:
             raise ThresholdNotMetError(
-                f"only {len(alive)} clients {what}, fewer than {minimum}: round aborted, nothing "
-                "revealed")
+                f"only {len(alive)} clients {what}, fewer than {minimum}: round aborted, nothing revealed"
+            )
         for owner in sorted(owners):
             holders = (self._neighbours[owner] | {owner}) & alive
             if len(holders) < self.params.threshold:
                 raise ThresholdNotMetError(
                     f"only {len(holders)} share holders of client {owner} {what}, fewer than "
-                    f"threshold {self.params.threshold}: round aborted, nothing revealed")
+                    f"threshold {self.params.threshold}: round aborted, nothing revealed"
+                )
 
     def _close_advertise_keys(self, answered: frozenset[int]) -> list[ServerMessage]:
         self._require(answered, answered, self.params.threshold, "advertised keys")
         self._advertised = {u: self._received[u] for u in answered}
         self._with_keys = answered
-        everyone = tuple(PeerKeys(v, self._advertised[v].channel_public_key,
-                                  self._advertised[v].mask_public_key, self._advertised[v].signature)
-                         for v in sorted(answered))
+        everyone = tuple(
+            PeerKeys(
+                v,
+                self._advertised[v].channel_public_key,
+                self._advertised[v].mask_public_key,
+                self._advertised[v].signature,
+            )
+            for v in sorted(answered)
+        )
         if self.params.active_adversary:  # everyone's keys, for the digest the clients sign
-            self._keys_digest = advertised_keys_digest(self._session, {
-                v: (a.channel_public_key, a.mask_public_key) for v, a in self._advertised.items()})
-        return [KeyDirectory(self.setup.round_id, u, tuple(
-                    peer for peer in everyone if peer.client_id != u
-                    and (self.params.active_adversary or peer.client_id in self._neighbours[u])))
-                for u in sorted(answered)]
+            self._keys_digest = advertised_keys_digest(
+                self._session,
+                {v: (a.channel_public_key, a.mask_public_key) for v, a in self._advertised.items()},
+            )
+        return [
+            KeyDirectory(
+                self.setup.round_id,
+                u,
+                tuple(
+                    peer
+                    for peer in everyone
+                    if peer.client_id != u
+                    and (self.params.active_adversary or peer.client_id in self._neighbours[u])
+                ),
+            )
+            for u in sorted(answered)
+        ]
 
     def _close_share_keys(self, answered: frozenset[int]) -> list[ServerMessage]:
         self._require(answered, answered, self.params.threshold, "shared keys")
@@ -286,8 +317,9 @@ class ServerProtocol:
             for record in self._shared[u].sealed_shares:
                 if record.recipient in addressed:
                     addressed[record.recipient].append(record)
-        return [RelayedShares(self.setup.round_id, v, tuple(records))
-                for v, records in sorted(addressed.items())]
+        return [
+            RelayedShares(self.setup.round_id, v, tuple(records)) for v, records in sorted(addressed.items())
+        ]
 
     def _close_masked_input(self, answered: frozenset[int]) -> list[ServerMessage]:
         self._require(answered, self._with_shares, self.params.threshold, "sent masked inputs")
@@ -295,7 +327,8 @@ class ServerProtocol:
             raise ThresholdNotMetError(
                 f"the {len(answered)} survivors' graph is disconnected: unmasking would reveal the "
                 "sum of each component; round aborted, nothing revealed (raise neighbors or "
-                "expect fewer dropouts)")
+                "expect fewer dropouts)"
+            )
         self._survivors = answered
         survivors = tuple(sorted(answered))
         if self.params.active_adversary:
@@ -304,14 +337,13 @@ class ServerProtocol:
         return [UnmaskingRequest(self.setup.round_id, u, survivors, dropped) for u in survivors]
 
     def _close_consistency_check(self, answered: frozenset[int]) -> list[ServerMessage]:
-        self._require(answered, self._with_shares, self.params.signature_threshold,
-                      "signed the survivor set")
-        signatures = tuple(SurvivorSignature(u, self._received[u].signature)
-                           for u in sorted(answered))
+        self._require(answered, self._with_shares, self.params.signature_threshold, "signed the survivor set")
+        signatures = tuple(SurvivorSignature(u, self._received[u].signature) for u in sorted(answered))
         survivors = tuple(sorted(self._survivors))
         dropped = tuple(sorted(self._with_shares - self._survivors))
-        return [UnmaskingRequest(self.setup.round_id, u, survivors, dropped, signatures)
-                for u in sorted(answered)]
+        return [
+            UnmaskingRequest(self.setup.round_id, u, survivors, dropped, signatures) for u in sorted(answered)
+        ]
 
     def _close_unmasking(self) -> list[ServerMessage]:
         seed_shares: dict[int, dict[int, int]] = {u: {} for u in self._survivors}
@@ -326,29 +358,40 @@ class ServerProtocol:
         for u in sorted(self._survivors):
             commitment = self._shared[u].self_mask_commitment
             seed = self._reconstruct(
-                u, seed_shares[u], "self-mask seed",
-                lambda secret, u=u, c=commitment: self_mask_commitment(round_id, u, secret) == c)
-            masks.append((keys.derive_key(seed, purpose=KeyPurpose.SELF_MASK, round_id=round_id,
-                                          parties=(u,)), -1))
+                u,
+                seed_shares[u],
+                "self-mask seed",
+                lambda secret, u=u, c=commitment: self_mask_commitment(round_id, u, secret) == c,
+            )
+            masks.append(
+                (keys.derive_key(seed, purpose=KeyPurpose.SELF_MASK, round_id=round_id, parties=(u,)), -1)
+            )
         for v in sorted(key_shares):
             advertised = self._advertised[v].mask_public_key
             secret = self._reconstruct(
-                v, key_shares[v], "mask private key",
-                lambda secret, a=advertised: keys.public_bytes(
-                    X25519PrivateKey.from_private_bytes(secret)) == a)
+                v,
+                key_shares[v],
+                "mask private key",
+                lambda secret, a=advertised: (
+                    keys.public_bytes(X25519PrivateKey.from_private_bytes(secret)) == a
+                ),
+            )
             mask_key = X25519PrivateKey.from_private_bytes(secret)
             for w in sorted(self._neighbours[v] & self._survivors):
                 agreed = keys.agree(mask_key, self._advertised[w].mask_public_key)
-                pair_key = keys.derive_key(agreed, purpose=KeyPurpose.PAIRWISE_MASK,
-                                           round_id=round_id, parties=tuple(sorted((v, w))),
-                                           session=self._session)
+                pair_key = keys.derive_key(
+                    agreed,
+                    purpose=KeyPurpose.PAIRWISE_MASK,
+                    round_id=round_id,
+                    parties=tuple(sorted((v, w))),
+                    session=self._session,
+                )
                 # Survivor w added +PRG if w < v and -PRG otherwise; remove exactly that.
                 masks.append((pair_key, -1 if w < v else 1))
         total = self._masked_sum
         prg.apply_masks(total, masks)
         ring.reduce_in_place(total, self.params.bits)
-        self._result = AggregationOutput(sum=total.astype(np.uint64),
-                                         survivors=frozenset(self._survivors))
+        self._result = AggregationOutput(sum=total.astype(np.uint64), survivors=frozenset(self._survivors))
         self._forget()
         self.state = ServerState.FINISHED
         return []
@@ -361,7 +404,8 @@ class ServerProtocol:
         if len(xs) < t:
             raise ThresholdNotMetError(
                 f"only {len(xs)} shares of the {what} of client {owner}, fewer than threshold "
-                f"{t}: round aborted, nothing revealed")
+                f"{t}: round aborted, nothing revealed"
+            )
         for start in range(len(xs)):
             window = [xs[(start + i) % len(xs)] for i in range(t)]
             value = shamir.reconstruct_secret({x: shares[x] for x in window})
@@ -373,7 +417,8 @@ class ServerProtocol:
                 break
         raise ThresholdNotMetError(
             f"no {t} consistent shares of the {what} of client {owner} (corrupted shares?): "
-            "round aborted, nothing revealed")
+            "round aborted, nothing revealed"
+        )
 
     def _forget(self) -> None:
         self._received = {}
