@@ -42,6 +42,7 @@ from securefl.attacks.imprint import (
     MEASUREMENT_SCALE,
     MeasurementPrior,
     best_psnr,
+    hide_where_the_data_never_looks,
     imprint_model,
     measurement_direction,
     recover,
@@ -408,14 +409,9 @@ def evasion_section(trials: int) -> None:
                     second.weight[:, 32:] = 300 * honest.net[3].weight[:, 32:]
                 layout = dataclasses.replace(layout, bins=32)
             elif rho == "hidden":
-                generator = torch.Generator().manual_seed(trial)
-                first, second = model.net[1], model.net[3]
-                with torch.no_grad():
-                    first.weight.add_(0.003 * torch.randn(first.weight.shape, generator=generator) * unused)
-                    second.weight[1::2] = 25 * torch.randn(
-                        second.out_features // 2, second.in_features, generator=generator
-                    )
-                    second.bias[1::2] = -1e6
+                hide_where_the_data_never_looks(
+                    model, unused_inputs=unused, generator=torch.Generator().manual_seed(trial)
+                )
             else:
                 generator = torch.Generator().manual_seed(trial)
                 with torch.no_grad():

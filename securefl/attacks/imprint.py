@@ -202,6 +202,26 @@ def recover(observation: Observation, layout: ImprintLayout, *, tolerance: float
     return images.clamp(0, 1).view(-1, *layout.input_shape).to(torch.float32)
 
 
+def hide_where_the_data_never_looks(
+    model: nn.Module, *, unused_inputs: torch.Tensor, generator: torch.Generator
+) -> None:
+    """Disguise a pinned-``mlp`` imprint in place against checks that read only the weights.
+
+    The construction our review used against weight-only checks (rank-one layers, layers no input
+    in the cube can switch on): layer 1 gets small random weights on ``unused_inputs`` (1 where
+    every image is 0, so neither the forward pass nor the bins' gradients change), and every other
+    layer-2 unit is switched off (bias ``-1e6``) with large random rows (a dead unit passes no
+    gradient). Checks on the client's own batch (:mod:`securefl.defences.checks`) refuse it.
+    """
+    first, second = model.net[1], model.net[3]
+    with torch.no_grad():
+        first.weight.add_(0.003 * torch.randn(first.weight.shape, generator=generator) * unused_inputs)
+        second.weight[1::2] = 25 * torch.randn(
+            second.out_features // 2, second.in_features, generator=generator
+        )
+        second.bias[1::2] = -1e6
+
+
 def best_psnr(candidates: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
     """For every original, the PSNR (dB, images in ``[0, 1]``) of the closest candidate.
 
@@ -224,6 +244,7 @@ __all__ = [
     "ImprintLayout",
     "MeasurementPrior",
     "best_psnr",
+    "hide_where_the_data_never_looks",
     "imprint_model",
     "measurement_direction",
     "recover",

@@ -139,17 +139,22 @@ def save_reconstruction_figure(outcome: AttackOutcome, path: Path) -> None:
     figure.savefig(path)
 
 
+def _save_arrays(outcome: AttackOutcome | MaliciousOutcome, path: Path) -> None:
+    """The originals and reconstructions as float32 arrays (``arrays.npz``)."""
+    np.savez_compressed(
+        path,
+        original=outcome.originals.numpy().astype(np.float32),
+        reconstructed=outcome.reconstructions.numpy().astype(np.float32),
+    )
+
+
 def write_outcome(outcome: AttackOutcome, out: Path) -> list[Path]:
     """Write the three files of one experiment into ``out`` (created if missing)."""
     out.mkdir(parents=True, exist_ok=True)
     figure, metrics, arrays = out / RECONSTRUCTION_FIGURE, out / METRICS_FILE, out / ARRAYS_FILE
     save_reconstruction_figure(outcome, figure)
     metrics.write_text(json.dumps(metrics_document(outcome), indent=2) + "\n")
-    np.savez_compressed(
-        arrays,
-        original=outcome.originals.numpy().astype(np.float32),
-        reconstructed=outcome.reconstructions.numpy().astype(np.float32),
-    )
+    _save_arrays(outcome, arrays)
     return [figure, metrics, arrays]
 
 
@@ -259,11 +264,7 @@ def write_malicious_outcome(outcome: MaliciousOutcome, out: Path) -> list[Path]:
     figure.tight_layout()
     figure.savefig(figure_path)
     metrics.write_text(json.dumps(malicious_document(outcome), indent=2) + "\n")
-    np.savez_compressed(
-        arrays,
-        original=outcome.originals.numpy().astype(np.float32),
-        reconstructed=outcome.reconstructions.numpy().astype(np.float32),
-    )
+    _save_arrays(outcome, arrays)
     return [figure_path, metrics, arrays]
 
 

@@ -9,7 +9,7 @@ import inspect
 import pytest
 import torch
 
-from securefl.attacks.imprint import recover
+from securefl.attacks.imprint import hide_where_the_data_never_looks, recover
 from securefl.attacks.malicious import (
     ClientDefences,
     MaliciousConfig,
@@ -149,14 +149,9 @@ def _hide_where_the_data_never_looks(dataset, real_imprint_model):
 
     def imprint_model(**kwargs):
         model, layout = real_imprint_model(**kwargs)
-        generator = torch.Generator().manual_seed(1)
-        first, second = model.net[1], model.net[3]
-        with torch.no_grad():
-            first.weight += 0.003 * torch.randn(first.weight.shape, generator=generator) * unused
-            second.weight[1::2] = 25 * torch.randn(
-                second.out_features // 2, second.in_features, generator=generator
-            )
-            second.bias[1::2] = -1e6
+        hide_where_the_data_never_looks(
+            model, unused_inputs=unused, generator=torch.Generator().manual_seed(1)
+        )
         return model, layout
 
     return imprint_model
