@@ -8,6 +8,9 @@ Messages say what to do, not just what went wrong.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class SecureFLError(Exception):
     """Base class of every error securefl raises on purpose."""
@@ -43,6 +46,36 @@ class DecodeError(RemoteProtocolError):
 
 class ThresholdNotMetError(ProtocolError):
     """Fewer than the threshold of clients are left: the round aborts and reveals nothing."""
+
+
+class RoundAbortedError(ThresholdNotMetError):
+    """A round ended without releasing a sum (too few clients left at some step, or a round that
+    cannot run at its size): the one "round aborted" error of securefl.
+
+    ``step`` is where it aborted (a secure-aggregation :class:`~securefl.protocols.secagg.Step`,
+    or ``None`` before any protocol step); ``details`` what the server observed until then
+    (dropouts, traffic), merged into the round's record; ``stats`` and ``transcript`` are the
+    secure-aggregation driver's statistics and transcript when it raised it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: Any = None,
+        details: Mapping[str, Any] | None = None,
+        stats: Any = None,
+        transcript: tuple[Any, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.step = step
+        self.details = dict(details or {})
+        self.stats = stats
+        self.transcript = transcript
+
+
+class TrainingDivergedError(SecureFLError):
+    """The global model or a loss became NaN or infinite: the run stops at that round."""
 
 
 class NonFiniteUpdateError(SecureFLError, ValueError):

@@ -1,93 +1,116 @@
-"""Local training of one client on its shard (McMahan et al., "Communication-Efficient Learning of
-Deep Networks from Decentralized Data", AISTATS 2017, ClientUpdate).
+"""The client program of federated learning, sans-IO: bytes in, bytes out, no sockets or clocks.
 
-One :class:`LocalSGDTrainer` serves every client of a simulation: it owns a single model and a
-single optimizer, loads the global parameters into them, trains, and returns the parameter delta.
-Nothing is rebuilt or deep-copied per client, so a round costs what training its samples costs.
-FedSGD is the special case of one full-batch step without momentum.
+A :class:`FederatedClient` holds what never leaves its owner: its data (a
+:class:`~securefl.fl.types.ClientShard`), its trainer (plain local SGD, or Opacus DP-SGD with the
+client's own privacy ledger, which it enforces itself -- in a deployment no server could), its
+update transform (e.g. DP-FedAvg's clipping) and its half of the aggregation (for secure
+aggregation: its :class:`~securefl.protocols.secagg.ClientProtocol` and the round-id guard it
+keeps across rounds).  On a :class:`~securefl.fl.messages.TrainRequest` it computes the context of
+the model and settings it received (:func:`~securefl.defences.consistency.model_context`, bound
+into a secure-aggregation session), trains (McMahan et al. 2017, ClientUpdate), transforms the
+update and starts the aggregation; every later :class:`~securefl.fl.messages.AggregationMessage`
+goes to its aggregation half.  It answers with bytes only.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from securefl.fl.types import ClientShard, Update
-from securefl.fl.vectors import load_vector, to_vector
+from securefl.defences.consistency import model_context
+from securefl.errors import DecodeError, NonFiniteUpdateError, ProtocolError
+from securefl.fl.codec import decode, encode
+from securefl.fl.messages import AggregationMessage, Availability, Decline, DeclineReason, TrainRequest
+from securefl.fl.types import AggregationClient, ClientShard, ClientTrainer, UpdateTransform
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+log = logging.getLogger(__name__)
 
-
-def loss_for_task(task: str) -> LossFn:
-    """Mean cross-entropy for classification, mean squared error for regression."""
-    if task == "classification":
-        return nn.functional.cross_entropy
-    return lambda output, target: nn.functional.mse_loss(output.squeeze(-1), target)
-
-
-def batch_order(num_samples: int, *, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A seeded shuffle of ``range(num_samples)`` cut into batches (the last one may be short)."""
-    return list(torch.randperm(num_samples, generator=generator).split(batch_size))
+GeneratorFor = Callable[[int, int], torch.Generator]
+"""``(round_index, client_id) -> generator`` of the simulation randomness (batch shuffling)."""
 
 
-class LocalSGDTrainer:
-    """Plain local SGD: ``local_epochs`` passes over the shard in shuffled mini-batches.
-
-    The optimizer's momentum buffers are reset for every client, as each client starts a fresh
-    local optimisation from the global model in FedAvg.
-    """
+class FederatedClient:
+    """One client: its data, trainer, transform and aggregation half; speaks bytes."""
 
     def __init__(
         self,
         *,
-        model: nn.Module,
-        task: str,
-        local_epochs: int,
-        batch_size: int | None,
-        lr: float,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-    ) -> None:
-        self.model = model
-        self.parameters = [p for p in model.parameters() if p.requires_grad]
-        self.loss_fn = loss_for_task(task)
-        self.local_epochs = local_epochs
-        self.batch_size = batch_size
-        self.optimizer = torch.optim.SGD(self.parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-    def can_train(self, client_id: int) -> bool:
-        """Plain training has no budget: every client can always train."""
-        return True
-
-    def train(
-        self,
-        *,
-        global_params: torch.Tensor,
         shard: ClientShard,
-        round_index: int,
-        generator: torch.Generator,
-    ) -> Update:
-        load_vector(self.parameters, global_params)
-        self.optimizer.state.clear()
-        self.model.train()
-        num_samples = len(shard)
-        batch_size = self.batch_size or num_samples
-        loss_sum = 0.0
-        seen = 0
-        for _ in range(self.local_epochs):
-            for batch in batch_order(num_samples, batch_size=batch_size, generator=generator):
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = self.loss_fn(self.model(shard.x[batch]), shard.y[batch])
-                loss.backward()
-                self.optimizer.step()
-                loss_sum += loss.item() * len(batch)
-                seen += len(batch)
-        delta = to_vector(self.parameters) - global_params
-        return Update(
-            client_id=shard.client_id,
-            delta=delta,
-            num_samples=num_samples,
-            train_loss=loss_sum / max(seen, 1),
+        trainer: ClientTrainer,
+        transform: UpdateTransform,
+        aggregation: AggregationClient,
+        architecture: nn.Module,
+        generator_for: GeneratorFor,
+    ) -> None:
+        self.client_id = shard.client_id
+        self.shard = shard
+        self.trainer = trainer
+        self.transform = transform
+        self.aggregation = aggregation
+        self.architecture = architecture
+        self.generator_for = generator_for
+        self._round: int | None = None
+
+    def join(self) -> bytes:
+        """The message that enrols this client: whether it can train."""
+        return encode(Availability(self.client_id, self.trainer.can_train(self.client_id)))
+
+    def receive(self, data: bytes) -> list[bytes]:
+        """One message from the server; the replies.  A malformed message or one the
+        aggregation refuses is logged and answered with nothing (the server sees a dropout)."""
+        try:
+            message = decode(data)
+        except DecodeError as error:
+            log.warning("client %d dropped a malformed message: %s", self.client_id, error)
+            return []
+        if getattr(message, "client_id", None) != self.client_id:
+            log.warning("client %d dropped a %s addressed elsewhere", self.client_id, type(message).__name__)
+            return []
+        match message:
+            case TrainRequest():
+                return self._train(message)
+            case AggregationMessage() if message.round_index == self._round:
+                try:
+                    replies = self.aggregation.receive(message.payload)
+                except ProtocolError as error:
+                    log.warning("client %d leaves round %d: %s", self.client_id, message.round_index, error)
+                    self._round = None
+                    return []
+                return [encode(AggregationMessage(message.round_index, self.client_id, p)) for p in replies]
+        log.warning("client %d dropped an unexpected %s", self.client_id, type(message).__name__)
+        return []
+
+    def _train(self, request: TrainRequest) -> list[bytes]:
+        round_index = request.round_index
+        self._round = None
+        if not self.trainer.can_train(self.client_id):
+            return [
+                encode(Decline(round_index, self.client_id, DeclineReason.BUDGET_SPENT, "no privacy budget left")),
+                encode(Availability(self.client_id, False)),
+            ]
+        context = model_context(model=self.architecture, settings=request.settings_dict, params=request.params)
+        update = self.trainer.train(
+            global_params=request.params,
+            shard=self.shard,
+            round_index=round_index,
+            generator=self.generator_for(round_index, self.client_id),
         )
+        contribution = self.transform(update)
+        try:
+            payloads = self.aggregation.start(
+                contribution, round_index=round_index, setup=request.aggregation, context=context
+            )
+            replies = [encode(AggregationMessage(round_index, self.client_id, p)) for p in payloads]
+            self._round = round_index
+        except NonFiniteUpdateError as error:
+            log.warning("client %d leaves round %d: %s", self.client_id, round_index, error)
+            replies = [encode(Decline(round_index, self.client_id, DeclineReason.NON_FINITE_UPDATE, str(error)))]
+        except ProtocolError as error:
+            log.warning("client %d refuses round %d: %s", self.client_id, round_index, error)
+            replies = [encode(Decline(round_index, self.client_id, DeclineReason.REFUSED, str(error)))]
+        if not self.trainer.can_train(self.client_id):
+            replies.append(encode(Availability(self.client_id, False)))
+        return replies

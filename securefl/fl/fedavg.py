@@ -13,6 +13,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from securefl.errors import RemoteProtocolError, RoundAbortedError
+from securefl.fl.codec import decode, encode
+from securefl.fl.messages import PlainContribution
+from securefl.fl.turns import aggregate_in_process
 from securefl.fl.types import Aggregate, Contribution, Update
 
 
@@ -77,6 +81,13 @@ class WeightedMean:
 class PlainSum:
     """Aggregation without protection: the server adds the contributions it receives in clear."""
 
+    def open_round(self, *, round_index: int, participants: Sequence[int], context: bytes) -> PlainSumRound:
+        """The server half; ``context`` is not used (a plain sum has no session to bind it to)."""
+        return PlainSumRound(round_index=round_index, participants=participants)
+
+    def client(self, client_id: int) -> PlainSumClient:
+        return PlainSumClient()
+
     def aggregate(
         self,
         contributions: list[Contribution],
@@ -84,18 +95,74 @@ class PlainSum:
         round_index: int,
         contexts: Mapping[int, bytes] | None = None,
     ) -> Aggregate:
-        """The plain sum; ``contexts`` are ignored (there is no session to bind them to)."""
-        ordered = sorted(contributions, key=lambda c: c.client_id)
-        if not ordered:
+        """The plain sum of ``contributions``, both halves in one process."""
+        if not contributions:
             raise ValueError("PlainSum needs at least one contribution")
+        aggregate, _ = aggregate_in_process(self, contributions, round_index=round_index, contexts=contexts)
+        return aggregate
+
+
+class PlainSumClient:
+    """A client's half of a plain sum: it sends its contribution in clear, once."""
+
+    def start(
+        self, contribution: Contribution, *, round_index: int, setup: bytes, context: bytes
+    ) -> list[bytes]:
+        if setup:
+            raise RemoteProtocolError("a plain sum has no setup: refused")
+        message = PlainContribution(
+            weighted_delta=contribution.weighted_delta.to(torch.float32),
+            weight=contribution.weight,
+            train_loss=contribution.train_loss,
+        )
+        return [encode(message)]
+
+    def receive(self, payload: bytes) -> list[bytes]:
+        raise RemoteProtocolError("a plain sum sends its clients nothing after the setup: refused")
+
+
+class PlainSumRound:
+    """The server half of a plain sum: after one step, the sum of what arrived, in client-id order."""
+
+    def __init__(self, *, round_index: int, participants: Sequence[int]) -> None:
+        self.round_index = round_index
+        self.participants = frozenset(participants)
+        self._received: dict[int, PlainContribution] = {}
+        self._result: Aggregate | None = None
+
+    def setup_for(self, client_id: int) -> bytes:
+        return b""
+
+    def receive(self, client_id: int, payload: bytes) -> None:
+        if self._result is not None:
+            raise RemoteProtocolError(f"contribution from client {client_id} after the sum: refused")
+        if client_id not in self.participants:
+            raise RemoteProtocolError(f"client {client_id} is not a participant of this round: refused")
+        if client_id in self._received:
+            raise RemoteProtocolError(f"second contribution from client {client_id}: refused as a replay")
+        message = decode(payload)
+        if not isinstance(message, PlainContribution):
+            raise RemoteProtocolError(f"a plain sum expects contributions, got a {type(message).__name__}")
+        self._received[client_id] = message
+
+    def close_step(self) -> list[tuple[int, bytes]]:
+        if not self._received:
+            raise RoundAbortedError(
+                f"none of the {len(self.participants)} sampled clients sent a contribution",
+                details={"survivors": 0},
+            )
+        ordered = [self._received[c] for c in sorted(self._received)]
         total = torch.zeros_like(ordered[0].weighted_delta)
         for contribution in ordered:
             total += contribution.weighted_delta
-        vector_bytes = total.numel() * total.element_size()
-        return Aggregate(
+        self._result = Aggregate(
             weighted_delta_sum=total,
             weight_sum=sum(c.weight for c in ordered),
-            survivors=tuple(c.client_id for c in ordered),
+            survivors=tuple(sorted(self._received)),
             train_loss_sum=sum(c.train_loss * c.weight for c in ordered),
-            details={"bytes_up": len(ordered) * (vector_bytes + 8)},
         )
+        return []
+
+    @property
+    def result(self) -> Aggregate | None:
+        return self._result

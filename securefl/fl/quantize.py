@@ -31,7 +31,7 @@ def level_for(*, bits: int, num_clients: int) -> int:
     level = ((2**bits - 1) // num_clients) // 2
     if level < 1:
         raise ConfigError(
-            f"a {bits}-bit ring cannot hold the sum of {num_clients} clients: raise --secagg-bits"
+            f"a {bits}-bit ring cannot hold the sum of {num_clients} clients: raise `secagg.bits`"
         )
     return level
 

@@ -3,7 +3,7 @@
 Each client turns its :class:`~securefl.fl.types.Contribution` into one vector over Z_{2^bits}
 (:mod:`securefl.fl.quantize`) holding, side by side,
 
-- ``w · clip(Δ, ±c)``   its weighted update, each coordinate clipped to ``--secagg-clip`` ``c``,
+- ``w · clip(Δ, ±c)``   its weighted update, each coordinate clipped to ``secagg.clip`` ``c``,
 - ``w``                 its weight (sample count, capped at the public bound ``w_max``),
 - ``w · min(loss, 100)`` its weighted training loss,
 - the number of update coordinates the clip changed,
@@ -14,39 +14,63 @@ survivors, and decodes the four sums: FedAvg divides the first by the second, so
 sees one client's update, sample count or loss. What this module returns, an
 :class:`~securefl.fl.types.Aggregate`, is built only from that sum and the protocol's statistics.
 
-Dropouts are simulated per round: each client leaves with probability ``--dropout-rate`` at a
-random protocol step; the round then aggregates the survivors, or aborts below the threshold.
-A client whose update is NaN or inf has no fixed-point encoding (the quantizer refuses it): it
-sends nothing, a dropout of the planned round before it advertises keys (so the round keeps its size
-and threshold), and the round's ``non_finite_dropped`` counts it.
+The channel is split into the half each program runs: :class:`SecureAggregationRound` on the
+server (the protocol's :class:`~securefl.protocols.secagg.ServerProtocol` nested, and the decoding
+of the sum) and :class:`SecureAggregationClient` on each client (the encoding of its contribution
+and its :class:`~securefl.protocols.secagg.ClientProtocol`, with the :class:`RoundIdGuard` it keeps
+across rounds).  They exchange bytes only.  Each client computes the round's protocol parameters
+itself from the public configuration and the announced participants; the server sends only the
+:class:`~securefl.protocols.secagg.RoundSetup`.  The encoding is a plug point
+(:class:`RingEncoding`): this channel's fixed point, or distributed DP's noised integers
+(:mod:`securefl.privacy.distributed`).
+
+Dropouts are simulated per round (:meth:`SecureAggregationChannel.simulated_dropouts`): each
+client leaves with probability ``secagg.dropout_rate`` at a random protocol step; the round then
+aggregates the survivors, or aborts below the threshold.  A client whose update is NaN or inf has
+no fixed-point encoding (the quantizer refuses it): it declines the round before it advertises
+keys, a dropout of the planned round (which keeps its size and threshold).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import warnings
-from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from securefl.config import SecAggConfig
-from securefl.errors import ConfigError, NonFiniteUpdateError, ThresholdNotMetError
-from securefl.fl.quantize import FixedPointCodec, level_for
-from securefl.fl.types import Aggregate, Contribution
-from securefl.protocols.secagg import (
-    Dropout,
-    DropoutPlan,
+from securefl.errors import (
+    ConfigError,
+    NonFiniteUpdateError,
+    RemoteProtocolError,
     RoundAbortedError,
+    ThresholdNotMetError,
+)
+from securefl.fl.quantize import FixedPointCodec, level_for
+from securefl.fl.turns import NO_FAULTS, Faults, Traffic, aggregate_in_process
+from securefl.fl.types import Aggregate, Contribution
+from securefl.protocols.crypto import keys
+from securefl.protocols.secagg import (
+    ClientProtocol,
+    DropoutPlan,
+    RoundIdGuard,
+    RoundSetup,
     SecAggParams,
-    SecAggResult,
-    SecAggStats,
-    Step,
+    ServerProtocol,
+    ServerState,
+    decode,
+    decode_setup,
+    encode,
+    encode_setup,
     enforce_parameter_rules,
     protocol_steps,
-    run_secure_aggregation,
 )
 
 log = logging.getLogger(__name__)
@@ -55,21 +79,57 @@ LOSS_CAP = 100.0
 """Training losses are clipped at this value before they enter the secure sum."""
 
 DEFAULT_CLIP = 1.0
-"""Default ``--secagg-clip`` in parameter units. The default CNN's largest update coordinate in a
+"""Default ``secagg.clip`` in parameter units. The default CNN's largest update coordinate in a
 round was 0.32 (measured over three rounds of the default run): 3× headroom, and the fraction of
 clipped coordinates is reported every round so a binding clip is visible."""
 
 
-class SecureAggregationAborted(ThresholdNotMetError):
-    """A round aborted below threshold; ``details`` says where and who dropped."""
+class RingEncoding(Protocol):
+    """How contributions become vectors over the ring and how the survivors' sum becomes an
+    :class:`~securefl.fl.types.Aggregate`: the part of a secure channel that is not the protocol."""
 
-    def __init__(self, message: str, details: dict) -> None:
-        super().__init__(message)
-        self.details = details
+    config: SecAggConfig
+
+    @property
+    def vector_length(self) -> int: ...
+
+    def round_parameters(self, num_clients: int) -> SecAggParams:
+        """The protocol parameters of a round of ``num_clients``; :class:`RoundAbortedError` when
+        such a round cannot run (the server side) -- the client side computes the same."""
+        ...
+
+    def encode_input(
+        self, contribution: Contribution, *, params: SecAggParams, round_index: int
+    ) -> np.ndarray: ...
+
+    def decode_sum(
+        self, total: np.ndarray, *, survivors: tuple[int, ...], params: SecAggParams, round_index: int
+    ) -> Aggregate: ...
+
+
+class SecureChannel(RingEncoding, Protocol):
+    """A secure channel: a :class:`RingEncoding` with its two halves (this module's
+    :class:`SecureAggregationChannel`, or :class:`~securefl.privacy.distributed.DistributedDPChannel`)."""
+
+    def simulated_dropouts(self, round_index: int, participants: Sequence[int]) -> Faults: ...
+
+    def with_verify_keys(self, verify_keys: Mapping[int, Ed25519PublicKey]) -> SecureChannel: ...
+
+    def client(
+        self, client_id: int, *, signing_key: Ed25519PrivateKey | None = None
+    ) -> SecureAggregationClient: ...
+
+    def open_round(
+        self, *, round_index: int, participants: Sequence[int], context: bytes
+    ) -> SecureAggregationRound: ...
 
 
 class SecureAggregationChannel:
-    """An :class:`~securefl.fl.types.AggregationChannel` whose server side only sees sums."""
+    """An :class:`~securefl.fl.types.Aggregation` whose server half only sees sums.
+
+    ``verify_keys`` (active mode): every client's Ed25519 public key, known to all up front (the
+    federation's enrolment); each client's half gets its own signing key from whoever set it up.
+    """
 
     def __init__(
         self,
@@ -81,6 +141,7 @@ class SecureAggregationChannel:
         max_clients: int | None = None,
         dp_clip_norm: float | None = None,
         seed: int,
+        verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
     ) -> None:
         """``clients_per_round`` is the planned round (validated now, before anyone trains);
         ``max_clients`` the most a round can have (Poisson sampling: every client), whose sum
@@ -92,20 +153,20 @@ class SecureAggregationChannel:
         self.clip = config.clip if config.clip is not None else DEFAULT_CLIP
         self.dp_clip_norm = dp_clip_norm
         self.seed = seed
-        self._round_guards: dict = {}  # client id -> RoundIdGuard, filled by the protocol driver
+        self.verify_keys = dict(verify_keys) if verify_keys is not None else None
         self.clients_per_round = clients_per_round
         self.max_clients = max(max_clients or clients_per_round, clients_per_round)
         if clients_per_round < 2:
             raise ConfigError(
                 f"secure aggregation needs at least 2 clients per round, got "
-                f"{clients_per_round}: raise --clients-per-round"
+                f"{clients_per_round}: raise `clients_per_round`"
             )
         self.params_for(clients_per_round, self.codec_for(clients_per_round))
         widest = self.codec_for(max(max_clients or clients_per_round, clients_per_round))
         if dp_clip_norm is not None and self._rounding_norm(widest) >= dp_clip_norm:
             raise ConfigError(
-                f"with --secagg-bits {config.bits}, rounding could move an update by more than the "
-                f"DP clip norm {dp_clip_norm}: raise --secagg-bits"
+                f"with `secagg.bits` = {config.bits}, rounding could move an update by more than the "
+                f"DP clip norm {dp_clip_norm}: raise `secagg.bits`"
             )
 
     def codec_for(self, num_clients: int) -> FixedPointCodec:
@@ -120,7 +181,7 @@ class SecureAggregationChannel:
         if self.weight_bound > level:
             raise ConfigError(
                 f"a {self.config.bits}-bit ring leaves {level} levels per client for {num_clients} "
-                f"clients, fewer than the largest client weight {self.weight_bound:.0f}: raise --secagg-bits"
+                f"clients, fewer than the largest client weight {self.weight_bound:.0f}: raise `secagg.bits`"
             )
         w = self.weight_bound
         bounds = torch.cat(
@@ -163,7 +224,7 @@ class SecureAggregationChannel:
         if not runnable or runnable != list(range(runnable[0], max_clients + 1)):
             raise ConfigError(
                 f"secure aggregation runs rounds of {runnable or 'no'} clients, not every size from "
-                f"the smallest up to {max_clients}: change --secagg-threshold or --secagg-neighbors"
+                f"the smallest up to {max_clients}: change `secagg.threshold` or `secagg.neighbors`"
             )
         return runnable[0]
 
@@ -192,126 +253,42 @@ class SecureAggregationChannel:
         finally:
             rules_log.disabled = was_disabled
 
-    def aggregate(
-        self,
-        contributions: list[Contribution],
-        *,
-        round_index: int,
-        contexts: Mapping[int, bytes] | None = None,
-    ) -> Aggregate:
-        """The survivors' sums. ``contexts``: the model context each client computed from the
-        model it received (:func:`securefl.defences.consistency.model_context`), bound into its
-        session; clients shown different models end up in different sessions."""
-        if len(contributions) < 2:
-            raise SecureAggregationAborted(
-                f"{len(contributions)} client(s) sampled: secure aggregation needs at least 2, "
+    def with_verify_keys(self, verify_keys: Mapping[int, Ed25519PublicKey]) -> SecureAggregationChannel:
+        """This channel with another directory of the clients' public signing keys."""
+        other = copy.copy(self)
+        other.verify_keys = dict(verify_keys)
+        return other
+
+    # ---- the fixed-point encoding (RingEncoding) ------------------------------------------
+
+    @property
+    def vector_length(self) -> int:
+        """The update, the weight, the loss and the clip count."""
+        return self.num_params + 3
+
+    def round_parameters(self, num_clients: int) -> SecAggParams:
+        """The parameters of a round of ``num_clients``; :class:`RoundAbortedError` (nothing is
+        revealed) when it cannot run: fewer than 2 clients (the sum would be one client's
+        update), a ring too small for them, or a threshold the rules refuse."""
+        if num_clients < 2:
+            raise RoundAbortedError(
+                f"{num_clients} client(s) sampled: secure aggregation needs at least 2, "
                 "or the sum would be one client's update",
-                {"survivors": 0},
+                details={"survivors": 0},
             )
         try:
-            codec = self.codec_for(len(contributions))
-        except ConfigError as error:
-            raise SecureAggregationAborted(
-                f"{len(contributions)} clients cannot run this protocol: {error}", {"survivors": 0}
-            ) from None
-        inputs, left_out = self._encode_finite(contributions, codec, round_index)
-        try:
-            params = self.params_for(len(inputs), codec)
+            return self.params_for(num_clients, self.codec_for(num_clients))
         except ConfigError as error:  # e.g. a Poisson round below the threshold: reveal nothing
-            raise SecureAggregationAborted(
-                f"{len(inputs)} clients cannot run this protocol: {error}",
-                {"survivors": 0, "non_finite_dropped": len(left_out)},
+            raise RoundAbortedError(
+                f"{num_clients} clients cannot run this protocol: {error}", details={"survivors": 0}
             ) from None
-        result, details = self.run_protocol(
-            inputs, params=params, round_index=round_index, left_out=left_out, contexts=contexts
-        )
-        survivors = len(result.survivors)
-        sums = codec.decode_sum(result.sum, count=survivors)
-        weight_sum = float(sums[self.num_params])
-        if self.dp_clip_norm is None:
-            details["secagg_clipped_fraction"] = float(sums[-1]) / (survivors * self.num_params)
-        details["quantization_error_bound"] = (
-            survivors * float(codec.step[0]) / weight_sum if weight_sum > 0 else math.inf
-        )
-        return Aggregate(
-            weighted_delta_sum=sums[: self.num_params].to(torch.float32),
-            weight_sum=weight_sum,
-            survivors=tuple(sorted(result.survivors)),
-            train_loss_sum=float(sums[self.num_params + 1]),
-            details=details,
-        )
 
-    def run_protocol(
-        self,
-        inputs: dict[int, np.ndarray],
-        *,
-        params: SecAggParams,
-        round_index: int,
-        left_out: frozenset[int] = frozenset(),
-        contexts: Mapping[int, bytes] | None = None,
-    ) -> tuple[SecAggResult, dict]:
-        """One protocol round on the clients' ring vectors, with this round's simulated dropouts:
-        the survivors' sum and the round's details (byte counts, timings, dropouts per step).
-        The ``left_out`` clients (non-finite updates; their input is a placeholder) drop out before
-        advertising keys. Raises :class:`SecureAggregationAborted` below threshold.
-        ``contexts`` (client id -> context) puts each client in the session of its own context;
-        the server runs in the context most clients hold."""
-        contexts = {c: contexts[c] for c in inputs} if contexts else {}
-        server_context = Counter(contexts.values()).most_common(1)[0][0] if contexts else b""
-        simulated = DropoutPlan.random(
-            sorted(inputs),
-            rate=self.config.dropout_rate,
-            steps=protocol_steps(params),
-            generator=np.random.default_rng([self.seed, round_index, 0xD0]),
-        )
-        dropouts = DropoutPlan(
-            {**simulated.dropouts, **{client: Dropout(Step.ADVERTISE_KEYS) for client in left_out}}
-        )
-        try:
-            result = run_secure_aggregation(
-                inputs,
-                params=params,
-                dropouts=dropouts,
-                round_id=round_index,
-                record_transcript=False,
-                round_guards=self._round_guards,  # one per client, kept across rounds
-                context=server_context,
-                client_contexts=contexts,
-            )
-        except RoundAbortedError as error:
-            details = {**self._details(error.stats), "abort_step": error.step.label, "survivors": 0}
-            details["non_finite_dropped"] = len(left_out)
-            raise SecureAggregationAborted(str(error), details) from None
-        details = self._details(result.stats)
-        details["non_finite_dropped"] = len(left_out)
-        return result, details
-
-    def _encode_finite(
-        self, contributions: list[Contribution], codec: FixedPointCodec, round_index: int
-    ) -> tuple[dict[int, np.ndarray], frozenset[int]]:
-        """Each client's encoded input, and the clients left out for a non-finite update.
-
-        The quantizer refuses NaN and inf (:class:`~securefl.errors.NonFiniteUpdateError`); such
-        a client sends nothing: it is a dropout of the planned round before it advertises keys
-        (its input here is an all-zero placeholder that never leaves it), so the round keeps the
-        planned size and threshold, and the others aggregate without it (or the round aborts
-        below the threshold). Under ``--dp`` whether an update is finite is a function of the already
-        private update, so the count may be released; under ``--central-dp`` ``ClipUpdate``
-        has already replaced a non-finite update by zero, so the count is always 0 there.
-        """
-        inputs: dict[int, np.ndarray] = {}
-        left_out = set()
-        for contribution in contributions:
-            try:
-                inputs[contribution.client_id] = self._encode(contribution, codec, round_index)
-            except NonFiniteUpdateError as error:
-                log.warning("client %d leaves round %d: %s", contribution.client_id, round_index, error)
-                inputs[contribution.client_id] = np.zeros(self.num_params + 3, dtype=np.uint64)
-                left_out.add(contribution.client_id)
-        return inputs, frozenset(left_out)
-
-    def _encode(self, contribution: Contribution, codec: FixedPointCodec, round_index: int) -> np.ndarray:
-        """Client side: clip, weight, append weight, loss and clip count, quantize."""
+    def encode_input(
+        self, contribution: Contribution, *, params: SecAggParams, round_index: int
+    ) -> np.ndarray:
+        """Client side: clip, weight, append weight, loss and clip count, quantize.  Raises
+        :class:`~securefl.errors.NonFiniteUpdateError` for a NaN or inf update."""
+        codec = self.codec_for(params.num_clients)
         weight = min(contribution.weight, self.weight_bound)
         loss = contribution.train_loss if math.isfinite(contribution.train_loss) else 0.0
         delta = contribution.weighted_delta.to(torch.float64) / contribution.weight
@@ -331,19 +308,272 @@ class SecureAggregationChannel:
         generator = torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0] >> 1))
         return codec.encode(vector, generator=generator)
 
+    def decode_sum(
+        self, total: np.ndarray, *, survivors: tuple[int, ...], params: SecAggParams, round_index: int
+    ) -> Aggregate:
+        """Server side: the four sums of the survivors' vectors."""
+        codec = self.codec_for(params.num_clients)
+        count = len(survivors)
+        sums = codec.decode_sum(total, count=count)
+        weight_sum = float(sums[self.num_params])
+        details: dict[str, Any] = {}
+        if self.dp_clip_norm is None:
+            details["secagg_clipped_fraction"] = float(sums[-1]) / (count * self.num_params)
+        details["quantization_error_bound"] = (
+            count * float(codec.step[0]) / weight_sum if weight_sum > 0 else math.inf
+        )
+        return Aggregate(
+            weighted_delta_sum=sums[: self.num_params].to(torch.float32),
+            weight_sum=weight_sum,
+            survivors=survivors,
+            train_loss_sum=float(sums[self.num_params + 1]),
+            details=details,
+        )
+
     def _rounding_norm(self, codec: FixedPointCodec) -> float:
         """The most stochastic rounding can add to a weight-1 update's L2 norm."""
         return math.sqrt(self.num_params) * float(codec.step[0]) / self.weight_bound
 
-    @staticmethod
-    def _details(stats: SecAggStats) -> dict:
-        dropouts = {step.label: len(ids) for step, ids in stats.dropouts.items()}
-        bytes_up = list(stats.bytes_up.values())
-        return {
-            "dropouts": dropouts,
-            "bytes_up": sum(bytes_up),
-            "bytes_down": sum(stats.bytes_down.values()),
-            "secagg_bytes_up_per_client": max(bytes_up) if bytes_up else 0,
-            "secagg_client_seconds": {s.label: v for s, v in stats.mean_client_seconds().items()},
-            "secagg_server_seconds": {s.label: v for s, v in stats.server_seconds.items()},
-        }
+    # ---- the two halves ----------------------------------------------------------------
+
+    def open_round(
+        self, *, round_index: int, participants: Sequence[int], context: bytes
+    ) -> SecureAggregationRound:
+        return SecureAggregationRound(
+            self,
+            round_index=round_index,
+            participants=participants,
+            context=context,
+            verify_keys=self.verify_keys,
+        )
+
+    def client(
+        self, client_id: int, *, signing_key: Ed25519PrivateKey | None = None
+    ) -> SecureAggregationClient:
+        return SecureAggregationClient(
+            self, client_id=client_id, signing_key=signing_key, verify_keys=self.verify_keys
+        )
+
+    def simulated_dropouts(self, round_index: int, participants: Sequence[int]) -> Faults:
+        """The simulated crashes of a round (``secagg.dropout_rate``): turn ``k`` is protocol
+        step ``k``; reproducible from the run's seed and the round."""
+        if self.config.dropout_rate == 0:
+            return NO_FAULTS
+        return simulated_dropouts(self, round_index=round_index, participants=participants, seed=self.seed)
+
+    def aggregate(
+        self,
+        contributions: list[Contribution],
+        *,
+        round_index: int,
+        contexts: Mapping[int, bytes] | None = None,
+    ) -> Aggregate:
+        """The survivors' sums, both halves in one process, with this round's simulated dropouts.
+        ``contexts``: the model context each client computed from the model it received
+        (:func:`securefl.defences.consistency.model_context`), bound into its session; clients
+        shown different models end up in different sessions."""
+        return aggregate_securely(self, contributions, round_index=round_index, contexts=contexts)
+
+
+def simulated_dropouts(
+    encoding: RingEncoding, *, round_index: int, participants: Sequence[int], seed: int
+) -> Faults:
+    """Each participant drops with probability ``secagg.dropout_rate`` before or after a random
+    step of the round's protocol (:meth:`DropoutPlan.random`), as synchronous-turn faults."""
+    params = encoding.round_parameters(len(participants))
+    steps = protocol_steps(params)
+    plan = DropoutPlan.random(
+        sorted(participants),
+        rate=encoding.config.dropout_rate,
+        steps=steps,
+        generator=np.random.default_rng([seed, round_index, 0xD0]),
+    )
+    return Faults(
+        before={c: steps.index(d.step) for c, d in plan.dropouts.items() if not d.after_sending},
+        after={c: steps.index(d.step) for c, d in plan.dropouts.items() if d.after_sending},
+    )
+
+
+def aggregate_securely(
+    encoding: SecureChannel,
+    contributions: list[Contribution],
+    *,
+    round_index: int,
+    contexts: Mapping[int, bytes] | None = None,
+) -> Aggregate:
+    """:meth:`SecureAggregationChannel.aggregate` for any :class:`RingEncoding` channel: both
+    halves in synchronous turns with the round's simulated dropouts.  In active mode every client
+    gets a fresh Ed25519 identity for this call (the server knows the public halves up front)."""
+    participants = sorted(c.client_id for c in contributions)
+    faults = encoding.simulated_dropouts(round_index, participants)
+    signing_keys: dict[int, Ed25519PrivateKey] = {}
+    if encoding.config.active_adversary:
+        signing_keys = {c: keys.generate_signing_key() for c in participants}
+        encoding = encoding.with_verify_keys({c: k.public_key() for c, k in signing_keys.items()})
+    clients = {c: encoding.client(c, signing_key=signing_keys.get(c)) for c in participants}
+    try:
+        aggregate, traffic = aggregate_in_process(
+            encoding,
+            contributions,
+            round_index=round_index,
+            contexts=contexts,
+            faults=faults,
+            clients=clients,
+        )
+    except RoundAbortedError as error:
+        error.details["non_finite_dropped"] = sum(client.declined_non_finite for client in clients.values())
+        raise
+    details = {**aggregate.details, **traffic_details(traffic)}
+    details["non_finite_dropped"] = sum(client.declined_non_finite for client in clients.values())
+    return dataclasses.replace(aggregate, details=details)
+
+
+def traffic_details(traffic: Traffic) -> dict[str, Any]:
+    """The bytes each direction carried and the compute time of each side, for a round's record."""
+    seconds = traffic.mean_client_seconds()
+    return {
+        "bytes_up": traffic.total_up,
+        "bytes_down": traffic.total_down,
+        "bytes_up_per_client": max(traffic.bytes_up.values(), default=0),
+        "client_seconds": sum(seconds),
+        "server_seconds": sum(traffic.server_seconds),
+    }
+
+
+class SecureAggregationRound:
+    """The server half of one secure-aggregation round: the nested
+    :class:`~securefl.protocols.secagg.ServerProtocol`, then the decoding of the sum.  It sees
+    the masked vectors' sum and nothing else; who answered each step is recorded as dropouts."""
+
+    def __init__(
+        self,
+        encoding: RingEncoding,
+        *,
+        round_index: int,
+        participants: Sequence[int],
+        context: bytes,
+        verify_keys: Mapping[int, Ed25519PublicKey] | None,
+    ) -> None:
+        self.encoding = encoding
+        self.params = encoding.round_parameters(len(participants))  # RoundAbortedError: reveal nothing
+        self.setup = RoundSetup.create(
+            sorted(participants), vector_length=encoding.vector_length, round_id=round_index, context=context
+        )
+        self.round_index = round_index
+        self._setup_bytes = encode_setup(self.setup)
+        self._server = ServerProtocol(
+            params=self.params,
+            setup=self.setup,
+            verify_keys=verify_keys if self.params.active_adversary else None,
+        )
+        self._expected = frozenset(self.setup.participants)
+        self._answered: set[int] = set()
+        self.dropouts: dict[str, int] = {}
+        self._result: Aggregate | None = None
+
+    def setup_for(self, client_id: int) -> bytes:
+        return self._setup_bytes
+
+    def receive(self, client_id: int, payload: bytes) -> None:
+        message = decode(payload)
+        if getattr(message, "sender", None) != client_id:
+            raise RemoteProtocolError(
+                f"a message signed as client {getattr(message, 'sender', None)} arrived from client "
+                f"{client_id}: refused"
+            )
+        self._server.receive(message)
+        self._answered.add(client_id)
+
+    def close_step(self) -> list[tuple[int, bytes]]:
+        step = self._server.step
+        missing = len(self._expected - self._answered)
+        if missing:
+            self.dropouts[step.label] = missing
+        self._expected, self._answered = frozenset(self._answered), set()
+        try:
+            outgoing = self._server.close_step()
+        except ThresholdNotMetError as error:
+            raise RoundAbortedError(
+                str(error),
+                step=step,
+                details={"abort_step": step.label, "survivors": 0, "dropouts": self.dropouts},
+            ) from None
+        if self._server.state is ServerState.FINISHED:
+            output = self._server.result
+            aggregate = self.encoding.decode_sum(
+                output.sum,
+                survivors=tuple(sorted(output.survivors)),
+                params=self.params,
+                round_index=self.round_index,
+            )
+            self._result = dataclasses.replace(
+                aggregate, details={**aggregate.details, "dropouts": self.dropouts}
+            )
+        return [(message.recipient, encode(message)) for message in outgoing]
+
+    @property
+    def result(self) -> Aggregate | None:
+        return self._result
+
+
+class SecureAggregationClient:
+    """A client's half of secure aggregation, kept across its rounds: it encodes its contribution
+    and runs a :class:`~securefl.protocols.secagg.ClientProtocol` per round, with the
+    :class:`RoundIdGuard` that makes it refuse a round id it has seen, and (active mode) its own
+    Ed25519 signing key."""
+
+    def __init__(
+        self,
+        encoding: RingEncoding,
+        *,
+        client_id: int,
+        signing_key: Ed25519PrivateKey | None,
+        verify_keys: Mapping[int, Ed25519PublicKey] | None,
+    ) -> None:
+        self.encoding = encoding
+        self.client_id = client_id
+        self.guard = RoundIdGuard()
+        self._signing_key = signing_key
+        self._verify_keys = verify_keys
+        self._protocol: ClientProtocol | None = None
+        self.declined_non_finite = 0
+
+    def start(
+        self, contribution: Contribution, *, round_index: int, setup: bytes, context: bytes
+    ) -> list[bytes]:
+        self._protocol = None
+        announced = decode_setup(setup)
+        if announced.round_id != round_index:
+            raise RemoteProtocolError(
+                f"the setup is for round {announced.round_id}, the model for round {round_index}: refused"
+            )
+        # The parameters come from the public configuration, never from the server.
+        params = self.encoding.round_parameters(len(announced.participants))
+        if announced.vector_length != self.encoding.vector_length:
+            raise RemoteProtocolError(
+                f"the setup announces vectors of {announced.vector_length} values, this channel "
+                f"sends {self.encoding.vector_length}: refused"
+            )
+        try:
+            vector = self.encoding.encode_input(contribution, params=params, round_index=round_index)
+        except NonFiniteUpdateError:
+            self.declined_non_finite += 1
+            raise
+        protocol = ClientProtocol(
+            client_id=self.client_id,
+            params=params,
+            setup=announced,
+            input_vector=vector,
+            signing_key=self._signing_key,
+            verify_keys=self._verify_keys,
+            round_guard=self.guard,
+            expected_context=context,
+        )
+        outgoing = protocol.start()
+        self._protocol = protocol
+        return [encode(message) for message in outgoing]
+
+    def receive(self, payload: bytes) -> list[bytes]:
+        if self._protocol is None:
+            raise RemoteProtocolError(f"client {self.client_id} is in no secure-aggregation round: refused")
+        return [encode(message) for message in self._protocol.receive(decode(payload))]

@@ -26,13 +26,13 @@ from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset, partition, partition_stats
 from securefl.defences.consistency import model_context
 from securefl.errors import ConfigError, ThresholdNotMetError
-from securefl.fl.client import LocalSGDTrainer
+from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.fedavg import ClientSampler, PlainSum, WeightedMean, weight_by_samples
 from securefl.fl.history import History
 from securefl.fl.secure_channel import SecureAggregationChannel
 from securefl.fl.types import (
     Aggregate,
-    AggregationChannel,
+    Aggregation as AggregationChannel,
     ClientShard,
     ClientTrainer,
     Contribution,

@@ -4,7 +4,9 @@ A round is: each sampled client *trains* (a :class:`ClientTrainer`) and produces
 :class:`Update`; the update is *transformed* on the client before it leaves (clipping,
 quantization) into a :class:`Contribution`; an aggregation channel *sums* the contributions
 into an :class:`Aggregate` (a plain sum, or the secure-aggregation protocol whose server side can
-only output the sum); the strategy turns the aggregate into the next global model.
+only output the sum); the strategy turns the aggregate into the next global model.  The aggregation
+is split into the half each program runs (:class:`AggregationRound` on the server,
+:class:`AggregationClient` on each client), which exchange bytes.
 
 Model state travels as one flat float32 vector of the model's parameters
 (``torch.nn.utils.parameters_to_vector`` order), which is what both differential privacy
@@ -13,7 +15,7 @@ Model state travels as one flat float32 vector of the model's parameters
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -115,14 +117,58 @@ class PrivacyAccounting(Protocol):
         ...
 
 
-class AggregationChannel(Protocol):
-    """How contributions are summed. The server side sees only the returned :class:`Aggregate`.
+class AggregationRound(Protocol):
+    """The server half of one round of an aggregation: it sees only what the protocol lets it.
 
-    ``contexts`` (client id -> bytes) is what each client computed from the model and settings it
-    received (:func:`securefl.defences.consistency.model_context`); a channel with a session binds
-    it there (secure aggregation: clients shown different models cannot be summed together), a
-    plain sum has no session and ignores it.
+    The server program opens it for the round's participants, sends each the bytes of
+    :meth:`setup_for` with the global model, feeds it every payload a client sends
+    (:meth:`receive`), and calls :meth:`close_step` when a step's deadline has passed (in a
+    simulation: once every client has answered); its return value is the next step's payloads.
+    Once :attr:`result` is set the round's aggregate is known.  :meth:`close_step` raises
+    :class:`~securefl.errors.RoundAbortedError` when the round cannot release a sum.
     """
+
+    def setup_for(self, client_id: int) -> bytes: ...
+
+    def receive(self, client_id: int, payload: bytes) -> None:
+        """One payload from ``client_id`` (the transport authenticated the sender);
+        :class:`~securefl.errors.RemoteProtocolError` for a payload that must be refused."""
+        ...
+
+    def close_step(self) -> list[tuple[int, bytes]]: ...
+
+    @property
+    def result(self) -> Aggregate | None: ...
+
+
+class AggregationClient(Protocol):
+    """The client half of an aggregation: one per client, kept across its rounds."""
+
+    def start(
+        self, contribution: Contribution, *, round_index: int, setup: bytes, context: bytes
+    ) -> list[bytes]:
+        """Join round ``round_index`` with ``contribution``: the first payloads to send.
+        ``context`` is what the client computed from the model and settings it received
+        (:func:`securefl.defences.consistency.model_context`); an aggregation with a session binds
+        it there. Raises :class:`~securefl.errors.NonFiniteUpdateError` for an update it cannot
+        encode and :class:`~securefl.errors.ProtocolError` for a setup it refuses."""
+        ...
+
+    def receive(self, payload: bytes) -> list[bytes]: ...
+
+
+class Aggregation(Protocol):
+    """How contributions are summed, as a server half and client halves that exchange bytes.
+
+    ``aggregate`` runs both halves in one process (both in :mod:`securefl.fl.turns`' synchronous
+    turns) on contributions already computed: the research API, and what attacks measure.
+    """
+
+    def open_round(
+        self, *, round_index: int, participants: Sequence[int], context: bytes
+    ) -> AggregationRound: ...
+
+    def client(self, client_id: int) -> AggregationClient: ...
 
     def aggregate(
         self,

@@ -131,7 +131,7 @@ Researcher API::
 """
 
 from securefl.protocols.secagg.client import ClientProtocol, ClientState, RoundIdGuard
-from securefl.protocols.secagg.codec import decode, encode
+from securefl.protocols.secagg.codec import decode, decode_setup, encode, encode_setup
 from securefl.protocols.secagg.driver import (
     Dropout,
     DropoutPlan,
@@ -179,7 +179,9 @@ __all__ = [
     "assess_parameters",
     "choose_parameters",
     "decode",
+    "decode_setup",
     "encode",
+    "encode_setup",
     "enforce_parameter_rules",
     "protocol_steps",
     "reliable_network",

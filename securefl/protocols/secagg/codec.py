@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 
-from securefl.errors import DecodeError, LocalProtocolError
+from securefl.errors import ConfigError, DecodeError, LocalProtocolError
 from securefl.protocols.crypto.keys import KEY_BYTES, SIGNATURE_BYTES
 from securefl.protocols.crypto.shamir import SHARE_BYTES
 from securefl.protocols.secagg.messages import (
@@ -35,6 +35,7 @@ from securefl.protocols.secagg.messages import (
     UnmaskingRequest,
     UnmaskingShares,
 )
+from securefl.protocols.secagg.params import RoundSetup
 from securefl.protocols.secagg.ring import packed_size, trailing_bits_are_zero
 
 MAGIC = b"SFSA"
@@ -190,6 +191,51 @@ def encode(message: Message) -> bytes:
                 w.u32(record.client_id)
                 w.raw(record.signature)
     return b"".join(w.parts)
+
+
+SETUP_CODE = 32
+"""The type byte of an encoded :class:`RoundSetup` (the server's announcement of a round)."""
+
+
+def encode_setup(setup: RoundSetup) -> bytes:
+    """The wire bytes of the server's announcement of a round: every field of ``setup``."""
+    w = _Writer()
+    w.raw(MAGIC)
+    w.u8(VERSION)
+    w.u8(SETUP_CODE)
+    w.u64(setup.round_id)
+    w.ids(setup.participants)
+    w.u32(setup.vector_length)
+    w.raw(setup.graph_seed)
+    w.u32(len(setup.context))
+    w.raw(setup.context)
+    return b"".join(w.parts)
+
+
+def decode_setup(data: bytes) -> RoundSetup:
+    """The :class:`RoundSetup` encoded in ``data``; :class:`DecodeError` for anything malformed
+    (including a setup that :class:`RoundSetup` itself refuses, e.g. unsorted participants)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    r = _Reader(bytes(data))
+    if r.raw(len(MAGIC)) != MAGIC:
+        raise DecodeError("not a securefl secure-aggregation message (bad magic)")
+    version = r.u8()
+    if version != VERSION:
+        raise DecodeError(f"unsupported message version {version}: this build speaks {VERSION}")
+    if r.u8() != SETUP_CODE:
+        raise DecodeError("not a round setup")
+    round_id = r.u64()
+    participants = r.ids()
+    vector_length = r.u32()
+    graph_seed = r.raw(KEY_BYTES)
+    context = r.raw(r.count(1))
+    if r.remaining():
+        raise DecodeError(f"{r.remaining()} trailing bytes after the round setup")
+    try:
+        return RoundSetup(round_id, participants, vector_length, graph_seed, context)
+    except ConfigError as error:
+        raise DecodeError(f"invalid round setup: {error}") from None
 
 
 def decode(data: bytes) -> Message:

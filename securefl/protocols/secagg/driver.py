@@ -32,6 +32,7 @@ from securefl.errors import (
     ConfigError,
     ProtocolError,
     RemoteProtocolError,
+    RoundAbortedError,
     ThresholdNotMetError,
 )
 from securefl.protocols.crypto import keys
@@ -211,18 +212,6 @@ class SecAggResult:
     survivors: frozenset[int]
     transcript: tuple[TranscriptEntry, ...]
     stats: SecAggStats
-
-
-class RoundAbortedError(ThresholdNotMetError):
-    """The round aborted below threshold; carries what was observed until then."""
-
-    def __init__(
-        self, message: str, *, step: Step, stats: SecAggStats, transcript: tuple[TranscriptEntry, ...]
-    ) -> None:
-        super().__init__(message)
-        self.step = step
-        self.stats = stats
-        self.transcript = transcript
 
 
 @dataclass
