@@ -198,7 +198,7 @@ _Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def load_dataset(
-    name: str, *, data_dir: Path | None = None, download: bool = False, seed: int = 0
+    name: str, *, data_dir: str | Path | None = None, download: bool = False, seed: int = 0
 ) -> Dataset:
     """Load the registered data set ``name`` as train/test tensors.
 
@@ -214,13 +214,12 @@ def load_dataset(
     if info is None:
         raise ConfigError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     if info.needs_data_dir:
-        splits = _ON_DISK_LOADERS[name](_require_data_dir(name, data_dir), download)
+        train_x, train_y, test_x, test_y = _ON_DISK_LOADERS[name](_require_data_dir(name, data_dir), download)
     else:
         if data_dir is not None or download:
             logger.info("dataset %s ships with securefl's dependencies; data_dir/download ignored", name)
         # Cached tensors are shared: hand out copies so no caller can corrupt another's data.
-        splits = tuple(t.clone() for t in _OFFLINE_LOADERS[name]())
-    train_x, train_y, test_x, test_y = splits
+        train_x, train_y, test_x, test_y = (t.clone() for t in _OFFLINE_LOADERS[name]())
     logger.info("loaded %s: %d train, %d test", name, len(train_x), len(test_x))
     return Dataset(info=info, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
 
@@ -366,7 +365,7 @@ _OFFLINE_LOADERS: dict[str, Callable[[], _Splits]] = {
 # --------------------------------------------------------------------------- on-disk entries
 
 
-def _require_data_dir(name: str, data_dir: Path | None) -> Path:
+def _require_data_dir(name: str, data_dir: str | Path | None) -> Path:
     if data_dir is None:
         raise DataError(
             f"dataset {name!r} is read from disk: pass --data-dir DIR pointing at its files "
@@ -441,7 +440,7 @@ def _load_cifar10(root: Path, download: bool) -> _Splits:
             f"their MD5 checksums before unpickling them, and refused: {error}); re-extract "
             f"cifar-10-python.tar.gz into {root}, or delete {folder} and use --download"
         ) from error
-    splits = []
+    splits: list[tuple[torch.Tensor, torch.Tensor]] = []
     for split, part in (("train", train), ("test", test)):
         images = np.asarray(part.data)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
@@ -449,11 +448,9 @@ def _load_cifar10(root: Path, download: bool) -> _Splits:
         labels = torch.as_tensor(part.targets, dtype=torch.int64)
         _check_labels("CIFAR-10", split, labels, len(images), num_classes=10, where=folder)
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # torchvision keeps HWC; we want CHW
-        splits += [
-            pixels.to(torch.float32, memory_format=torch.contiguous_format).div_(255),
-            labels,
-        ]
-    return tuple(splits)
+        splits.append((pixels.to(torch.float32, memory_format=torch.contiguous_format).div_(255), labels))
+    (train_x, train_y), (test_x, test_y) = splits
+    return train_x, train_y, test_x, test_y
 
 
 def _check_labels(

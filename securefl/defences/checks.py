@@ -45,6 +45,7 @@ forward pass, and code the server ships with a module (hooks, a custom ``forward
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -121,8 +122,8 @@ def layer_io(model: nn.Module, data: torch.Tensor) -> list[tuple[str, nn.Linear,
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
-    def recorder(name: str):
-        def record(_module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    def recorder(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def record(_module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             seen.setdefault(name, (args[0].flatten(1), output.flatten(1)))
 
         return record
