@@ -27,9 +27,10 @@ import time
 
 import torch
 
-from securefl.attacks.defenses import Defence, RoundSetup, observe_round
+from securefl.attacks.defences import NoDefence
 from securefl.attacks.experiment import ExperimentConfig, prepare, run_attack, run_comparison, server_model
 from securefl.attacks.inversion import infer_labels
+from securefl.attacks.observation import PublicKnowledge
 from securefl.data import load_dataset
 from securefl.fl.types import ClientShard
 
@@ -39,13 +40,19 @@ def labels_section(pairs_per_model: int) -> None:
     print(f"\n## iDLG label recovery, batch 1 ({pairs_per_model} (seed, image) pairs per model)")
     for model, init in (("lenet", "uniform"), ("lenet", "default"), ("cnn", "default")):
         config = ExperimentConfig(attack="ig", model=model, server_init=init)
-        setup = RoundSetup(model, dataset.input_shape, dataset.num_outputs, 1, 1, 0.1)
+        public = PublicKnowledge(
+            model_name=model,
+            input_shape=dataset.input_shape,
+            num_classes=dataset.num_outputs,
+            batch_size=1,
+            local_steps=1,
+            learning_rate=0.1,
+        )
         correct = 0
         for pair in range(pairs_per_model):
             seed, index = pair % 10, (pair * 7) % len(dataset.test_x)
-            observation, _ = observe_round(
-                setup=setup,
-                defence=Defence(),
+            observation, _ = NoDefence().observe(
+                public=public,
                 server_model=server_model(config, dataset, seed),
                 victim=ClientShard(0, dataset.test_x[index : index + 1], dataset.test_y[index : index + 1]),
             )

@@ -56,9 +56,9 @@ from securefl.defences import checks
 from securefl.defences.consistency import model_context
 from securefl.defences.pinning import pin_for
 from securefl.errors import ModelRefusedError
-from securefl.fl.client import LocalSGDTrainer
 from securefl.fl.fedavg import weight_by_samples
 from securefl.fl.secure_channel import SecureAggregationChannel
+from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import ClientShard
 from securefl.fl.vectors import load_vector, to_vector
 from securefl.models import build_model
@@ -341,11 +341,11 @@ def _first_layer_round(model, layout, shards, dataset) -> list[float]:
         for shard in shards
     ]
     observation = Observation(
-        model_name="mlp",
         model_parameters=params,
         observed_update=-torch.stack(deltas).mean(0),
         kind=ObservedKind.AGGREGATE if len(shards) > 1 else ObservedKind.CLIENT_UPDATE,
         public=PublicKnowledge(
+            model_name="mlp",
             input_shape=dataset.input_shape,
             num_classes=10,
             batch_size=8,

@@ -3,8 +3,9 @@
 - :mod:`~securefl.attacks.observation`: the threat model, exactly what the server saw.
 - :mod:`~securefl.attacks.inversion`: DLG, iDLG, Inverting Gradients (observation -> images).
 - :mod:`~securefl.attacks.metrics`: PSNR, SSIM, MSE, label accuracy, best-match pairing.
-- :mod:`~securefl.attacks.defenses`: a round under none / clip / prune / noise / dp / secagg,
-  through securefl's own client, DP and secure-aggregation code.
+- :mod:`~securefl.attacks.defences`: one frozen class per defence (none / clip / prune / noise /
+  dp / secagg / distributed-dp) whose ``observe`` plays the victim's round through securefl's own
+  client, DP and secure-aggregation code.
 - :mod:`~securefl.attacks.experiment`: victims -> rounds -> attacks -> scores; comparisons.
 - :mod:`~securefl.attacks.report`: reconstruction.png, metrics.json, arrays.npz, compare.png/json.
 
@@ -16,7 +17,18 @@ A malicious server (it chooses the model it sends; defences in :mod:`securefl.de
   trainers and secure aggregation; imprint and model inconsistency (Pasquini et al., CCS 2022).
 """
 
-from securefl.attacks.defenses import DEFENCES, Defence, RoundSetup, observe_round
+from securefl.attacks.defences import (
+    DEFENCES,
+    ClipDefence,
+    Defence,
+    DistributedDPDefence,
+    DPSGDDefence,
+    NoDefence,
+    NoiseDefence,
+    PruneDefence,
+    RoundFacts,
+    SecAggDefence,
+)
 from securefl.attacks.experiment import (
     COMPARISON_DEFENCES,
     AttackOutcome,
@@ -35,18 +47,24 @@ __all__ = [
     "DEFENCES",
     "AttackConfig",
     "AttackOutcome",
+    "ClipDefence",
+    "DPSGDDefence",
     "Defence",
+    "DistributedDPDefence",
     "ExperimentConfig",
+    "NoDefence",
+    "NoiseDefence",
     "Observation",
     "ObservedKind",
+    "PruneDefence",
     "PublicKnowledge",
     "Reconstruction",
-    "RoundSetup",
+    "RoundFacts",
+    "SecAggDefence",
     "best_match",
     "infer_labels",
     "label_accuracy",
     "mse",
-    "observe_round",
     "prepare",
     "psnr",
     "reconstruct",

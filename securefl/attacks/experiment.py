@@ -2,7 +2,7 @@
 the server observed, score the reconstructions against the victims' images.
 
 The experiment is the only place that holds both sides: it gives the victims' data to the
-client code of :func:`~securefl.attacks.defenses.observe_round` and the resulting
+client code of :meth:`~securefl.attacks.defences.Defence.observe` and the resulting
 :class:`~securefl.attacks.observation.Observation` (nothing else) to
 :func:`~securefl.attacks.inversion.reconstruct`, then compares.
 
@@ -29,7 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from securefl.attacks.defenses import Defence, RoundFacts, RoundSetup, observe_round
+from securefl.attacks.defences import (
+    ClipDefence,
+    Defence,
+    DPSGDDefence,
+    NoDefence,
+    PruneDefence,
+    RoundFacts,
+    SecAggDefence,
+)
 from securefl.attacks.inversion import (
     ATTACKS,
     AttackConfig,
@@ -38,6 +46,7 @@ from securefl.attacks.inversion import (
     reconstruct,
 )
 from securefl.attacks.metrics import label_accuracy, score_images
+from securefl.attacks.observation import PublicKnowledge
 from securefl.data import Dataset, load_dataset
 from securefl.errors import ConfigError
 from securefl.fl.types import ClientShard
@@ -52,18 +61,14 @@ LEAKED_PSNR = 40.0
 """A reconstruction at or above this PSNR is counted as recovered (the DLG/iDLG target)."""
 
 COMPARISON_DEFENCES: tuple[Defence, ...] = (
-    Defence("none"),
-    Defence("clip", max_grad_norm=0.01),
-    Defence("prune", prune_ratio=0.5),
-    Defence("prune", prune_ratio=0.9),
-    Defence("dp", noise_multiplier=0.01, max_grad_norm=1.0),
-    Defence("dp", noise_multiplier=0.1, max_grad_norm=1.0),
-    Defence("dp", noise_multiplier=1.0, max_grad_norm=1.0),
-    Defence("secagg", clients=2),
-    Defence("secagg", clients=4),
-    Defence("secagg", clients=8),
-    Defence("secagg", clients=16),
-    Defence("secagg", clients=32),
+    NoDefence(),
+    ClipDefence(max_grad_norm=0.01),
+    PruneDefence(prune_ratio=0.5),
+    PruneDefence(prune_ratio=0.9),
+    DPSGDDefence(noise_multiplier=0.01, max_grad_norm=1.0),
+    DPSGDDefence(noise_multiplier=0.1, max_grad_norm=1.0),
+    DPSGDDefence(noise_multiplier=1.0, max_grad_norm=1.0),
+    *(SecAggDefence(clients=n) for n in (2, 4, 8, 16, 32)),
 )
 """The rows of ``securefl attack compare``: every defence of the issue, same victims."""
 
@@ -82,7 +87,7 @@ class ExperimentConfig:
     learning_rate: float = 0.1
     images: int = 4
     seed: int = 0
-    defence: Defence = field(default_factory=Defence)
+    defence: Defence = field(default_factory=NoDefence)
     restarts: int | None = None
     iterations: int | None = None
     server_init: str = "auto"
@@ -173,7 +178,7 @@ def prepare(config: ExperimentConfig, *, dataset: Dataset | None = None) -> Prep
     others = config.defence.others_needed * config.batch_size
     if others > len(dataset.train_x):
         raise ConfigError(
-            f"secure aggregation with --clients {config.defence.resolved_clients} needs {others} other "
+            f"secure aggregation with --clients {config.defence.others_needed + 1} needs {others} other "
             f"clients' images, {dataset.name!r} has {len(dataset.train_x)}: lower --clients or --batch-size"
         )
     check_twice_differentiable(
@@ -290,7 +295,7 @@ def run_attack(
     """Attack every victim round of ``prepared`` and score the reconstructions."""
     config = prepared.config
     dataset = prepared.dataset
-    setup = RoundSetup(
+    public = PublicKnowledge(
         model_name=config.model,
         input_shape=dataset.input_shape,
         num_classes=dataset.num_outputs,
@@ -306,9 +311,8 @@ def run_attack(
         )
         victim = ClientShard(0, dataset.test_x[rows], dataset.test_y[rows])
         others = _other_clients(prepared, round_index)
-        observation, facts = observe_round(
-            setup=setup,
-            defence=config.defence,
+        observation, facts = config.defence.observe(
+            public=public,
             server_model=server_model(config, dataset, round_index),
             victim=victim,
             others=others,

@@ -255,7 +255,7 @@ def infer_labels(observation: Observation, *, generator: torch.Generator | None 
 def _attacker_model(observation: Observation, dtype: torch.dtype) -> nn.Module:
     public = observation.public
     model = build_model(
-        observation.model_name,
+        public.model_name,
         input_shape=public.input_shape,
         num_outputs=public.num_classes,
         seed=0,
@@ -353,7 +353,7 @@ def reconstruct(
     """
     public = observation.public
     check_twice_differentiable(
-        config.attack, observation.model_name, input_shape=public.input_shape, num_classes=public.num_classes
+        config.attack, public.model_name, input_shape=public.input_shape, num_classes=public.num_classes
     )
     dtype = config.arithmetic
     dummy_round = _DummyRound(observation, dtype)

@@ -5,7 +5,7 @@ client runs its own program on what it received -- the client-side defences
 (:mod:`securefl.defences`: architecture pin -- with it the client builds the pinned model itself
 and loads only the server's flat parameter vector --, parameter checks on its own batch, model
 context), then one
-full-batch step of :class:`~securefl.fl.client.LocalSGDTrainer` -- and the updates go through
+full-batch step of :class:`~securefl.fl.training.LocalSGDTrainer` -- and the updates go through
 :class:`~securefl.fl.secure_channel.SecureAggregationChannel`, the real protocol, with every client
 in the session of the model it received.  The attacker then gets exactly an
 :class:`~securefl.attacks.observation.Observation` (the aggregate of the round and the model it
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from securefl.attacks.defenses import RoundSetup, aggregate_observation
+from securefl.attacks.defences import aggregate_observation, client_observation
 from securefl.attacks.imprint import (
     PLACEMENTS,
     ImprintLayout,
@@ -46,16 +46,16 @@ from securefl.attacks.imprint import (
     measurement_direction,
     recover,
 )
-from securefl.attacks.observation import Observation, ObservedKind, PublicKnowledge
+from securefl.attacks.observation import PublicKnowledge
 from securefl.config import SecAggConfig
 from securefl.data import Dataset, load_dataset
 from securefl.defences import checks
 from securefl.defences.consistency import model_context
 from securefl.defences.pinning import pin_for
-from securefl.errors import ConfigError, ModelRefusedError
-from securefl.fl.client import LocalSGDTrainer
+from securefl.errors import ConfigError, ModelRefusedError, RoundAbortedError
 from securefl.fl.fedavg import PlainSum, weight_by_samples
-from securefl.fl.secure_channel import SecureAggregationAborted, SecureAggregationChannel
+from securefl.fl.secure_channel import SecureAggregationChannel
+from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import ClientShard
 from securefl.fl.vectors import load_vector, to_vector
 from securefl.models import build_model
@@ -204,11 +204,11 @@ def prepare_malicious(config: MaliciousConfig, *, dataset: Dataset | None = None
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
         raise ConfigError(f"--lr {config.learning_rate} must be positive")
     if config.secagg and config.clients < 2:
-        raise ConfigError("--defense secagg needs --clients 2 or more")
+        raise ConfigError("--defence secagg needs --clients 2 or more")
     if not config.secagg and config.clients != 1:
-        raise ConfigError("--defense none observes one client's update: use --clients 1")
+        raise ConfigError("--defence none observes one client's update: use --clients 1")
     if config.attack == "inconsistency" and not config.secagg:
-        raise ConfigError("model inconsistency attacks secure aggregation: use --defense secagg")
+        raise ConfigError("model inconsistency attacks secure aggregation: use --defence secagg")
     if config.bins is not None and config.bins < 1:
         raise ConfigError(f"--bins {config.bins} must be at least 1")
     if dataset is None:
@@ -397,7 +397,7 @@ def play_trial(
         training_seconds += time.perf_counter() - trained
 
     target_params = to_vector(models[0].parameters())
-    setup = RoundSetup(
+    public = PublicKnowledge(
         model_name="imprint",
         input_shape=dataset.input_shape,
         num_classes=dataset.num_outputs,
@@ -408,27 +408,14 @@ def play_trial(
     observation, aborted = None, None
     if not config.secagg:
         if contributions:
-            only = contributions[0]
-            observation = Observation(
-                model_name="imprint",
-                model_parameters=target_params,
-                observed_update=-only.weighted_delta.double() / only.weight,
-                kind=ObservedKind.CLIENT_UPDATE,
-                public=PublicKnowledge(
-                    input_shape=dataset.input_shape,
-                    num_classes=dataset.num_outputs,
-                    batch_size=config.batch_size,
-                    local_steps=1,
-                    learning_rate=config.learning_rate,
-                ),
-            )
+            observation = client_observation(public, target_params, contributions[0])
         else:
             aborted = "the client refused the model"
     elif len(contributions) < 2:
         aborted = f"{len(contributions)} client(s) took part: no secure-aggregation round"
     elif config.sum_in_clear:
         observation = aggregate_observation(
-            setup, target_params, PlainSum().aggregate(contributions, round_index=trial)
+            public, target_params, PlainSum().aggregate(contributions, round_index=trial)
         )
     else:
         channel = SecureAggregationChannel(
@@ -440,11 +427,11 @@ def play_trial(
         )
         try:
             aggregate = channel.aggregate(contributions, round_index=trial, contexts=contexts or None)
-        except SecureAggregationAborted as error:
+        except RoundAbortedError as error:
             aborted = f"secure aggregation aborted: {error}"
         else:
             if aggregate.weight_sum > 0 and torch.isfinite(aggregate.weighted_delta_sum).all():
-                observation = aggregate_observation(setup, target_params, aggregate)
+                observation = aggregate_observation(public, target_params, aggregate)
             else:
                 aborted = f"the sum is not a sum of updates (weight sum {aggregate.weight_sum:.3g})"
     round_seconds = time.perf_counter() - round_started

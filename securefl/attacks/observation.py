@@ -4,9 +4,10 @@ The server chose and sent a global model (architecture name and parameter vector
 is either one client's update (weights before − weights after, the gradient times the learning
 rate for a single local step, as in DLG's FedSGD setting), or, under secure aggregation, only the
 sample-weighted mean of the N clients' updates (Bonawitz et al., "Practical Secure Aggregation for
-Privacy-Preserving Machine Learning", CCS 2017). Besides that the server knows the public protocol
-parameters: input shape, number of classes, batch size, number of local steps, learning rate,
-and the announced client-side transformations (clipping norm, pruning ratio).
+Privacy-Preserving Machine Learning", CCS 2017). Everything else the server knows about the round
+is one :class:`PublicKnowledge`: the architecture it chose and the public protocol parameters
+(input shape, number of classes, batch size, number of local steps, learning rate), plus what the
+defence announces (clients summed, clipping norm, pruning ratio).
 
 An :class:`Observation` copies every tensor it is given, so it never shares memory with a client's
 data or model; the attacks in :mod:`securefl.attacks.inversion` take an observation and nothing
@@ -30,10 +31,12 @@ class ObservedKind(StrEnum):
     """The weighted mean of ``num_clients`` clients' updates: all that secure aggregation reveals."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PublicKnowledge:
-    """What the server knows without looking at any client's data."""
+    """What the server knows about the round without looking at any client's data."""
 
+    model_name: str
+    """The architecture the server sent (a :data:`securefl.models.MODELS` name, or the attack's own)."""
     input_shape: tuple[int, ...]
     num_classes: int
     batch_size: int
@@ -67,7 +70,7 @@ class PublicKnowledge:
         return self.batch_size * self.num_clients
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class Observation:
     """What the server saw: the model it sent and the vector that came back.
 
@@ -76,7 +79,6 @@ class Observation:
     such vectors). Both tensors are private float64 copies.
     """
 
-    model_name: str
     model_parameters: torch.Tensor
     observed_update: torch.Tensor
     kind: ObservedKind

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from securefl.attacks.defences import Defence
 from securefl.attacks.experiment import LEAKED_PSNR, AttackOutcome
 from securefl.attacks.malicious import LEAKED_PSNR as MALICIOUS_LEAKED_PSNR
 from securefl.attacks.malicious import MaliciousOutcome
@@ -67,6 +68,11 @@ def outcome_summary(outcome: AttackOutcome) -> dict[str, Any]:
     }
 
 
+def _defence_record(defence: Defence) -> dict[str, Any]:
+    """The defence's command-line name and every parameter it ran with."""
+    return {"name": defence.name, **asdict(defence)}
+
+
 def metrics_document(outcome: AttackOutcome) -> dict[str, Any]:
     """Everything ``metrics.json`` holds."""
     config = outcome.config
@@ -83,7 +89,7 @@ def metrics_document(outcome: AttackOutcome) -> dict[str, Any]:
             "restarts": config.attack_config(0).restarts,
             "iterations": config.attack_config(0).iterations,
             "server_init": config.resolved_server_init,
-            "defence": {k: v for k, v in asdict(config.defence).items() if v is not None},
+            "defence": _defence_record(config.defence),
         },
         "summary": outcome_summary(outcome),
         "baseline": {
@@ -193,9 +199,7 @@ def comparison_document(outcomes: Sequence[AttackOutcome]) -> dict[str, Any]:
                 "ssim": [image.ssim for image in outcome.images],
                 "label_correct": [image.label_correct for image in outcome.images],
                 "baseline_psnr": [image.baseline_psnr for image in outcome.images],
-                "defence_parameters": {
-                    k: v for k, v in asdict(outcome.config.defence).items() if v is not None
-                },
+                "defence_parameters": _defence_record(outcome.config.defence),
                 "round_facts": [
                     {k: v for k, v in asdict(round_.facts).items() if v is not None}
                     for round_ in outcome.rounds

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from securefl.attacks.defenses import Defence
+from securefl.attacks.defences import DEFENCES, Defence
 from securefl.attacks.experiment import (
     AttackOutcome,
     ExperimentConfig,
@@ -93,7 +94,7 @@ def attack(
         int | None, Opt(help="dlg/idlg/ig: local full-batch SGD steps (1 = FedSGD gradient). (default 1)")
     ] = None,
     lr: LrOpt = 0.1,
-    defense: Annotated[str, Opt(help="none | dp | secagg | distributed-dp | clip | prune | noise.")] = "none",
+    defence: Annotated[str, Opt(help=f"{' | '.join(DEFENCES)}.")] = "none",
     noise_multiplier: Annotated[
         float | None, Opt(help="dp, distributed-dp: noise multiplier. (default 1.0)")
     ] = None,
@@ -188,8 +189,8 @@ def attack(
                 "--server-init": server_init,
             },
         )
-        if defense not in ("secagg", "none"):
-            raise ConfigError(f"--attack {attack} runs with --defense secagg or none, not {defense!r}")
+        if defence not in ("secagg", "none"):
+            raise ConfigError(f"--attack {attack} runs with --defence secagg or none, not {defence!r}")
         defences = ClientDefences(
             consistency=consistency is not False,
             pinning=pinning is not False,
@@ -200,13 +201,13 @@ def attack(
             dataset=dataset,
             placement=placement or "front",
             bins=bins,
-            clients=clients if clients is not None else (16 if defense == "secagg" else 1),
+            clients=clients if clients is not None else (16 if defence == "secagg" else 1),
             batch_size=batch_size,
             learning_rate=lr,
             trials=trials if trials is not None else 1,
-            secagg=defense == "secagg",
+            secagg=defence == "secagg",
             active=(
-                active_secagg if active_secagg is not None else defense == "secagg" and defences.consistency
+                active_secagg if active_secagg is not None else defence == "secagg" and defences.consistency
             ),
             defences=defences,
             seed=seed,
@@ -237,13 +238,15 @@ def attack(
             "--parameter-checks/--no-parameter-checks": parameter_checks,
         },
     )
-    defence = Defence(
-        name=defense,
-        max_grad_norm=max_grad_norm,
-        prune_ratio=prune_ratio,
-        noise_std=noise_std,
-        noise_multiplier=noise_multiplier,
-        clients=clients,
+    chosen = _defence(
+        defence,
+        {
+            "--max-grad-norm": max_grad_norm,
+            "--prune-ratio": prune_ratio,
+            "--noise-std": noise_std,
+            "--noise-multiplier": noise_multiplier,
+            "--clients": clients,
+        },
     )
     config = ExperimentConfig(
         attack=attack,
@@ -254,7 +257,7 @@ def attack(
         learning_rate=lr,
         images=images if images is not None else 4,
         seed=seed,
-        defence=defence,
+        defence=chosen,
         restarts=restarts,
         iterations=iterations,
         server_init=server_init or "auto",
@@ -371,6 +374,32 @@ def _execute(
     write(result, out_dir)
     console.print(table(result))
     console.print(f"results written to [bold]{out_dir}[/]")
+
+
+def _defence(name: str, knobs: dict[str, float | int | None]) -> Defence:
+    """The defence ``--defence name`` with the knob flags given; a flag of another defence is
+    refused (exit 2) instead of ignored. Each flag ``--x-y`` sets the parameter ``x_y``."""
+    if name not in DEFENCES:
+        raise ConfigError(f"unknown defence {name!r}: choose --defence {' | '.join(DEFENCES)}")
+    given = {}
+    for flag, value in knobs.items():
+        if value is None:
+            continue
+        parameter = flag.removeprefix("--").replace("-", "_")
+        owners = [n for n, kind in DEFENCES.items() if parameter in {f.name for f in fields(kind)}]
+        if name not in owners:
+            raise ConfigError(
+                f"{flag} belongs to --defence {' or '.join(owners)}, not --defence {name}: "
+                f"drop {flag} or choose --defence {owners[0]}"
+            )
+        given[parameter] = value
+    try:
+        return DEFENCES[name](**given)
+    except ConfigError as error:  # the library names its parameters (`max_grad_norm`), here flags
+        message = str(error)
+        for flag in knobs:
+            message = message.replace(f"`{flag.removeprefix('--').replace('-', '_')}`", flag)
+        raise ConfigError(message) from None
 
 
 def _refuse_flags(attack: str, given: dict[str, object]) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from securefl.attacks.defenses import Defence, RoundSetup, observe_round
-from securefl.attacks.observation import Observation
+from securefl.attacks.defences import Defence, NoDefence
+from securefl.attacks.observation import Observation, PublicKnowledge
 from securefl.fl.types import ClientShard
 from securefl.models import build_model
 
@@ -34,7 +34,7 @@ def observe(
     defence: Defence | None = None,
     others: tuple[ClientShard, ...] = (),
 ) -> Observation:
-    setup = RoundSetup(
+    public = PublicKnowledge(
         model_name=model_name,
         input_shape=tuple(x.shape[1:]),
         num_classes=num_classes,
@@ -42,9 +42,8 @@ def observe(
         local_steps=local_steps,
         learning_rate=learning_rate,
     )
-    observation, _ = observe_round(
-        setup=setup,
-        defence=defence or Defence(),
+    observation, _ = (defence or NoDefence()).observe(
+        public=public,
         server_model=server_model(
             model_name, tuple(x.shape[1:]), num_classes, seed=seed, uniform=uniform, dtype=dtype
         ),

@@ -67,8 +67,11 @@ def test_observation_copies_the_tensors_it_is_given():
     update = torch.ones(4)
     from securefl.attacks.observation import ObservedKind, PublicKnowledge
 
+    public = PublicKnowledge(
+        model_name="mlp", input_shape=(4,), num_classes=2, batch_size=1, local_steps=1, learning_rate=0.1
+    )
     observation = Observation(
-        "mlp", parameters, update, ObservedKind.CLIENT_UPDATE, PublicKnowledge((4,), 2, 1, 1, 0.1)
+        model_parameters=parameters, observed_update=update, kind=ObservedKind.CLIENT_UPDATE, public=public
     )
     update.fill_(7.0)
     parameters.fill_(3.0)

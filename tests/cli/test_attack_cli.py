@@ -46,7 +46,7 @@ def test_attack_writes_picture_metrics_and_arrays(tmp_path, capsys):
 
 def test_inverting_gradients_under_secure_aggregation_through_the_cli(tmp_path):
     out = tmp_path / "secagg"
-    argv = ["attack", "--attack", "ig", "--dataset", "images", "--model", "cnn", "--defense", "secagg"]
+    argv = ["attack", "--attack", "ig", "--dataset", "images", "--model", "cnn", "--defence", "secagg"]
     argv += ["--clients", "2", "--images", "1", "--iterations", "5", "--restarts", "1", "--out", str(out)]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -79,20 +79,23 @@ def test_compare_writes_one_row_per_defence(tmp_path, capsys):
     ("argv", "message"),
     [
         (["--attack", "gan"], "unknown attack 'gan'"),
-        (["--defense", "shield"], "unknown defence 'shield'"),
+        (["--defence", "shield"], "unknown defence 'shield'"),
         (["--model", "vgg"], "unknown model 'vgg'"),
         (["--batch-size", "2000"], "exceed the 1000 test images"),
         (["--images", "0"], "--images 0 < 1"),
         (["--images", "3", "--batch-size", "2"], "not a multiple of --batch-size"),
-        (["--noise-multiplier", "1.0"], "--noise-multiplier belongs to --defense dp"),
-        (["--defense", "clip", "--clients", "4"], "--clients belongs to --defense secagg"),
-        (["--prune-ratio", "0.5"], "--prune-ratio belongs to --defense prune"),
-        (["--noise-std", "0.1", "--defense", "dp"], "--noise-std belongs to --defense noise"),
+        (["--noise-multiplier", "1.0"], "--noise-multiplier belongs to --defence dp"),
+        (["--defence", "clip", "--clients", "4"], "--clients belongs to --defence secagg"),
+        (["--prune-ratio", "0.5"], "--prune-ratio belongs to --defence prune"),
+        (["--noise-std", "0.1", "--defence", "dp"], "--noise-std belongs to --defence noise"),
         (["--model", "cnn"], "twice-differentiable"),
         (["--attack", "idlg", "--model", "cnn"], "--attack ig"),
         (["--dataset", "boston"], "not an image classification set"),
         (["--dataset", "cifar10"], "cifar10"),
-        (["--defense", "secagg", "--clients", "1"], "--clients 2 or more"),
+        (["--defence", "secagg", "--clients", "1"], "--clients 2 or more"),
+        (["--defence", "dp", "--max-grad-norm", "0"], "--max-grad-norm 0.0 is not a positive finite number"),
+        (["--defence", "noise", "--noise-std", "-1"], "--noise-std -1.0 is not a finite number >= 0"),
+        (["--defence", "prune", "--prune-ratio", "1"], "--prune-ratio 1.0 outside [0, 1)"),
         (["--lr", "0"], "--lr 0"),
         (["--server-init", "zeros"], "unknown server init"),
     ],
@@ -118,7 +121,7 @@ def test_compare_bad_input_and_existing_output_exit_2(tmp_path, capsys):
 
 def test_imprint_under_secagg_recovers_images_and_the_defaults_refuse_it(tmp_path):
     out = tmp_path / "imprint"
-    flags = ["attack", "--attack", "imprint", "--defense", "secagg", "--clients", "4", "--batch-size", "4"]
+    flags = ["attack", "--attack", "imprint", "--defence", "secagg", "--clients", "4", "--batch-size", "4"]
     code = main([*flags, "--bins", "128", "--no-pinning", "--no-parameter-checks", "--out", str(out)])
     assert code == 0
     assert (out / "reconstruction.png").read_bytes()[:8] == PNG
@@ -143,11 +146,11 @@ def test_imprint_under_secagg_recovers_images_and_the_defaults_refuse_it(tmp_pat
 @pytest.mark.parametrize(
     "flags",
     [
-        ["--attack", "imprint", "--defense", "dp"],
-        ["--attack", "inconsistency", "--defense", "none"],
+        ["--attack", "imprint", "--defence", "dp"],
+        ["--attack", "inconsistency", "--defence", "none"],
         ["--attack", "imprint", "--placement", "mlp", "--bins", "32"],
         ["--attack", "imprint", "--placement", "side"],
-        ["--attack", "imprint", "--defense", "secagg", "--clients", "1"],
+        ["--attack", "imprint", "--defence", "secagg", "--clients", "1"],
         ["--attack", "imprint", "--bins", "0"],
     ],
 )
@@ -185,7 +188,7 @@ def test_flags_that_do_not_apply_to_the_attack_exit_2(tmp_path, capsys, flags):
 
 
 def test_consistency_runs_secure_aggregation_in_active_mode_unless_told_otherwise(tmp_path):
-    flags = ["attack", "--attack", "inconsistency", "--defense", "secagg", "--clients", "3"]
+    flags = ["attack", "--attack", "inconsistency", "--defence", "secagg", "--clients", "3"]
     flags += ["--batch-size", "4", "--placement", "mlp", "--no-pinning", "--no-parameter-checks"]
     labels = {}
     for extra in ([], ["--passive-secagg"], ["--no-consistency"]):
