@@ -74,10 +74,6 @@ class RoundAbortedError(ThresholdNotMetError):
         self.transcript = transcript
 
 
-class TrainingDivergedError(SecureFLError):
-    """The global model or a loss became NaN or infinite: the run stops at that round."""
-
-
 class NonFiniteUpdateError(SecureFLError, ValueError):
     """A client's update holds NaN or inf (its training diverged): it has no fixed-point encoding.
 

@@ -1,38 +1,42 @@
-"""Runs federated rounds in one process: the only place that knows every client.
+"""The composition root: a :class:`~securefl.config.RunConfig` becomes a server program, client
+programs and a transport, and :func:`run_simulation` runs them.
 
-Per round: the :class:`~securefl.fl.fedavg.ClientSampler` picks clients among those that can still
-train; each trains through the run's :class:`~securefl.fl.types.ClientTrainer`; its update is
-transformed on the client side into a :class:`~securefl.fl.types.Contribution`; the aggregation
-channel turns all contributions into one :class:`~securefl.fl.types.Aggregate`; the server update
-turns that into the next global parameters; the model is evaluated on the held-out test split.
-Client-side values never reach the server-side objects except through the channel.
+:func:`build_federation` loads and partitions the data and builds the plug points of a run -- each
+client's trainer, the update transform, the aggregation, the server update, the sampler -- as a
+:class:`Federation` that can be inspected and changed (``dataclasses.replace``) before it runs.
+:func:`run_simulation` turns it into one :class:`~securefl.fl.server.FederatedServer` (sampling,
+aggregation's server half, server update, evaluation, history) and one
+:class:`~securefl.fl.client.FederatedClient` per client (its data, trainer, DP ledger, transform,
+aggregation half), which talk only through encoded messages carried by a transport (default:
+:class:`~securefl.transports.inprocess.InProcessTransport`).  This module sits above ``fl/`` and
+``privacy/``: it is the one place that knows both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
 
 from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset, partition, partition_stats
-from securefl.defences.consistency import model_context
-from securefl.errors import ConfigError, ThresholdNotMetError
-from securefl.fl.training import LocalSGDTrainer
+from securefl.errors import ConfigError
+from securefl.fl.client import FederatedClient
 from securefl.fl.fedavg import ClientSampler, PlainSum, WeightedMean, weight_by_samples
 from securefl.fl.history import History
-from securefl.fl.secure_channel import SecureAggregationChannel
+from securefl.fl.record import Evaluation, RoundRecord, RoundStatus
+from securefl.fl.secure_channel import SecureAggregationChannel, traffic_details
+from securefl.fl.server import FederatedServer
+from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import (
-    Aggregate,
-    Aggregation as AggregationChannel,
+    Aggregation,
     ClientShard,
     ClientTrainer,
     Contribution,
@@ -43,41 +47,42 @@ from securefl.fl.types import (
 )
 from securefl.fl.vectors import load_vector, to_vector
 from securefl.models import build_model
+from securefl.protocols.crypto import keys
+from securefl.transports.inprocess import InProcessTransport
 
 log = logging.getLogger(__name__)
 
-RoundCallback = Callable[[dict[str, Any]], None]
+RoundCallback = Callable[[RoundRecord], None]
 
 
 def client_generator(seed: int, round_index: int, client_id: int) -> torch.Generator:
-    """The RNG of one client in one round: independent of which clients else were sampled."""
+    """The simulation randomness of one client in one round (batch shuffling): independent of
+    which other clients were sampled.  Not secret: DP trainers draw their own."""
     state = np.random.SeedSequence([seed, round_index, client_id]).generate_state(2, np.uint64)
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
-def secret_generator(seed: int, round_index: int, client_id: int) -> torch.Generator:
-    """A generator seeded from the operating system, never stored: for DP-SGD's noise and batch
-    sampling on each client (DP-FedAvg's server noise owns one of its own), which must stay
-    unknown to the server (a seed in config.json would let it subtract
-    the noise). DP runs are therefore not bit-reproducible, by design."""
-    return torch.Generator().manual_seed(secrets.randbits(63))
-
-
 @dataclass
 class Federation:
-    """Everything a run is made of, built once; swap any plug point to try a new protection."""
+    """Everything a run is made of, built once; swap any plug point to try a new protection.
+
+    ``trainers`` maps each client to its trainer (plain SGD shares one trainer, i.e. one model,
+    between the simulated clients; DP-SGD gives each client its own, with its own ledger, sharing
+    one compute engine).  ``signing_keys`` (active-adversary secure aggregation) are each
+    client's Ed25519 identity; the channel holds only their public halves.
+    """
 
     config: RunConfig
     dataset: Dataset
     parts: list[torch.Tensor]
     shards: list[ClientShard]
     eval_model: nn.Module
-    trainer: ClientTrainer
+    trainers: Mapping[int, ClientTrainer]
     transform: UpdateTransform
-    channel: AggregationChannel
+    channel: Aggregation
     server_update: ServerUpdate
     sampler: ClientSampler
-    generator_for: Callable[[int, int, int], torch.Generator] = client_generator
+    signing_keys: Mapping[int, Ed25519PrivateKey] | None = None
 
     @property
     def round_settings(self) -> dict[str, int | float | str]:
@@ -94,7 +99,7 @@ class Federation:
 
 
 def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Federation:
-    """Load data, partition it, build the model and the four plug points from ``config``."""
+    """Load data, partition it, build the model and the plug points from ``config``."""
     dataset = dataset or load_dataset(
         config.dataset, data_dir=config.data_dir, download=config.download, seed=config.seed
     )
@@ -118,12 +123,15 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
 
     eval_model = new_model()
     num_params = sum(p.numel() for p in eval_model.parameters())
-    trainer = _build_trainer(config, new_model(), dataset, shards)
+    trainers = _build_trainers(config, new_model(), dataset, shards)
     sampling = config.central_dp.client_sampling if config.central_dp is not None else "fixed"
     max_clients = config.clients if sampling == "poisson" else config.sampled_clients
-    channel: AggregationChannel = PlainSum()
+    channel: Aggregation = PlainSum()
+    signing_keys = None
     min_released_clients = 1  # a plain sum releases one client's update as a sum
     if config.secagg is not None:
+        if config.secagg.active_adversary:  # each client's identity, enrolled before the first round
+            signing_keys = {s.client_id: keys.generate_signing_key() for s in shards}
         secure = SecureAggregationChannel(
             config=config.secagg,
             num_params=num_params,
@@ -137,6 +145,9 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
                 else None
             ),
             seed=config.seed,
+            verify_keys=None
+            if signing_keys is None
+            else {c: k.public_key() for c, k in signing_keys.items()},
         )
         if config.central_dp is not None and sampling == "poisson":
             min_released_clients = secure.smallest_round(max_clients)
@@ -168,7 +179,7 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
         if central.distributed:  # the clients add the noise; central DP's ε is kept for comparison
             from securefl.privacy.distributed import DistributedDPChannel, DistributedDPServerUpdate
 
-            assert isinstance(channel, SecureAggregationChannel)  # RunConfig requires --secagg
+            assert isinstance(channel, SecureAggregationChannel)  # RunConfig requires secagg
             distributed = DistributedDPChannel(
                 secure=channel,
                 num_params=num_params,
@@ -192,11 +203,11 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
         parts=parts,
         shards=shards,
         eval_model=eval_model,
-        trainer=trainer,
+        trainers=trainers,
         transform=transform,
         channel=channel,
         server_update=server_update,
-        generator_for=secret_generator if config.dp is not None else client_generator,
+        signing_keys=signing_keys,
         # Under central DP the sample must stay unknown to the server (amplification by sampling).
         sampler=ClientSampler(
             num_clients=config.clients,
@@ -217,32 +228,41 @@ def _without_loss(transform: UpdateTransform) -> UpdateTransform:
     return transform_without_loss
 
 
-def _build_trainer(
+def _build_trainers(
     config: RunConfig, model: nn.Module, dataset: Dataset, shards: list[ClientShard]
-) -> ClientTrainer:
-    """Plain local SGD, FedSGD's single full-batch step, or Opacus DP-SGD (``--dp``)."""
+) -> dict[int, ClientTrainer]:
+    """Plain local SGD or FedSGD's single full-batch step (one trainer shared by every simulated
+    client), or Opacus DP-SGD (one trainer and ledger per client, sharing one engine)."""
     fedsgd = config.algorithm == "fedsgd"
     if config.dp is not None:
-        from securefl.privacy import DPSGDTrainer  # Opacus only when asked for
+        from securefl.privacy import DPSGDEngine, DPSGDTrainer  # Opacus only when asked for
 
         if fedsgd:
             raise ConfigError(
-                "--dp trains with Poisson-sampled mini-batches (DP-SGD); it does not "
-                "combine with --algorithm fedsgd: use --algorithm fedavg"
+                "DP-SGD trains with Poisson-sampled mini-batches; it does not combine with "
+                "`algorithm` fedsgd: use fedavg"
             )
-        return DPSGDTrainer(
+        engine = DPSGDEngine(
             model=model,
             task=dataset.task,
-            config=config.dp,
-            client_sizes={s.client_id: len(s) for s in shards},
-            rounds=config.rounds,
-            local_epochs=config.local_epochs,
-            batch_size=config.batch_size,
             lr=config.lr,
+            max_grad_norm=config.dp.max_grad_norm,
+            batch_size=config.batch_size,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
-    return LocalSGDTrainer(
+        return {
+            s.client_id: DPSGDTrainer(
+                config=config.dp,
+                client_sizes={s.client_id: len(s)},
+                rounds=config.rounds,
+                local_epochs=config.local_epochs,
+                batch_size=config.batch_size,
+                engine=engine,
+            )
+            for s in shards
+        }
+    shared = LocalSGDTrainer(
         model=model,
         task=dataset.task,
         local_epochs=1 if fedsgd else config.local_epochs,
@@ -251,11 +271,12 @@ def _build_trainer(
         momentum=0.0 if fedsgd else config.momentum,
         weight_decay=config.weight_decay,
     )
+    return dict.fromkeys((s.client_id for s in shards), shared)
 
 
 def evaluate(
     model: nn.Module, params: torch.Tensor, dataset: Dataset, *, batch_size: int = 1000
-) -> dict[str, float]:
+) -> Evaluation:
     """Test loss and accuracy (classification) or MSE and R² (regression) of ``params``."""
     load_vector(model.parameters(), params)
     model.eval()
@@ -272,61 +293,60 @@ def evaluate(
                 squared_error += float(((output.squeeze(-1) - target) ** 2).sum())
     n = len(y)
     if dataset.task == "classification":
-        return {"test_loss": loss_sum / n, "test_accuracy": correct / n}
+        return Evaluation(loss=loss_sum / n, accuracy=correct / n)
     mse = squared_error / n
     variance = float(((y - y.mean()) ** 2).mean())
-    return {"test_mse": mse, "test_r2": 1.0 - mse / variance if variance > 0 else float("nan")}
+    return Evaluation(loss=mse, r2=1.0 - mse / variance if variance > 0 else float("nan"))
 
 
-def run_round(
-    fed: Federation, params: torch.Tensor, *, round_index: int, eligible: list[int]
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """One round among the ``eligible`` clients: sample, train on the client side, aggregate,
-    update. Returns the new parameters and the round's record (without evaluation and timing)."""
-    sampled = fed.sampler.sample(round_index, eligible)
-    record: dict[str, Any] = {
-        "round": round_index,
-        "clients": len(sampled),
-        "excluded_clients": len(fed.shards) - len(eligible),
-        "status": "ok" if sampled else "empty",
-    }
-    contributions = [
-        fed.transform(
-            fed.trainer.train(
-                global_params=params,
-                shard=fed.shards[client_id],
-                round_index=round_index,
-                generator=fed.generator_for(fed.config.seed, round_index, client_id),
-            )
+@dataclass
+class Programs:
+    """The two sides of a federation, ready to exchange bytes: nothing else connects them."""
+
+    server: FederatedServer
+    clients: dict[int, FederatedClient]
+
+
+def build_programs(fed: Federation) -> Programs:
+    """The server program and one client program per shard, from ``fed``'s plug points."""
+    config = fed.config
+
+    def client_aggregation(client_id: int) -> object:
+        if fed.signing_keys is not None:  # active secure aggregation: the client's own identity
+            return fed.channel.client(client_id, signing_key=fed.signing_keys[client_id])  # type: ignore[call-arg]
+        return fed.channel.client(client_id)
+
+    architecture = build_model(
+        config.model,
+        input_shape=fed.dataset.input_shape,
+        num_outputs=fed.dataset.num_outputs,
+        seed=config.seed,
+    )
+    clients = {
+        shard.client_id: FederatedClient(
+            shard=shard,
+            trainer=fed.trainers[shard.client_id],
+            transform=fed.transform,
+            aggregation=client_aggregation(shard.client_id),  # type: ignore[arg-type]
+            architecture=architecture,
+            generator_for=lambda round_index, client_id: client_generator(
+                config.seed, round_index, client_id
+            ),
         )
-        for client_id in sampled
-    ]
-    # Each client binds the model and settings it received into the aggregation session (model
-    # consistency: clients shown different models cannot be summed together). The architecture is
-    # the federation's pinned one, the same for every party.
-    settings = {"round": round_index, **fed.round_settings}
-    contexts = {
-        client_id: model_context(model=fed.eval_model, settings=settings, params=params)
-        for client_id in sampled
+        for shard in fed.shards
     }
-    aggregate = Aggregate.empty(params)
-    if contributions:
-        try:
-            aggregate = fed.channel.aggregate(contributions, round_index=round_index, contexts=contexts)
-        except ThresholdNotMetError as error:  # nothing was revealed: the round is an empty one
-            record.update(status="aborted", abort_reason=str(error), **getattr(error, "details", {}))
-    # Every round goes through the server update, an empty or aborted one too: FedAvg leaves the
-    # model as it is, DP-FedAvg releases its noise and counts the round (skipping it would leave
-    # the round unaccounted and reveal that it aborted; see securefl.privacy.central).
-    params = fed.server_update(params, aggregate)
-    record["survivors"] = len(aggregate.survivors)
-    if aggregate.weight_sum > 0:
-        record["train_loss"] = aggregate.train_loss_sum / aggregate.weight_sum
-    record.update(aggregate.details)
-    record.setdefault("bytes_up", 0)
-    model_bytes = params.numel() * params.element_size()
-    record["bytes_down"] = len(sampled) * model_bytes + record.get("bytes_down", 0)
-    return params, record
+    server = FederatedServer(
+        params=to_vector(fed.eval_model.parameters()),
+        architecture=fed.eval_model,
+        sampler=fed.sampler,
+        aggregation=fed.channel,
+        server_update=fed.server_update,
+        settings=fed.round_settings,
+        evaluate=lambda params: evaluate(fed.eval_model, params, fed.dataset),
+        num_clients=len(fed.shards),
+        train_loss_reported=config.dp is None and config.central_dp is None,
+    )
+    return Programs(server=server, clients=clients)
 
 
 def run_simulation(
@@ -338,38 +358,88 @@ def run_simulation(
     """Run ``config.rounds`` rounds and return the :class:`History` with the final model.
 
     ``on_round`` is called with each round's record as soon as it is complete (progress bars).
+    A round whose model or test loss is NaN or infinite stops the run: the history keeps the
+    rounds before it and that round, and says why in :attr:`History.diverged`.
     """
     torch.set_num_threads(config.threads)
     fed = federation or build_federation(config)
+    programs = build_programs(fed)
+    server, clients = programs.server, programs.clients
+    faults_for = getattr(fed.channel, "simulated_dropouts", None)
+    transport = InProcessTransport(faults_for=faults_for)
+    transport.enrol(server, clients)
     history = History(
         config=config,
         partition=partition_stats(fed.parts, fed.dataset.train_y, num_classes=fed.dataset.num_outputs),
     )
-    params = to_vector(fed.eval_model.parameters())
-    accountants = [x for x in (fed.trainer, fed.server_update) if isinstance(x, PrivacyAccounting)]
+    client_accountants = _client_accountants(fed.trainers)
     for round_index in range(1, config.rounds + 1):
-        started = time.perf_counter()
-        eligible = [s.client_id for s in fed.shards if fed.trainer.can_train(s.client_id)]
-        if not eligible:
+        if not server.eligible:
             history.stopped_early = (
                 f"no client can train in round {round_index}: every privacy budget is spent"
             )
             log.info(history.stopped_early)
             break
-        params, record = run_round(fed, params, round_index=round_index, eligible=eligible)
-        if accountants:
-            record.pop("train_loss", None)  # clients do not send it under DP (_without_loss)
-            for accountant in accountants:
-                record.update(accountant.round_metrics())
-        record.update(evaluate(fed.eval_model, params, fed.dataset))
-        record["seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        traffic = transport.run_round(server, clients)
+        record = server.records[-1]
+        model_bytes = server.params.numel() * server.params.element_size()
+        details = traffic_details(traffic)
+        record = dataclasses.replace(
+            record,
+            bytes_up=details.pop("bytes_up"),
+            bytes_down=details.pop("bytes_down"),
+            seconds=time.perf_counter() - started,
+            aggregation={**record.aggregation, **details, "model_bytes": model_bytes},
+            privacy={**record.privacy, **_client_privacy(client_accountants)},
+        )
         history.records.append(record)
         if on_round is not None:
             on_round(record)
-    load_vector(fed.eval_model.parameters(), params)
+        if record.status is RoundStatus.DIVERGED:
+            history.diverged = _divergence_message(record, config)
+            log.warning(history.diverged)
+            break
+    load_vector(fed.eval_model.parameters(), server.params)
     history.model = fed.eval_model
+    accountants = [*client_accountants, *server.accountants]
     if accountants:
         history.privacy = {}
-        for accountant in accountants:
+        if client_accountants:
+            history.privacy.update(_client_ledger(client_accountants))
+        for accountant in server.accountants:
             history.privacy.update(accountant.ledger())
     return history
+
+
+def _divergence_message(record: RoundRecord, config: RunConfig) -> str:
+    what = "the global model" if record.evaluation is None or record.evaluation.finite else "the test loss"
+    return (
+        f"training diverged in round {record.round}: {what} became NaN or infinite "
+        f"(learning rate {config.lr:g}); lower `lr` or `batch_size`, or clip updates"
+    )
+
+
+def _client_accountants(trainers: Mapping[int, ClientTrainer]) -> list[PrivacyAccounting]:
+    """The distinct trainers that account privacy (each client's DP-SGD ledger)."""
+    unique = {id(t): t for t in trainers.values()}
+    return [t for t in unique.values() if isinstance(t, PrivacyAccounting)]
+
+
+def _client_privacy(accountants: list[PrivacyAccounting]) -> dict[str, float]:
+    """The clients' privacy figures after a round (what each client would report)."""
+    if not accountants:
+        return {}
+    if len(accountants) == 1:
+        return accountants[0].round_metrics()
+    from securefl.privacy import dp_round_metrics
+
+    return dp_round_metrics(accountants)  # type: ignore[arg-type]
+
+
+def _client_ledger(accountants: list[PrivacyAccounting]) -> dict:
+    if len(accountants) == 1:
+        return accountants[0].ledger()
+    from securefl.privacy import dp_ledger
+
+    return dp_ledger(accountants)  # type: ignore[arg-type]

@@ -1,0 +1,39 @@
+"""The in-process transport: the server and every client in one process, one turn at a time.
+
+Every message is encoded and decoded (:mod:`securefl.fl.codec`), so a simulation carries exactly
+the bytes a network would; delivery is sequential, in client-id order, and deterministic
+(:func:`securefl.fl.turns.run_turns`).  Simulated crashes come from ``faults``: a function of the
+round and its participants (the secure channel's seeded dropout plan).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from securefl.fl.client import FederatedClient
+from securefl.fl.server import FederatedServer
+from securefl.fl.turns import NO_FAULTS, Faults, Traffic, run_turns
+
+FaultsFor = Callable[[int, Sequence[int]], Faults]
+"""``(round_index, participants) -> Faults``: which participants crash in that round, and when."""
+
+
+class InProcessTransport:
+    """Carries a federation's bytes in this process."""
+
+    def __init__(self, *, faults_for: FaultsFor | None = None) -> None:
+        self.faults_for = faults_for
+
+    def enrol(self, server: FederatedServer, clients: Mapping[int, FederatedClient]) -> None:
+        """Each client tells the server it is there and whether it can train."""
+        for client_id in sorted(clients):
+            server.receive(client_id, clients[client_id].join())
+
+    def run_round(self, server: FederatedServer, clients: Mapping[int, FederatedClient]) -> Traffic:
+        """One round, from the server's train requests to its record; the traffic it carried."""
+        first = server.start_round()
+        if server.finished:
+            return Traffic()
+        participants = sorted({client_id for client_id, _ in first})
+        faults = self.faults_for(server.round_index, participants) if self.faults_for else NO_FAULTS
+        return run_turns(server, {c: clients[c].receive for c in participants}, first, faults=faults)
