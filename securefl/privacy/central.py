@@ -64,11 +64,11 @@ dropouts that do not depend on any user's data, and an aborted round is an ordin
 round of the ``z/2`` bound above; ``min_released_clients`` does not change it.
 
 Noise is drawn from a ``torch.Generator`` that :class:`DPFedAvgServerUpdate` seeds from the
-operating system (:mod:`secrets`) and never stores: a seed in ``config.json`` would let the
-server subtract the noise, so runs under central DP are not bit-reproducible.  (Tests may pass a
-seeded generator of their own.)  The Gaussian sampler is torch's, not Opacus' ``secure_mode``: it
-is not hardened against floating-point attacks on the noise.  The train loss the clients report
-alongside is *not* covered by this guarantee.
+operating system (:mod:`secrets`) and never stores (:func:`dp_generator`): a seed in
+``config.json`` would let the server subtract the noise, so runs under central DP are not
+bit-reproducible.  (Its ``seed`` argument is for tests only.)  The Gaussian sampler is torch's,
+not Opacus' ``secure_mode``: it is not hardened against floating-point attacks on the noise.  The
+train loss the clients report alongside is *not* covered by this guarantee.
 """
 
 from __future__ import annotations
@@ -166,12 +166,12 @@ class DPFedAvgServerUpdate:
         clients: int,
         clients_per_round: float,
         client_sampling: str = "poisson",
-        generator: torch.Generator | None = None,
         accountant: str = "rdp",
         min_released_clients: int = 1,
+        seed: int | None = None,
     ) -> None:
-        """Without ``generator`` the noise comes from a generator seeded by the operating system
-        and never stored (pass one only to reproduce noise in a test).
+        """The noise comes from a generator seeded by the operating system and never stored;
+        ``seed`` fixes it instead: for tests only, a seed known to the server voids the guarantee.
 
         ``min_released_clients`` is the fewest sampled clients whose sum the aggregation
         channel releases (a smaller round releases noise only): 1 for a plain sum, the channel's
@@ -219,7 +219,7 @@ class DPFedAvgServerUpdate:
                 "the gdp accountant is an approximation that can underestimate user-level ε for "
                 "DP-FedAvg as for DP-SGD (Opacus); use rdp or prv for a guarantee"
             )
-        self.generator = generator if generator is not None else _os_seeded_generator()
+        self.generator = dp_generator(seed=seed)
         self.rounds = 0
         self._epsilons: list[float] = []
 
@@ -352,13 +352,17 @@ class DPFedAvgServerUpdate:
         )
 
 
-def _os_seeded_generator() -> torch.Generator:
-    """DP noise must stay unknown to the server: seeded from the OS, the seed never kept."""
-    return torch.Generator().manual_seed(secrets.randbits(63))
+def dp_generator(*, seed: int | None = None) -> torch.Generator:
+    """The generator a DP class owns for its secret randomness (noise, batch sampling).
+
+    DP noise must stay unknown to the server: seeded from the operating system, the seed never
+    kept.  ``seed`` is for tests only: a seed known to the server voids the guarantee.
+    """
+    return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
 
 
 def _json_float(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-__all__ = ["ClipUpdate", "DPFedAvgServerUpdate", "clip_to_norm", "sensitivity_multiplier"]
+__all__ = ["ClipUpdate", "DPFedAvgServerUpdate", "clip_to_norm", "dp_generator", "sensitivity_multiplier"]

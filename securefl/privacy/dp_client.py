@@ -7,13 +7,19 @@ what the accountants analyse.  All of it is Opacus': the per-sample gradients co
 ``GradSampleModule`` (or its ExpandedWeights variant), clipping and noise from ``DPOptimizer``,
 Poisson batches from ``UniformWithReplacementSampler``, the model check from ``ModuleValidator``,
 ε from Opacus' accountants and the target-ε noise from ``get_noise_multiplier``.  This module only
-assembles those parts the way ``PrivacyEngine.make_private`` does, once per run rather than once
-per client:
+assembles those parts the way ``PrivacyEngine.make_private`` does, split in two:
 
-- one model copy is validated and wrapped, one ``DPOptimizer`` built; each client copies the
-  global weights into them (plain ``parameters_to_vector`` order, so the update that leaves the
-  client has the plain model's layout, never ``_module.`` names) and gets a fresh momentum state,
-  its own Poisson sampler and its own noise multiplier;
+- :class:`DPSGDEngine` is the shared compute, built once per simulation: one model copy validated
+  and wrapped, one ``DPOptimizer``, the loss.  It holds no privacy state and no randomness.  Each
+  client copies the global weights into it (plain ``parameters_to_vector`` order, so the update
+  that leaves the client has the plain model's layout, never ``_module.`` names) and gets a fresh
+  momentum state, its own Poisson sampler and its own noise multiplier;
+- :class:`DPSGDTrainer` is a client's side of it: its plan (sample rate, steps, noise), its
+  :class:`~securefl.privacy.ledger.PrivacyLedger` and its budget, and its own secret generator.
+  In a deployment each client program holds one for itself alone (``client_sizes={k: n_k}``),
+  since no server could enforce a client's budget; a simulation builds one per client, all
+  sharing one engine, and :func:`dp_round_metrics` / :func:`dp_ledger` report them together.
+  One trainer over many clients (one ledger for all) remains for single-process uses;
 - per-sample gradients come from Opacus' ExpandedWeights mode (``grad_sample_mode="ew"``, the
   default: it computes per-sample weight gradients *instead of* the summed ones) or its hooks mode;
 - batches are index tensors into the client's shard, no ``DataLoader``; an empty Poisson batch is
@@ -54,21 +60,26 @@ server receives is always the declared count.  Whether a client takes part in a 
 by the server independently of its data, so rounds it skips cost nothing.  It does not cover
 other values a client reports, such as its training loss.
 
-Noise and Poisson batches come from the ``torch.Generator`` passed to :meth:`DPSGDTrainer.train`;
-the simulation passes one seeded by the operating system and never stored
-(:func:`securefl.fl.simulation.secret_generator`): a seed in ``config.json`` would let the server
-subtract the noise, so runs under ``--dp`` are not bit-reproducible.  The Gaussian sampler is not
-Opacus' ``secure_mode`` (which needs ``torchcsprng`` and protects against floating-point attacks
-on the noise).
+Noise and Poisson batches come from a ``torch.Generator`` that each :class:`DPSGDTrainer` owns, as
+Opacus' ``PrivacyEngine`` owns its RNG: seeded from the operating system (:mod:`secrets`) when the
+trainer is built, the seed never stored.  A seed in ``config.json`` would let the server subtract
+the noise, so runs under ``--dp`` are not bit-reproducible.  The generator the caller passes to
+:meth:`DPSGDTrainer.train` is the simulation's and is never used for DP-SGD; the constructor's
+``seed`` is a hook for tests only (a seed known to the server voids the guarantee).  The Gaussian
+sampler is not Opacus' ``secure_mode`` (which needs ``torchcsprng`` and protects against
+floating-point attacks on the noise).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 import torch
 from opacus import GradSampleModule
@@ -82,10 +93,11 @@ from torch import nn
 
 from securefl.config import DPConfig
 from securefl.errors import ConfigError, PrivacyBudgetExceeded
-from securefl.fl.client import loss_for_task
+from securefl.fl.training import loss_for_task
 from securefl.fl.types import ClientShard, Update
 from securefl.fl.vectors import load_vector, to_vector
-from securefl.privacy.ledger import PrivacyLedger, SampledGaussianEvent, validate_accountant
+from securefl.privacy.central import dp_generator
+from securefl.privacy.ledger import ClientRecord, PrivacyLedger, SampledGaussianEvent, validate_accountant
 
 log = logging.getLogger(__name__)
 
@@ -122,23 +134,23 @@ def plan_clients(
     if not client_sizes:
         raise ConfigError("DP-SGD needs at least one client")
     if rounds < 1:
-        raise ConfigError(f"rounds {rounds} < 1: use --rounds 1 or more")
+        raise ConfigError(f"rounds {rounds} < 1: use `rounds` 1 or more")
     if local_epochs < 1:
-        raise ConfigError(f"local epochs {local_epochs} < 1")
+        raise ConfigError(f"local epochs {local_epochs} < 1: use `local_epochs` 1 or more")
     if batch_size < 1:
-        raise ConfigError(f"batch size {batch_size} < 1")
+        raise ConfigError(f"batch size {batch_size} < 1: use `batch_size` 1 or more")
     validate_accountant(config.accountant)
     for client_id, size in sorted(client_sizes.items()):
         if batch_size > size:
             raise ConfigError(
-                f"--dp with batch size {batch_size} > the {size} examples of client {client_id}: "
-                f"lower --batch-size to at most {min(client_sizes.values())} or use fewer --clients"
+                f"DP-SGD with batch size {batch_size} > the {size} examples of client {client_id}: "
+                f"lower `batch_size` to at most {min(client_sizes.values())} or use fewer `clients`"
             )
         if not config.delta < 1 / size:
             raise ConfigError(
                 f"delta {config.delta:g} >= 1/n = {1 / size:.3g} for client {client_id} with {size} "
                 f"examples (δ must be < 1/n, or leaking one example outright fits the guarantee): "
-                f"lower --delta below {1 / max(client_sizes.values()):.3g}"
+                f"lower `dp.delta` below {1 / max(client_sizes.values()):.3g}"
             )
     noise_cache: dict[tuple[float, int], float] = {}
     plans = {}
@@ -179,7 +191,7 @@ def _noise_for(config: DPConfig, *, sample_rate: float, total_steps: int, rounds
         raise ConfigError(
             f"target epsilon {config.target_epsilon:g} is unreachable in {rounds} rounds "
             f"({total_steps} DP-SGD steps at sample rate {sample_rate:.3g}, δ={config.delta:g}): "
-            f"raise --target-epsilon or lower --rounds / --local-epochs ({error})"
+            f"raise `dp.target_epsilon` or lower `rounds` / `local_epochs` ({error})"
         ) from None
 
 
@@ -197,18 +209,22 @@ def validate_model(model: nn.Module) -> None:
         )
         raise ConfigError(
             f"model {type(model).__name__} cannot be trained with DP-SGD ({reason}): {error}. "
-            "Use --model resnet18 (GroupNorm) or another securefl model, or convert your own with "
+            'Use `model` "resnet18" (GroupNorm) or another securefl model, or convert your own with '
             "opacus.validators.ModuleValidator.fix(model)"
         ) from None
     finally:
         model.train(was_training)
 
 
-class DPSGDTrainer:
-    """Local DP-SGD for every client, with per-client accounting that persists across rounds.
+class DPSGDEngine:
+    """DP-SGD's compute, shared by the trainers of every simulated client; no privacy state.
 
-    Implements :class:`~securefl.fl.types.ClientTrainer` and
-    :class:`~securefl.fl.types.PrivacyAccounting`.
+    One deep copy of ``model``, validated and wrapped for per-sample gradients (Opacus'
+    ``GradSampleModule``, or its ExpandedWeights variant), one ``DPOptimizer`` clipping to
+    ``max_grad_norm`` at expected batch size ``batch_size``, and the task's loss: what
+    ``PrivacyEngine.make_private`` builds, once per simulation instead of once per client.  It
+    keeps no ledger and no generator: :meth:`train` runs the plan and draws from the generator its
+    caller (a :class:`DPSGDTrainer`) owns, and lets go of that generator when it returns.
     """
 
     def __init__(
@@ -216,12 +232,9 @@ class DPSGDTrainer:
         *,
         model: nn.Module,
         task: str,
-        config: DPConfig,
-        client_sizes: Mapping[int, int],
-        rounds: int,
-        local_epochs: int,
-        batch_size: int,
         lr: float,
+        max_grad_norm: float,
+        batch_size: int,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         grad_sample_mode: str = "ew",
@@ -231,7 +244,114 @@ class DPSGDTrainer:
                 f"unknown grad sample mode {grad_sample_mode!r}: choose one of {', '.join(GRAD_SAMPLE_MODES)}"
             )
         if not lr > 0:
-            raise ConfigError(f"learning rate {lr} <= 0: use a positive --lr")
+            raise ConfigError(f"learning rate {lr} <= 0: use a positive `lr`")
+        if not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
+            raise ConfigError(f"max grad norm {max_grad_norm} <= 0: use a positive `dp.max_grad_norm`")
+        if batch_size < 1:
+            raise ConfigError(f"batch size {batch_size} < 1: use `batch_size` 1 or more")
+        validate_model(model)
+        self.max_grad_norm = float(max_grad_norm)
+        self.batch_size = int(batch_size)
+        # The engine's own copy is wrapped (hooks / expanded weights); the caller's model stays plain.
+        self._model = copy.deepcopy(model).train()
+        self._parameters = [p for p in self._model.parameters() if p.requires_grad]
+        self._module: nn.Module
+        if grad_sample_mode == "ew":
+            self._module = GradSampleModuleExpandedWeights(self._model, loss_reduction="mean")
+        else:
+            self._module = GradSampleModule(self._model, loss_reduction="mean")
+        self._optimizer = DPOptimizer(
+            torch.optim.SGD(self._parameters, lr=lr, momentum=momentum, weight_decay=weight_decay),
+            noise_multiplier=0.0,  # set per client before training
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=self.batch_size,
+            loss_reduction="mean",
+        )
+        self._loss_fn = loss_for_task(task)
+
+    def train(
+        self,
+        *,
+        global_params: torch.Tensor,
+        shard: ClientShard,
+        plan: ClientPlan,
+        generator: torch.Generator,
+    ) -> Update:
+        """One round of ``plan`` on ``shard`` from ``global_params``: Poisson batches and noise
+        from ``generator``, a fresh momentum state, nothing kept for the next client."""
+        load_vector(self._parameters, global_params)
+        optimizer = self._optimizer
+        optimizer.state.clear()  # every client starts a fresh local optimisation (momentum)
+        optimizer.noise_multiplier = plan.noise_multiplier
+        optimizer.generator = generator
+        sampler = UniformWithReplacementSampler(
+            num_samples=plan.num_samples,
+            sample_rate=plan.sample_rate,
+            generator=generator,
+            steps=plan.steps_per_round,
+        )
+        self._module.train()
+        loss_sum, seen = 0.0, 0
+        try:
+            for indices in sampler:
+                optimizer.zero_grad(set_to_none=True)
+                if indices:
+                    batch = torch.as_tensor(indices, dtype=torch.long)
+                    loss = self._loss_fn(self._module(shard.x[batch]), shard.y[batch])
+                    loss.backward()
+                    loss_sum += float(loss.detach()) * len(indices)
+                    seen += len(indices)
+                else:
+                    # Opacus' DPDataLoader turns an empty Poisson batch into a zero-length batch
+                    # whose per-sample gradients are empty: DPOptimizer then noises a zero sum.
+                    for parameter in self._parameters:
+                        parameter.grad_sample = parameter.new_zeros((0, *parameter.shape))
+                optimizer.step()
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            optimizer.generator = None
+        return Update(
+            client_id=shard.client_id,
+            delta=to_vector(self._parameters) - global_params,
+            num_samples=plan.num_samples,
+            train_loss=loss_sum / seen if seen else float("nan"),
+        )
+
+
+class DPSGDTrainer:
+    """Local DP-SGD for the clients of ``client_sizes``, each with a ledger that persists across
+    rounds and an optional ε budget it enforces itself.
+
+    Implements :class:`~securefl.fl.types.ClientTrainer` and
+    :class:`~securefl.fl.types.PrivacyAccounting`.  A client program holds one for its own client
+    (``client_sizes={client_id: n}``); a simulation builds one per client sharing one ``engine``
+    (:class:`DPSGDEngine`, built from ``model``, ``task``, ``lr``, ``momentum``, ``weight_decay``
+    and ``grad_sample_mode`` when not given; give one or the other) and reports them together with
+    :func:`dp_round_metrics` and :func:`dp_ledger`.  One trainer may also serve many clients with
+    one ledger.
+
+    Poisson batches and noise come from the trainer's own generator, seeded from the operating
+    system and never stored.  ``seed`` fixes that generator: for tests only; a seed known to the
+    server voids the guarantee.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: DPConfig,
+        client_sizes: Mapping[int, int],
+        rounds: int,
+        local_epochs: int,
+        batch_size: int,
+        model: nn.Module | None = None,
+        task: str | None = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+        grad_sample_mode: str | None = None,
+        engine: DPSGDEngine | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.config = config
         self.batch_size = batch_size
         self.plans = plan_clients(
@@ -241,22 +361,35 @@ class DPSGDTrainer:
             local_epochs=local_epochs,
             batch_size=batch_size,
         )
-        validate_model(model)
-        # The trainer's own copy is wrapped (hooks / expanded weights); the caller's model stays plain.
-        self._model = copy.deepcopy(model).train()
-        self._parameters = [p for p in self._model.parameters() if p.requires_grad]
-        if grad_sample_mode == "ew":
-            self._module: nn.Module = GradSampleModuleExpandedWeights(self._model, loss_reduction="mean")
-        else:
-            self._module = GradSampleModule(self._model, loss_reduction="mean")
-        self._optimizer = DPOptimizer(
-            torch.optim.SGD(self._parameters, lr=lr, momentum=momentum, weight_decay=weight_decay),
-            noise_multiplier=0.0,  # set per client before training
-            max_grad_norm=config.max_grad_norm,
-            expected_batch_size=batch_size,
-            loss_reduction="mean",
-        )
-        self._loss_fn = loss_for_task(task)
+        engine_settings = (model, task, lr, momentum, weight_decay, grad_sample_mode)
+        if engine is None:
+            if model is None or task is None or lr is None:
+                raise TypeError(
+                    "DPSGDTrainer needs an `engine`, or the `model`, `task` and `lr` to build one"
+                )
+            engine = DPSGDEngine(
+                model=model,
+                task=task,
+                lr=lr,
+                max_grad_norm=config.max_grad_norm,
+                batch_size=batch_size,
+                momentum=0.0 if momentum is None else momentum,
+                weight_decay=0.0 if weight_decay is None else weight_decay,
+                grad_sample_mode="ew" if grad_sample_mode is None else grad_sample_mode,
+            )
+        elif any(setting is not None for setting in engine_settings):
+            raise TypeError(
+                "DPSGDTrainer takes an `engine` or the model settings to build one, not both: "
+                "the engine already fixes the model, task, lr, momentum, weight decay and grad sample mode"
+            )
+        elif (engine.batch_size, engine.max_grad_norm) != (batch_size, config.max_grad_norm):
+            raise ValueError(
+                f"the engine clips to {engine.max_grad_norm:g} at expected batch size "
+                f"{engine.batch_size}; this trainer plans `dp.max_grad_norm` {config.max_grad_norm:g} "
+                f"and `batch_size` {batch_size}: build the engine with the trainer's settings"
+            )
+        self._engine = engine
+        self._generator = dp_generator(seed=seed)
         self._ledger = PrivacyLedger.open(
             accountant=config.accountant,
             delta=config.delta,
@@ -314,6 +447,11 @@ class DPSGDTrainer:
         round_index: int,
         generator: torch.Generator,
     ) -> Update:
+        """One round of DP-SGD on ``shard``, recorded in its client's ledger first.
+
+        ``generator`` is the simulation's (derived from the run's seed, known to the server) and
+        is not used: DP-SGD's Poisson batches and noise come from the trainer's own generator.
+        """
         client_id = shard.client_id
         plan = self.plans.get(client_id)
         if plan is None:
@@ -326,48 +464,13 @@ class DPSGDTrainer:
             raise PrivacyBudgetExceeded(
                 f"client {client_id} has no privacy budget left for another round: do not sample it"
             )
-        event = plan.event(round_index)
         # Validate before training: an out-of-order round or a spent budget raises here.
-        ledger = self._ledger.record(client_id, event)
-
-        load_vector(self._parameters, global_params)
-        optimizer = self._optimizer
-        optimizer.state.clear()  # every client starts a fresh local optimisation (momentum)
-        optimizer.noise_multiplier = plan.noise_multiplier
-        optimizer.generator = generator
-        sampler = UniformWithReplacementSampler(
-            num_samples=plan.num_samples,
-            sample_rate=plan.sample_rate,
-            generator=generator,
-            steps=plan.steps_per_round,
+        ledger = self._ledger.record(client_id, plan.event(round_index))
+        update = self._engine.train(
+            global_params=global_params, shard=shard, plan=plan, generator=self._generator
         )
-        self._module.train()
-        loss_sum, seen = 0.0, 0
-        for indices in sampler:
-            optimizer.zero_grad(set_to_none=True)
-            if indices:
-                batch = torch.as_tensor(indices, dtype=torch.long)
-                loss = self._loss_fn(self._module(shard.x[batch]), shard.y[batch])
-                loss.backward()
-                loss_sum += float(loss.detach()) * len(indices)
-                seen += len(indices)
-            else:
-                # Opacus' DPDataLoader turns an empty Poisson batch into a zero-length batch whose
-                # per-sample gradients are empty: DPOptimizer then noises a zero gradient sum.
-                for parameter in self._parameters:
-                    parameter.grad_sample = parameter.new_zeros((0, *parameter.shape))
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        optimizer.generator = None
-
-        delta = to_vector(self._parameters) - global_params
         self._ledger = ledger
-        return Update(
-            client_id=client_id,
-            delta=delta,
-            num_samples=plan.num_samples,
-            train_loss=loss_sum / seen if seen else float("nan"),
-        )
+        return update
 
     # ---- PrivacyAccounting ---------------------------------------------------------------------
 
@@ -377,32 +480,74 @@ class DPSGDTrainer:
 
     def round_metrics(self) -> dict[str, float]:
         """Max and median ε over every client (0 for those never trained so far), and δ."""
-        summary = self._ledger.summary()
-        return {
-            "epsilon_max": summary["epsilon_max"],
-            "epsilon_median": summary["epsilon_median"],
-            "delta": self._ledger.delta,
+        return dp_round_metrics([self])
+
+    def ledger(self) -> dict[str, Any]:
+        return dp_ledger([self])
+
+
+def dp_round_metrics(trainers: Sequence[DPSGDTrainer]) -> dict[str, float]:
+    """Max and median ε over every client of ``trainers`` (0 for those never trained so far), and
+    δ: one round's figures of a federation whose clients each hold their own trainer."""
+    combined = _combined_ledger(trainers)
+    summary = combined.summary()
+    return {
+        "epsilon_max": summary["epsilon_max"],
+        "epsilon_median": summary["epsilon_median"],
+        "delta": combined.delta,
+    }
+
+
+def dp_ledger(trainers: Sequence[DPSGDTrainer]) -> dict[str, Any]:
+    """The sample-level record of every client of ``trainers``, for ``privacy.json``."""
+    combined = _combined_ledger(trainers)
+    config, batch_size = trainers[0].config, trainers[0].batch_size
+    return {
+        "sample_level": {
+            "mechanism": "DP-SGD (Opacus), Poisson-sampled batches, per-example clipping",
+            "neighbouring": "add/remove one example of one client's data, with the mechanism's "
+            "parameters (sample rate q_k = expected_batch_size / n_k, steps per round, FedAvg "
+            "weight n_k) held fixed at the client's declared example count n_k",
+            "public": [
+                "each client's example count n_k (num_samples below), as Opacus assumes: it "
+                "sets q_k, the steps and the FedAvg weight the client sends, without noise",
+                "which clients took part in each round",
+                "the training settings in config.json",
+            ],
+            "max_grad_norm": config.max_grad_norm,
+            "target_epsilon": config.target_epsilon,
+            "expected_batch_size": batch_size,
+            **combined.to_json(),
         }
-
-    def ledger(self) -> dict:
-        return {
-            "sample_level": {
-                "mechanism": "DP-SGD (Opacus), Poisson-sampled batches, per-example clipping",
-                "neighbouring": "add/remove one example of one client's data, with the mechanism's "
-                "parameters (sample rate q_k = expected_batch_size / n_k, steps per round, FedAvg "
-                "weight n_k) held fixed at the client's declared example count n_k",
-                "public": [
-                    "each client's example count n_k (num_samples below), as Opacus assumes: it "
-                    "sets q_k, the steps and the FedAvg weight the client sends, without noise",
-                    "which clients took part in each round",
-                    "the training settings in config.json",
-                ],
-                "max_grad_norm": self.config.max_grad_norm,
-                "target_epsilon": self.config.target_epsilon,
-                "expected_batch_size": self.batch_size,
-                **self._ledger.to_json(),
-            }
-        }
+    }
 
 
-__all__ = ["ClientPlan", "DPSGDTrainer", "plan_clients", "validate_model"]
+def _combined_ledger(trainers: Sequence[DPSGDTrainer]) -> PrivacyLedger:
+    """One ledger holding the clients of every trainer; they must share their DP settings."""
+    if not trainers:
+        raise ValueError("no DP-SGD trainer to report on")
+    first = trainers[0]
+    records: dict[int, ClientRecord] = {}
+    for trainer in trainers:
+        if (trainer.config, trainer.batch_size) != (first.config, first.batch_size):
+            raise ValueError(
+                f"trainers with different DP settings ({trainer.config}, batch size "
+                f"{trainer.batch_size} vs {first.config}, {first.batch_size}) form no single report"
+            )
+        clients = trainer.privacy_ledger.clients
+        twice = sorted(records.keys() & clients.keys())
+        if twice:
+            raise ValueError(f"clients {twice} are held by more than one trainer")
+        records.update(clients)
+    return dataclasses.replace(first.privacy_ledger, clients=MappingProxyType(records))
+
+
+__all__ = [
+    "ClientPlan",
+    "DPSGDEngine",
+    "DPSGDTrainer",
+    "dp_ledger",
+    "dp_round_metrics",
+    "plan_clients",
+    "validate_model",
+]

@@ -44,7 +44,9 @@ def make_trainer(
     model: torch.nn.Module | None = None,
     task: str = "classification",
     grad_sample_mode: str = "ew",
+    seed: int | None = 0,
 ) -> DPSGDTrainer:
+    """A trainer whose DP randomness is fixed by ``seed`` (None: the OS-seeded default)."""
     return DPSGDTrainer(
         model=model if model is not None else make_model(),
         task=task,
@@ -56,10 +58,12 @@ def make_trainer(
         lr=lr,
         momentum=momentum,
         grad_sample_mode=grad_sample_mode,
+        seed=seed,
     )
 
 
 def train(trainer: DPSGDTrainer, shard: ClientShard, round_index: int, params: torch.Tensor | None = None):
+    """One round; the simulation's generator passed in is seeded, and DP-SGD must not use it."""
     if params is None:
         params = to_vector(make_model().parameters())
     return trainer.train(

@@ -24,7 +24,7 @@ def server(**overrides) -> DPFedAvgServerUpdate:
         "delta": 1e-5,
         "clients": 100,
         "clients_per_round": 10,
-        "generator": torch.Generator().manual_seed(0),
+        "seed": 0,
         **overrides,
     }
     return DPFedAvgServerUpdate(**options)
@@ -79,15 +79,9 @@ def test_denominator_is_the_expected_count_not_the_survivors():
 
 
 def test_noise_is_reproducible_from_the_seeded_generator():
-    first = server(generator=torch.Generator().manual_seed(11))(
-        torch.zeros(50), aggregate_of([torch.zeros(50)])
-    )
-    again = server(generator=torch.Generator().manual_seed(11))(
-        torch.zeros(50), aggregate_of([torch.zeros(50)])
-    )
-    other = server(generator=torch.Generator().manual_seed(12))(
-        torch.zeros(50), aggregate_of([torch.zeros(50)])
-    )
+    first = server(seed=11)(torch.zeros(50), aggregate_of([torch.zeros(50)]))
+    again = server(seed=11)(torch.zeros(50), aggregate_of([torch.zeros(50)]))
+    other = server(seed=12)(torch.zeros(50), aggregate_of([torch.zeros(50)]))
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
@@ -226,7 +220,7 @@ def test_central_dp_secagg_accounts_every_round_including_aborted_ones():
     main reported ε for 3 rounds at z. Every round is now noised and counted, at z/2: one user
     can turn a noise-only round into noise + the sum of 2 clipped updates (issue 9, point 8)."""
     from securefl.config import CentralDPConfig, RunConfig, SecAggConfig
-    from securefl.fl.simulation import build_federation, run_simulation
+    from securefl.federation import build_federation, run_simulation
 
     z, clients, per_round, rounds = 1.0, 6, 3, 4
     config = RunConfig(
@@ -258,7 +252,7 @@ def test_poisson_central_dp_sensitivity_follows_the_smallest_round_secagg_comple
     """A threshold count or SecAgg+ neighbours make smaller rounds abort too; the multiplier is
     the size of the smallest round that completes, found by running rounds of every size."""
     from securefl.config import CentralDPConfig, RunConfig, SecAggConfig
-    from securefl.fl.simulation import build_federation
+    from securefl.federation import build_federation
     from securefl.fl.types import Contribution
 
     config = RunConfig(

@@ -16,9 +16,10 @@ from torch import nn
 
 from securefl.config import DPConfig
 from securefl.errors import ConfigError, PrivacyBudgetExceeded
-from securefl.fl.client import LocalSGDTrainer
+from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import ClientShard
 from securefl.fl.vectors import load_vector, to_vector
+from securefl.privacy import DPSGDEngine, DPSGDTrainer, dp_ledger, dp_round_metrics
 
 
 def opacus_epsilon(*, accountant: str, noise: float, sample_rate: float, steps: int, delta: float) -> float:
@@ -250,11 +251,20 @@ def test_every_step_is_noised_including_empty_poisson_batches():
     assert abs(float(update.delta.mean())) < 0.1 * expected_std
 
 
-def test_same_generator_same_update():
+def test_the_test_seed_fixes_the_update_and_the_simulation_generator_does_not():
+    """DP-SGD draws from the trainer's own generator: the seed hook decides the update, the
+    simulation's generator passed to ``train`` changes nothing."""
     shards = make_shards([30])
-    first = make_trainer(shards, config=DPConfig(noise_multiplier=1.0, delta=1e-3))
-    second = make_trainer(shards, config=DPConfig(noise_multiplier=1.0, delta=1e-3))
-    assert torch.equal(train(first, shards[0], 1).delta, train(second, shards[0], 1).delta)
+    config = DPConfig(noise_multiplier=1.0, delta=1e-3)
+    params = to_vector(make_model().parameters())
+
+    def update(seed: int, simulation_seed: int) -> torch.Tensor:
+        trainer = make_trainer(shards, config=config, seed=seed)
+        simulation = torch.Generator().manual_seed(simulation_seed)
+        return trainer.train(global_params=params, shard=shards[0], round_index=1, generator=simulation).delta
+
+    assert torch.equal(update(3, 0), update(3, 1))
+    assert not torch.equal(update(3, 0), update(4, 0))
 
 
 def test_batchnorm_model_is_refused_with_the_fix():
@@ -262,7 +272,7 @@ def test_batchnorm_model_is_refused_with_the_fix():
     with pytest.raises(ConfigError) as error:
         make_trainer(make_shards([20]), config=DPConfig(delta=1e-3), model=model)
     message = str(error.value)
-    assert "BatchNorm" in message and "ModuleValidator.fix" in message and "--model resnet18" in message
+    assert "BatchNorm" in message and "ModuleValidator.fix" in message and '`model` "resnet18"' in message
 
 
 def test_group_norm_resnet_is_accepted():
@@ -275,12 +285,13 @@ def test_group_norm_resnet_is_accepted():
 @pytest.mark.parametrize(
     ("kwargs", "sizes", "needle"),
     [
-        ({"batch_size": 16}, [40, 12], "--batch-size"),
-        ({"config": DPConfig(delta=0.05)}, [40, 20], "--delta"),
-        ({"config": DPConfig(target_epsilon=1e-7, delta=1e-3)}, [40], "unreachable"),
+        ({"batch_size": 16}, [40, 12], "lower `batch_size` to at most 12"),
+        ({"config": DPConfig(delta=0.05)}, [40, 20], "lower `dp.delta` below 0.025"),
+        ({"config": DPConfig(target_epsilon=1e-7, delta=1e-3)}, [40], "unreachable.*`dp.target_epsilon`"),
         ({"grad_sample_mode": "magic"}, [40], "grad sample mode"),
-        ({"lr": 0.0}, [40], "--lr"),
-        ({"rounds": 0}, [40], "--rounds"),
+        ({"lr": 0.0}, [40], "positive `lr`"),
+        ({"rounds": 0}, [40], "`rounds` 1 or more"),
+        ({"local_epochs": 0}, [40], "`local_epochs` 1 or more"),
     ],
 )
 def test_bad_input_is_a_config_error(kwargs, sizes, needle):
@@ -367,7 +378,7 @@ def test_sample_counts_are_public_and_the_server_receives_the_declared_count():
     import dataclasses
 
     from securefl.config import RunConfig
-    from securefl.fl.simulation import build_federation, run_simulation
+    from securefl.federation import build_federation, run_simulation
 
     config = RunConfig(
         dataset="digits",
@@ -392,3 +403,150 @@ def test_sample_counts_are_public_and_the_server_receives_the_declared_count():
     for cid, record in ledger["clients"].items():
         assert record["sample_rate"] == pytest.approx(32 / declared[int(cid)])
         assert declared[int(cid)] == len(federation.shards[int(cid)])
+
+
+def per_client_trainers(shards, *, config: DPConfig, rounds: int, batch_size: int, lr: float = 0.1):
+    """One trainer per client, as a client program holds it, all sharing one engine."""
+    engine = DPSGDEngine(
+        model=make_model(),
+        task="classification",
+        lr=lr,
+        max_grad_norm=config.max_grad_norm,
+        batch_size=batch_size,
+    )
+    return {
+        shard.client_id: DPSGDTrainer(
+            config=config,
+            client_sizes={shard.client_id: len(shard)},
+            rounds=rounds,
+            local_epochs=1,
+            batch_size=batch_size,
+            engine=engine,
+            seed=shard.client_id,
+        )
+        for shard in shards
+    }
+
+
+def test_per_client_trainers_report_what_one_trainer_for_all_clients_reports():
+    """Driven through the same rounds (clients skipping some, a budget that stops them), N
+    per-client trainers sharing one engine give the single multi-client trainer's ledger and
+    per-round ε, and both equal Opacus' accountant."""
+    shards = make_shards([24, 40, 64])
+    config = DPConfig(target_epsilon=3.0, delta=1e-3)
+    object.__setattr__(config, "noise_multiplier", 1.2)  # given noise: the target is only a budget
+    rounds, batch_size = 12, 8
+    single = make_trainer(shards, config=config, rounds=rounds, batch_size=batch_size)
+    separate = per_client_trainers(shards, config=config, rounds=rounds, batch_size=batch_size)
+    schedule = {r: [s for s in shards if (r + s.client_id) % 3 != 0] for r in range(1, rounds + 1)}
+    taken: dict[int, int] = {shard.client_id: 0 for shard in shards}
+    for round_index, sampled in schedule.items():
+        for shard in sampled:
+            allowed = single.can_train(shard.client_id)
+            assert separate[shard.client_id].can_train(shard.client_id) == allowed
+            if allowed:
+                train(single, shard, round_index)
+                train(separate[shard.client_id], shard, round_index)
+                taken[shard.client_id] += 1
+        assert dp_round_metrics(list(separate.values())) == single.round_metrics()
+    assert dp_ledger(list(separate.values())) == single.ledger()
+
+    reported = single.ledger()["sample_level"]
+    assert reported["excluded_clients"], "the budget should stop at least one client"
+    assert {int(cid) for cid in reported["clients"]} == {0, 1, 2}
+    for shard in shards:
+        plan = single.plans[shard.client_id]
+        expected = opacus_epsilon(
+            accountant="rdp",
+            noise=1.2,
+            sample_rate=batch_size / len(shard),
+            steps=taken[shard.client_id] * plan.steps_per_round,
+            delta=1e-3,
+        )
+        assert separate[shard.client_id].epsilon(shard.client_id) == pytest.approx(expected, rel=1e-9)
+    epsilons = sorted(single.epsilon(shard.client_id) for shard in shards)
+    assert single.round_metrics()["epsilon_median"] == pytest.approx(epsilons[1], rel=1e-12)
+
+
+def test_each_per_client_trainer_enforces_its_own_budget():
+    """A client's own trainer stops it once its next round would pass the target, exactly where
+    Opacus' accountant says; the other clients' trainers are not affected."""
+    shards = make_shards([32, 64])
+    config = DPConfig(target_epsilon=6.0, delta=1e-3)
+    object.__setattr__(config, "noise_multiplier", 1.0)
+    separate = per_client_trainers(shards, config=config, rounds=50, batch_size=8)
+    small, large = separate[0], separate[1]
+    trained = 0
+    while small.can_train(0):
+        trained += 1
+        train(small, shards[0], trained)
+    within = opacus_epsilon(accountant="rdp", noise=1.0, sample_rate=8 / 32, steps=trained * 4, delta=1e-3)
+    beyond = opacus_epsilon(
+        accountant="rdp", noise=1.0, sample_rate=8 / 32, steps=(trained + 1) * 4, delta=1e-3
+    )
+    assert trained >= 2 and within <= 6.0 < beyond
+    assert small.epsilon(0) == pytest.approx(within, rel=1e-9)
+    with pytest.raises(PrivacyBudgetExceeded):
+        train(small, shards[0], trained + 1)
+    assert small.privacy_ledger.excluded == (0,)
+    # the other client never trained: its own trainer still lets it, and knows nothing of client 0
+    assert large.can_train(1) and large.epsilon(1) == 0.0
+    train(large, shards[1], trained + 1)
+    with pytest.raises(KeyError):
+        large.epsilon(0)
+
+
+def test_a_shared_engine_carries_nothing_from_one_client_to_the_next():
+    """With momentum, a client trained on a shared engine after another client gets the update a
+    trainer with an engine of its own gives for the same seed."""
+    shards = make_shards([24, 40])
+    config = DPConfig(noise_multiplier=0.5, delta=1e-3)
+    engine = DPSGDEngine(
+        model=make_model(), task="classification", lr=0.1, momentum=0.9, max_grad_norm=1.0, batch_size=8
+    )
+
+    def on_shared_engine(shard: ClientShard) -> DPSGDTrainer:
+        return DPSGDTrainer(
+            config=config,
+            client_sizes={shard.client_id: len(shard)},
+            rounds=3,
+            local_epochs=1,
+            batch_size=8,
+            engine=engine,
+            seed=7,
+        )
+
+    train(on_shared_engine(shards[0]), shards[0], 1)
+    shared = train(on_shared_engine(shards[1]), shards[1], 1)
+    alone = make_trainer(shards[1:], config=config, rounds=3, batch_size=8, momentum=0.9, seed=7)
+    assert torch.equal(shared.delta, train(alone, shards[1], 1).delta)
+
+
+def test_an_engine_comes_alone_and_with_the_trainers_settings():
+    config = DPConfig(delta=1e-3)
+    engine = DPSGDEngine(model=make_model(), task="classification", lr=0.1, max_grad_norm=1.0, batch_size=8)
+    options = {"config": config, "client_sizes": {0: 40}, "rounds": 2, "local_epochs": 1}
+    with pytest.raises(TypeError, match="not both"):
+        DPSGDTrainer(**options, batch_size=8, engine=engine, lr=0.1)
+    with pytest.raises(TypeError, match="`model`"):
+        DPSGDTrainer(**options, batch_size=8)
+    with pytest.raises(ValueError, match="`batch_size` 10"):
+        DPSGDTrainer(**options, batch_size=10, engine=engine)
+    with pytest.raises(ValueError, match="`dp.max_grad_norm` 2"):
+        DPSGDTrainer(
+            **{**options, "config": DPConfig(delta=1e-3, max_grad_norm=2.0)}, batch_size=8, engine=engine
+        )
+    trainer = DPSGDTrainer(**options, batch_size=8, engine=engine)  # matching settings are accepted
+    assert trainer.can_train(0)
+
+
+def test_a_report_needs_disjoint_clients_under_one_setting():
+    shards = make_shards([40, 40])
+    config = DPConfig(noise_multiplier=1.0, delta=1e-3)
+    with pytest.raises(ValueError, match="more than one trainer"):
+        dp_ledger([make_trainer(shards, config=config), make_trainer(shards[:1], config=config)])
+    other = DPConfig(noise_multiplier=2.0, delta=1e-3)
+    with pytest.raises(ValueError, match="different DP settings"):
+        dp_round_metrics([make_trainer(shards[:1], config=config), make_trainer(shards[1:], config=other)])
+    with pytest.raises(ValueError, match="no DP-SGD trainer"):
+        dp_ledger([])

@@ -6,9 +6,12 @@ import re
 from pathlib import Path
 
 import torch
+from privacy_helpers import make_model, make_shards, make_trainer
 
 import securefl.privacy
+from securefl.config import DPConfig
 from securefl.fl.types import Aggregate
+from securefl.fl.vectors import to_vector
 from securefl.privacy import DPFedAvgServerUpdate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,3 +40,27 @@ def test_dp_fedavg_owns_os_seeded_noise():
     second = DPFedAvgServerUpdate(**options)(params, Aggregate.empty(params))
     assert not torch.equal(first, second)
     assert float(first.std()) > 0
+
+
+def test_dp_sgd_owns_os_seeded_randomness():
+    """Issue 10: the trainer, not its caller, owns DP-SGD's batch sampling and noise.  Two trainers
+    built the same way without the test seed, given the same seeded simulation generator, send
+    different updates; with the test seed they send the same one."""
+    shards = make_shards([30])
+    params = to_vector(make_model().parameters())
+
+    def update(seed: int | None) -> torch.Tensor:
+        trainer = make_trainer(shards, config=DPConfig(noise_multiplier=1.0, delta=1e-3), seed=seed)
+        simulation = torch.Generator().manual_seed(0)  # what a seed in config.json would give
+        return trainer.train(global_params=params, shard=shards[0], round_index=1, generator=simulation).delta
+
+    assert not torch.equal(update(None), update(None))
+    assert torch.equal(update(5), update(5))
+
+
+def test_the_seed_hooks_are_documented_as_tests_only():
+    """Every DP class's seed hook says what a known seed costs."""
+    from securefl.privacy import DPSGDTrainer
+
+    for documented in (DPSGDTrainer, DPFedAvgServerUpdate.__init__):
+        assert "a seed known to the server voids the guarantee" in " ".join(documented.__doc__.split())
