@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from securefl.protocols.crypto.keys import KEY_BYTES
 
@@ -29,7 +29,7 @@ CHUNK_BYTES = 256 * 1024
 _ZEROS = bytes(CHUNK_BYTES)
 
 
-def _encryptor(key: bytes, initial_counter_block: bytes = ZERO_COUNTER_BLOCK):
+def _encryptor(key: bytes, initial_counter_block: bytes = ZERO_COUNTER_BLOCK) -> CipherContext:
     if len(key) != KEY_BYTES:
         raise ValueError(f"the mask PRG is AES-256: it needs a {KEY_BYTES}-byte key")
     return Cipher(algorithms.AES(key), modes.CTR(initial_counter_block)).encryptor()

@@ -130,6 +130,7 @@ Researcher API::
     result.survivors   # frozenset({0, 1, 2, 3})
 """
 
+from securefl.errors import RoundAbortedError
 from securefl.protocols.secagg.client import ClientProtocol, ClientState, RoundIdGuard
 from securefl.protocols.secagg.codec import decode, decode_setup, encode, encode_setup
 from securefl.protocols.secagg.driver import (
@@ -138,7 +139,6 @@ from securefl.protocols.secagg.driver import (
     Network,
     Packet,
     Rejection,
-    RoundAbortedError,
     SecAggResult,
     SecAggStats,
     TranscriptEntry,

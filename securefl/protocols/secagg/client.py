@@ -32,6 +32,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from securefl.errors import (
     ConfigError,
@@ -50,6 +51,7 @@ from securefl.protocols.secagg.messages import (
     ConsistencySignature,
     KeyDirectory,
     MaskedInput,
+    Message,
     PeerKeys,
     RelayedShares,
     RevealedShare,
@@ -228,8 +230,8 @@ class ClientProtocol:
         self._random_source = random_source
         self._signing_key = signing_key if params.active_adversary else None
         self._verify_keys = dict(verify_keys or {}) if params.active_adversary else {}
-        self._channel_key = None
-        self._mask_key = None
+        self._channel_key: X25519PrivateKey | None = None
+        self._mask_key: X25519PrivateKey | None = None
         self._peer_keys: dict[int, PeerKeys] = {}
         self._held_shares: dict[int, tuple[int, int]] = {}  # owner -> (s share, b share)
         self._share_senders: frozenset[int] = frozenset()
@@ -255,10 +257,10 @@ class ClientProtocol:
             except LocalProtocolError:
                 self._abort()
                 raise
-        self._channel_key = keys.generate_agreement_key(self._random_source)
-        self._mask_key = keys.generate_agreement_key(self._random_source)
-        channel_public = keys.public_bytes(self._channel_key)
-        mask_public = keys.public_bytes(self._mask_key)
+        self._channel_key = channel_key = keys.generate_agreement_key(self._random_source)
+        self._mask_key = mask_key = keys.generate_agreement_key(self._random_source)
+        channel_public = keys.public_bytes(channel_key)
+        mask_public = keys.public_bytes(mask_key)
         signature = b""
         if self._signing_key is not None:
             signature = keys.sign(
@@ -268,10 +270,14 @@ class ClientProtocol:
         self.state = ClientState.AWAITING_KEY_DIRECTORY
         return [AdvertiseKeys(self.setup.round_id, self.client_id, channel_public, mask_public, signature)]
 
-    def receive(self, message: ServerMessage) -> list[ClientMessage]:
-        """Process one message from the server; return the messages to send back."""
+    def receive(self, message: Message) -> list[ClientMessage]:
+        """Process one message from the server; return the messages to send back.
+
+        Any decoded message is accepted as input: one that is not a server message is rejected
+        (:class:`RemoteProtocolError`), like every other message this client cannot take now.
+        """
         expected = _EXPECTED.get(type(message))
-        if expected is None:
+        if expected is None or not isinstance(message, ServerMessage):
             raise RemoteProtocolError(
                 f"client got a {type(message).__name__}, which is not a server message: rejected"
             )
@@ -321,7 +327,8 @@ class ClientProtocol:
                 f"key directory lists {sorted(strangers)}, who may not be "
                 f"in client {self.client_id}'s directory: rejected"
             )
-        own_keys = (keys.public_bytes(self._channel_key), keys.public_bytes(self._mask_key))
+        channel_key, mask_key = self._agreement_keys()
+        own_keys = (keys.public_bytes(channel_key), keys.public_bytes(mask_key))
         public_keys = list(own_keys)
         for peer in message.peers:
             public_keys += [peer.channel_public_key, peer.mask_public_key]
@@ -342,10 +349,8 @@ class ClientProtocol:
                 raise RemoteProtocolError(
                     f"advertised keys of client {peer.client_id} are not signed by it: rejected"
                 )
-        channel_secrets = {
-            v: keys.agree(self._channel_key, peer.channel_public_key) for v, peer in peers.items()
-        }
-        mask_secrets = {v: keys.agree(self._mask_key, peer.mask_public_key) for v, peer in peers.items()}
+        channel_secrets = {v: keys.agree(channel_key, peer.channel_public_key) for v, peer in peers.items()}
+        mask_secrets = {v: keys.agree(mask_key, peer.mask_public_key) for v, peer in peers.items()}
         holders = sorted(set(peers) | {self.client_id})
         if len(holders) < self.params.threshold:
             raise ThresholdNotMetError(
@@ -356,7 +361,7 @@ class ClientProtocol:
         round_id = self.setup.round_id
         seed = keys.random_bytes(self._random_source, KEY_BYTES)
         xs = [holder + 1 for holder in holders]
-        mask_secret = int.from_bytes(keys.private_bytes(self._mask_key), "big")
+        mask_secret = int.from_bytes(keys.private_bytes(mask_key), "big")
         mask_key_shares = shamir.split_secret(
             mask_secret, threshold=self.params.threshold, holders=xs, random_source=self._random_source
         )
@@ -420,6 +425,8 @@ class ClientProtocol:
             self._open(record, round_id)
 
         vector = self._input
+        if vector is None:
+            raise LocalProtocolError(f"client {self.client_id} already masked its input this round")
         if vector.dtype.kind != "u":  # validated non-negative: reinterpret as ring words
             vector = vector.astype(self.params.word_dtype)
         self_key = keys.derive_key(
@@ -484,12 +491,22 @@ class ClientProtocol:
 
     def _on_consistency_request(self, message: ConsistencyRequest) -> list[ClientMessage]:
         self._check_survivors(message.survivors)
+        if self._signing_key is None:
+            raise LocalProtocolError(
+                f"client {self.client_id} has no signing key: only active_adversary rounds sign survivors"
+            )
         signature = keys.sign(
             self._signing_key, survivor_set_payload(self._session, self._keys_digest, message.survivors)
         )
         self._signed_survivors = message.survivors
         self.state = ClientState.AWAITING_UNMASKING_REQUEST
         return [ConsistencySignature(self.setup.round_id, self.client_id, signature)]
+
+    def _agreement_keys(self) -> tuple[X25519PrivateKey, X25519PrivateKey]:
+        """The channel and mask private keys: drawn by :meth:`start`, dropped once the input is masked."""
+        if self._channel_key is None or self._mask_key is None:
+            raise LocalProtocolError(f"client {self.client_id} holds no agreement keys at this step")
+        return self._channel_key, self._mask_key
 
     def _check_survivors(self, survivors: tuple[int, ...]) -> None:
         survivor_set = set(survivors)

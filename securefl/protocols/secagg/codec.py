@@ -103,13 +103,13 @@ class _Reader:
         return chunk
 
     def u8(self) -> int:
-        return _U8.unpack(self.raw(1))[0]
+        return int(_U8.unpack(self.raw(1))[0])
 
     def u32(self) -> int:
-        return _U32.unpack(self.raw(4))[0]
+        return int(_U32.unpack(self.raw(4))[0])
 
     def u64(self) -> int:
-        return _U64.unpack(self.raw(8))[0]
+        return int(_U64.unpack(self.raw(8))[0])
 
     def optional_signature(self) -> bytes:
         size = self.u8()
@@ -162,9 +162,9 @@ def encode(message: Message) -> bytes:
             w.u32(message.sender)
             for records in (message.self_mask_shares, message.mask_key_shares):
                 w.u32(len(records))
-                for record in records:
-                    w.u32(record.owner)
-                    w.raw(record.share)
+                for revealed in records:
+                    w.u32(revealed.owner)
+                    w.raw(revealed.share)
         case KeyDirectory():
             w.u32(message.recipient)
             w.u32(len(message.peers))
@@ -187,9 +187,9 @@ def encode(message: Message) -> bytes:
             w.ids(message.survivors)
             w.ids(message.dropped)
             w.u32(len(message.signatures))
-            for record in message.signatures:
-                w.u32(record.client_id)
-                w.raw(record.signature)
+            for signed in message.signatures:
+                w.u32(signed.client_id)
+                w.raw(signed.signature)
     return b"".join(w.parts)
 
 

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,7 +39,7 @@ from securefl.protocols.crypto import keys
 from securefl.protocols.crypto.keys import RandomSource
 from securefl.protocols.secagg.client import ClientProtocol, RoundIdGuard
 from securefl.protocols.secagg.codec import decode, encode
-from securefl.protocols.secagg.messages import ClientMessage, Step
+from securefl.protocols.secagg.messages import Message, Step
 from securefl.protocols.secagg.params import RoundSetup, SecAggParams
 from securefl.protocols.secagg.server import ServerProtocol
 
@@ -141,10 +141,11 @@ def reliable_network(packet: Packet) -> Sequence[bytes]:
 
 @dataclass(frozen=True)
 class TranscriptEntry:
-    """A message the server received (decoded) and whether it accepted it."""
+    """A message the server received (decoded) and whether it accepted it (a rejected one may be
+    of any kind: a client can send anything)."""
 
     step: Step
-    message: ClientMessage
+    message: Message
     accepted: bool
 
 
@@ -178,7 +179,7 @@ class SecAggStats:
                 totals[step].append(seconds)
         return {step: sum(values) / len(values) for step, values in totals.items()}
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (steps by label, client ids as strings)."""
         return {
             "client_seconds_mean": {s.label: v for s, v in self.mean_client_seconds().items()},
@@ -217,13 +218,15 @@ class SecAggResult:
 @dataclass
 class _Recorder:
     record_transcript: bool
-    client_seconds: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
-    server_seconds: dict = field(default_factory=lambda: defaultdict(float))
-    bytes_up: dict = field(default_factory=lambda: defaultdict(int))
-    bytes_down: dict = field(default_factory=lambda: defaultdict(int))
-    dropouts: dict = field(default_factory=lambda: defaultdict(list))
-    rejections: list = field(default_factory=list)
-    transcript: list = field(default_factory=list)
+    client_seconds: defaultdict[int, defaultdict[Step, float]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(float))
+    )
+    server_seconds: defaultdict[Step, float] = field(default_factory=lambda: defaultdict(float))
+    bytes_up: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
+    bytes_down: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
+    dropouts: defaultdict[Step, list[int]] = field(default_factory=lambda: defaultdict(list))
+    rejections: list[Rejection] = field(default_factory=list)
+    transcript: list[TranscriptEntry] = field(default_factory=list)
 
     def stats(self) -> SecAggStats:
         return SecAggStats(
@@ -392,8 +395,8 @@ def _client_turn(client: ClientProtocol, step: Step, payloads: list[bytes], reco
     encoded = [encode(message) for message in outgoing]
     record.client_seconds[client.client_id][step] += time.perf_counter() - started
     if step is Step.MASKED_INPUT:
-        for peer, error in sorted(client.rejected_shares.items()):
-            record.rejections.append(Rejection(step, client.client_id, peer, error))
+        for peer, refusal in sorted(client.rejected_shares.items()):
+            record.rejections.append(Rejection(step, client.client_id, peer, refusal))
     return encoded
 
 

@@ -244,7 +244,7 @@ class SecAggParams:
     @property
     def modulus(self) -> int:
         """The ring size ``2**bits``."""
-        return 2**self.bits
+        return 1 << self.bits
 
     @property
     def word_dtype(self) -> np.dtype:

@@ -23,8 +23,10 @@ disconnected, before any share is asked for: unmasking it would reveal each comp
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -47,8 +49,10 @@ from securefl.protocols.secagg.messages import (
     ConsistencySignature,
     KeyDirectory,
     MaskedInput,
+    Message,
     PeerKeys,
     RelayedShares,
+    SealedShares,
     ServerMessage,
     ShareKeys,
     Step,
@@ -61,6 +65,8 @@ from securefl.protocols.secagg.messages import (
     survivor_set_payload,
 )
 from securefl.protocols.secagg.params import RoundSetup, SecAggParams, session_hash
+
+_Answer = TypeVar("_Answer", AdvertiseKeys, ShareKeys, ConsistencySignature, UnmaskingShares)
 
 
 @dataclass(frozen=True)
@@ -125,8 +131,12 @@ class ServerProtocol:
             )
         return self._result
 
-    def receive(self, message: ClientMessage) -> list[ServerMessage]:
-        """Accept one client message for the current step (answers come from :meth:`close_step`)."""
+    def receive(self, message: Message) -> list[ServerMessage]:
+        """Accept one client message for the current step (answers come from :meth:`close_step`).
+
+        Any decoded message is accepted as input: one that is not a client message is rejected
+        (:class:`RemoteProtocolError`), like every other message the server cannot take now.
+        """
         if self.state is not ServerState.COLLECTING:
             raise RemoteProtocolError(
                 f"{type(message).__name__} after the round {self.state.value}: rejected"
@@ -278,7 +288,7 @@ class ServerProtocol:
 
     def _close_advertise_keys(self, answered: frozenset[int]) -> list[ServerMessage]:
         self._require(answered, answered, self.params.threshold, "advertised keys")
-        self._advertised = {u: self._received[u] for u in answered}
+        self._advertised = self._answers(AdvertiseKeys, answered)
         self._with_keys = answered
         everyone = tuple(
             PeerKeys(
@@ -310,9 +320,9 @@ class ServerProtocol:
 
     def _close_share_keys(self, answered: frozenset[int]) -> list[ServerMessage]:
         self._require(answered, answered, self.params.threshold, "shared keys")
-        self._shared = {u: self._received[u] for u in answered}
+        self._shared = self._answers(ShareKeys, answered)
         self._with_shares = answered
-        addressed: dict[int, list] = {v: [] for v in answered}
+        addressed: dict[int, list[SealedShares]] = {v: [] for v in answered}
         for u in sorted(answered):
             for record in self._shared[u].sealed_shares:
                 if record.recipient in addressed:
@@ -338,7 +348,8 @@ class ServerProtocol:
 
     def _close_consistency_check(self, answered: frozenset[int]) -> list[ServerMessage]:
         self._require(answered, self._with_shares, self.params.signature_threshold, "signed the survivor set")
-        signatures = tuple(SurvivorSignature(u, self._received[u].signature) for u in sorted(answered))
+        signed = self._answers(ConsistencySignature, answered)
+        signatures = tuple(SurvivorSignature(u, signed[u].signature) for u in sorted(answered))
         survivors = tuple(sorted(self._survivors))
         dropped = tuple(sorted(self._with_shares - self._survivors))
         return [
@@ -348,7 +359,7 @@ class ServerProtocol:
     def _close_unmasking(self) -> list[ServerMessage]:
         seed_shares: dict[int, dict[int, int]] = {u: {} for u in self._survivors}
         key_shares: dict[int, dict[int, int]] = {v: {} for v in self._with_shares - self._survivors}
-        for sender, message in self._received.items():
+        for sender, message in self._answers(UnmaskingShares, self._received).items():
             for record in message.self_mask_shares:
                 seed_shares[record.owner][sender + 1] = int.from_bytes(record.share, "big")
             for record in message.mask_key_shares:
@@ -361,7 +372,7 @@ class ServerProtocol:
                 u,
                 seed_shares[u],
                 "self-mask seed",
-                lambda secret, u=u, c=commitment: self_mask_commitment(round_id, u, secret) == c,
+                functools.partial(_opens_commitment, round_id, u, commitment),
             )
             masks.append(
                 (keys.derive_key(seed, purpose=KeyPurpose.SELF_MASK, round_id=round_id, parties=(u,)), -1)
@@ -372,9 +383,7 @@ class ServerProtocol:
                 v,
                 key_shares[v],
                 "mask private key",
-                lambda secret, a=advertised: (
-                    keys.public_bytes(X25519PrivateKey.from_private_bytes(secret)) == a
-                ),
+                functools.partial(_is_private_key_of, advertised),
             )
             mask_key = X25519PrivateKey.from_private_bytes(secret)
             for w in sorted(self._neighbours[v] & self._survivors):
@@ -396,7 +405,21 @@ class ServerProtocol:
         self.state = ServerState.FINISHED
         return []
 
-    def _reconstruct(self, owner: int, shares: dict[int, int], what: str, check) -> bytes:
+    def _answers(self, kind: type[_Answer], senders: Iterable[int]) -> dict[int, _Answer]:
+        """The messages of ``senders`` at this step, as the one type :meth:`receive` admits at it."""
+        answers: dict[int, _Answer] = {}
+        for sender in senders:
+            message = self._received[sender]
+            if not isinstance(message, kind):
+                raise LocalProtocolError(
+                    f"{type(message).__name__} from client {sender} kept during {self.step.label}"
+                )
+            answers[sender] = message
+        return answers
+
+    def _reconstruct(
+        self, owner: int, shares: dict[int, int], what: str, check: Callable[[bytes], bool]
+    ) -> bytes:
         """A secret from ``t`` of ``shares`` that passes ``check``; tries each cyclic window of
         ``t`` shares so a few corrupted shares cannot produce a wrong sum."""
         t = self.params.threshold
@@ -429,3 +452,13 @@ class ServerProtocol:
     def _abort(self) -> None:
         self._forget()
         self.state = ServerState.ABORTED
+
+
+def _opens_commitment(round_id: int, client: int, commitment: bytes, seed: bytes) -> bool:
+    """Whether ``seed`` is the self-mask seed ``client`` committed to in round ``round_id``."""
+    return self_mask_commitment(round_id, client, seed) == commitment
+
+
+def _is_private_key_of(public_key: bytes, private_key: bytes) -> bool:
+    """Whether the X25519 ``private_key`` is the one behind the advertised ``public_key``."""
+    return keys.public_bytes(X25519PrivateKey.from_private_bytes(private_key)) == public_key
