@@ -6,8 +6,9 @@ of what reaches it every round and adds them up.  For a Dirac canary the coordin
 (clipped) gradient plus Gaussian noise, so the sum over rounds is the likelihood-ratio statistic
 of the composed Gaussian mechanism.
 
-- :class:`ObservedChannel` wraps the aggregation channel and reads one client's contribution
-  (sample-level canaries inside that client: the server sees each update under plain aggregation);
+- :class:`ObservedChannel` wraps the aggregation's server half and reads one client's plain
+  contribution as it arrives (sample-level canaries inside that client: the server sees each
+  update under plain aggregation);
 - :class:`ObservedServerUpdate` wraps the server update and reads the released change of the
   global model (user-level canary clients under DP-FedAvg: only the noised sum is released);
 - :func:`loss_scores` is the black-box view: the final model's loss on each canary.
@@ -15,12 +16,25 @@ of the composed Gaussian mechanism.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from securefl.fl.types import Aggregate, AggregationChannel, Contribution, PrivacyAccounting, ServerUpdate
+from securefl.errors import DecodeError
+from securefl.fl.codec import decode
+from securefl.fl.messages import PlainContribution
+from securefl.fl.turns import aggregate_in_process
+from securefl.fl.types import (
+    Aggregate,
+    Aggregation,
+    AggregationClient,
+    AggregationRound,
+    Contribution,
+    PrivacyAccounting,
+    ServerUpdate,
+)
 
 
 class CanaryScores:
@@ -36,12 +50,23 @@ class CanaryScores:
 
 
 class ObservedChannel:
-    """An aggregation channel that also reads ``client_id``'s update (``weighted_delta / weight``)."""
+    """An aggregation whose server half also reads ``client_id``'s update
+    (``weighted_delta / weight``) from the plain contribution it receives: what a curious server
+    sees without secure aggregation (a masked payload shows it nothing, and is not read)."""
 
-    def __init__(self, inner: AggregationChannel, *, client_id: int, canaries: int) -> None:
+    def __init__(self, inner: Aggregation, *, client_id: int, canaries: int) -> None:
         self.inner = inner
         self.client_id = client_id
         self.scores = CanaryScores(canaries)
+
+    def open_round(
+        self, *, round_index: int, participants: Sequence[int], context: bytes
+    ) -> AggregationRound:
+        inner = self.inner.open_round(round_index=round_index, participants=participants, context=context)
+        return _ObservedRound(inner, self)
+
+    def client(self, client_id: int) -> AggregationClient:
+        return self.inner.client(client_id)
 
     def aggregate(
         self,
@@ -50,10 +75,34 @@ class ObservedChannel:
         round_index: int,
         contexts: Mapping[int, bytes] | None = None,
     ) -> Aggregate:
-        for contribution in contributions:
-            if contribution.client_id == self.client_id:
-                self.scores.add(contribution.weighted_delta / contribution.weight)
-        return self.inner.aggregate(contributions, round_index=round_index, contexts=contexts)
+        aggregate, _ = aggregate_in_process(self, contributions, round_index=round_index, contexts=contexts)
+        return aggregate
+
+
+class _ObservedRound:
+    """The server half of :class:`ObservedChannel`: reads, then passes everything on."""
+
+    def __init__(self, inner: AggregationRound, channel: ObservedChannel) -> None:
+        self.inner = inner
+        self.channel = channel
+
+    def setup_for(self, client_id: int) -> bytes:
+        return self.inner.setup_for(client_id)
+
+    def receive(self, client_id: int, payload: bytes) -> None:
+        if client_id == self.channel.client_id:
+            with contextlib.suppress(DecodeError):
+                message = decode(payload)
+                if isinstance(message, PlainContribution) and message.weight > 0:
+                    self.channel.scores.add(message.weighted_delta / message.weight)
+        self.inner.receive(client_id, payload)
+
+    def close_step(self) -> list[tuple[int, bytes]]:
+        return self.inner.close_step()
+
+    @property
+    def result(self) -> Aggregate | None:
+        return self.inner.result
 
 
 class ObservedServerUpdate:

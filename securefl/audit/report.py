@@ -25,13 +25,10 @@ import numpy as np  # noqa: E402
 
 from securefl.audit.run import AuditResult  # noqa: E402
 from securefl.fl.history import write_run  # noqa: E402
+from securefl.fl.record import json_float
 
 AUDIT_FILE = "audit.json"
 FIGURE_FILE = "audit.png"
-
-
-def _number(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def audit_document(result: AuditResult) -> dict[str, Any]:
@@ -40,7 +37,7 @@ def audit_document(result: AuditResult) -> dict[str, Any]:
     return {
         "mode": result.config.mode,
         "break": None if result.config.weakness is None else result.config.weakness.variant,
-        "accountant_epsilon": _number(result.accountant_epsilon),
+        "accountant_epsilon": json_float(result.accountant_epsilon),
         "epsilon_lower_bound": outcome.epsilon,
         "violation": result.violation,
         "confidence": result.config.confidence,
@@ -53,9 +50,7 @@ def audit_document(result: AuditResult) -> dict[str, Any]:
         "ceiling": result.ceiling,
         "rounds_observed": result.rounds_observed,
         "seconds": result.seconds,
-        "final_round": {k: _number(v) if isinstance(v, float) else v for k, v in result.history.final.items()}
-        if result.history.records
-        else None,
+        "final_round": result.history.final.to_json() if result.history.records else None,
         "config": result.config.to_json(),
         "canary_scores": [float(s) for s in result.scores],
         "canary_included": [bool(b) for b in result.included],

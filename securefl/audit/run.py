@@ -11,7 +11,7 @@ NeurIPS 2023) with white-box Dirac canaries (Nasr et al., USENIX Security 2023):
 - ``black_box`` (sample level): m of client 0's examples, each mislabelled and kept with
   probability 1/2, scored by the final model's loss only (the weaker black-box view).
 
-The run goes through securefl's own composition root (:func:`~securefl.fl.simulation.build_federation`)
+The run goes through securefl's own composition root (:func:`~securefl.federation.build_federation`)
 and simulation loop; only the model (wrapped with canary coordinates), the data (rows with canary
 slots), the trainer or the client list, and an observer are swapped in.  The inclusion bits come
 from the operating system and exist only inside this function and its result.
@@ -44,10 +44,10 @@ from securefl.audit.observe import CanaryScores, ObservedChannel, ObservedServer
 from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset
 from securefl.errors import ConfigError
-from securefl.fl.client import LocalSGDTrainer
+from securefl.federation import Federation, build_federation, run_simulation
 from securefl.fl.history import History
-from securefl.fl.simulation import Federation, build_federation, run_simulation
-from securefl.fl.types import ClientShard
+from securefl.fl.training import LocalSGDTrainer
+from securefl.fl.types import ClientShard, ClientTrainer
 from securefl.models import build_model
 
 CANARY_CLIENT = 0
@@ -250,6 +250,11 @@ def _new_model(fed: Federation, layout: CanaryLayout) -> torch.nn.Module:
     return layout.wrap(base)
 
 
+def _shared(trainer: ClientTrainer, shards: list[ClientShard]) -> dict[int, ClientTrainer]:
+    """One trainer for every client of the audited federation (it holds the canary client's plan)."""
+    return dict.fromkeys((s.client_id for s in shards), trainer)
+
+
 def _real_shards(fed: Federation, layout: CanaryLayout) -> list[ClientShard]:
     return [ClientShard(client_id=s.client_id, x=layout.real_rows(s.x), y=s.y) for s in fed.shards]
 
@@ -296,7 +301,9 @@ def _audit_none(config: AuditConfig, fed: Federation, layout: CanaryLayout, incl
     shards, probe = _with_canary_examples(config, fed, layout, included)
     trainer = _plain_trainer(config.run, fed, layout, full_batch=config.full_batch)
     channel = ObservedChannel(fed.channel, client_id=CANARY_CLIENT, canaries=config.canaries)
-    audited = dataclasses.replace(_with_canary_model(fed, layout, shards), trainer=trainer, channel=channel)
+    audited = dataclasses.replace(
+        _with_canary_model(fed, layout, shards), trainers=_shared(trainer, shards), channel=channel
+    )
     return _Audit(audited, channel.scores, lambda rounds: math.inf, probe)
 
 
@@ -344,7 +351,9 @@ def _audit_dp(config: AuditConfig, fed: Federation, layout: CanaryLayout, includ
             return epsilon_spent(history, accountant=dp.accountant, delta=dp.delta)
 
     channel = ObservedChannel(fed.channel, client_id=CANARY_CLIENT, canaries=config.canaries)
-    audited = dataclasses.replace(_with_canary_model(fed, layout, shards), trainer=trainer, channel=channel)
+    audited = dataclasses.replace(
+        _with_canary_model(fed, layout, shards), trainers=_shared(trainer, shards), channel=channel
+    )
     return _Audit(audited, channel.scores, claim, probe)
 
 
@@ -401,7 +410,7 @@ def _audit_central_dp(
     sampler.num_clients, sampler.per_round = clients, per_round
     audited = dataclasses.replace(
         audited,
-        trainer=trainer,
+        trainers=_shared(trainer, shards),
         transform=transform,
         server_update=observed,
         sampler=sampler,

@@ -21,6 +21,7 @@ from securefl.audit.report import FIGURE_FILE, write_audit
 from securefl.cli.progress import round_progress
 from securefl.config import RunConfig
 from securefl.fl.history import check_output_dir
+from securefl.fl.record import RoundRecord
 
 Opt = typer.Option
 
@@ -132,9 +133,12 @@ def _run_with_progress(config: AuditConfig, console: Console) -> AuditResult:
         return run_audit(config, on_round=on_round)
 
 
-def _test_metric(record: dict[str, Any]) -> str:
-    metric = record.get("test_accuracy", record.get("test_mse"))
-    return f"test {metric:.4f}" if metric is not None else ""
+def _test_metric(record: RoundRecord) -> str:
+    evaluation = record.evaluation
+    if evaluation is None:
+        return ""
+    metric = evaluation.accuracy if evaluation.accuracy is not None else evaluation.loss
+    return f"test {metric:.4f}"
 
 
 def _epsilon(value: float) -> str:

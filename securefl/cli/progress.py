@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-RoundCallback = Callable[[dict[str, Any]], None]
+from securefl.fl.record import RoundRecord
+
+RoundCallback = Callable[[RoundRecord], None]
 
 
 @contextmanager
 def round_progress(
-    console: Console, *, rounds: int, status: Callable[[dict[str, Any]], str]
+    console: Console, *, rounds: int, status: Callable[[RoundRecord], str]
 ) -> Iterator[RoundCallback]:
     """A rich bar over ``rounds`` rounds; yields the ``on_round`` callback that advances it and
     shows ``status(record)`` of the round just finished."""
@@ -28,7 +29,7 @@ def round_progress(
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("rounds", total=rounds, status="")
 
-        def on_round(record: dict[str, Any]) -> None:
+        def on_round(record: RoundRecord) -> None:
             progress.update(task, advance=1, status=status(record))
 
         yield on_round

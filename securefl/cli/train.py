@@ -9,13 +9,16 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from securefl.cli.flags import render
 from securefl.cli.progress import round_progress
 from securefl.config import RunConfig
 from securefl.data import plot_label_histograms
+from securefl.federation import Federation, build_federation, run_simulation
 from securefl.fl.history import History, check_output_dir, write_run
-from securefl.fl.simulation import build_federation, run_simulation
+from securefl.fl.record import RoundRecord, RoundStatus
 from securefl.protocols.secagg import assess_parameters
 
 Opt = typer.Option
@@ -126,9 +129,12 @@ def train(
     if history.stopped_early:
         console.print(f"[yellow]stopped early:[/] {history.stopped_early}")
     console.print(f"results written to [bold]{out_dir}[/]")
+    if history.diverged:  # the rounds before are kept, the run directory says "diverged"
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(render(history.diverged))}", highlight=False)
+        raise typer.Exit(code=2)
 
 
-def _collusion_bound(config: RunConfig, federation: Any) -> str:
+def _collusion_bound(config: RunConfig, federation: Federation) -> str:
     """One line: the adversary every round that can run is secure against.
 
     Under Poisson sampling rounds can be smaller than planned and run with their own threshold,
@@ -138,7 +144,7 @@ def _collusion_bound(config: RunConfig, federation: Any) -> str:
     SecAgg+ at the configured dropout rate) the line says it is not secure for that ``c``.
     """
     clients = config.sampled_clients
-    secure = getattr(federation.channel, "secure", federation.channel)  # distributed DP wraps it
+    secure: Any = getattr(federation.channel, "secure", federation.channel)  # distributed DP wraps it
     rounds = secure.round_params()
     params = next((p for p in rounds if p.num_clients == clients), rounds[-1])
     graph = "complete graph" if params.complete_graph else f"SecAgg+ with {params.neighbors} neighbours"
@@ -168,10 +174,10 @@ def _collusion_bound(config: RunConfig, federation: Any) -> str:
     )
 
 
-def _noise_shares(config: RunConfig, federation: Any) -> str:
+def _noise_shares(config: RunConfig, federation: Federation) -> str:
     """One line: how the planned round's noise shares are sized (issue 13, approach (a))."""
     clients = config.sampled_clients
-    params = federation.channel.params_for(clients)
+    params = federation.channel.round_parameters(clients)  # type: ignore[attr-defined]
     honest = params.threshold - params.colluders_tolerated
     return (
         f"distributed DP: each client adds 1/{honest} of the target noise, so the honest ones among "
@@ -181,20 +187,23 @@ def _noise_shares(config: RunConfig, federation: Any) -> str:
     )
 
 
-def _run_with_progress(config: RunConfig, federation: Any, console: Console) -> History:
+def _run_with_progress(config: RunConfig, federation: Federation, console: Console) -> History:
     with round_progress(console, rounds=config.rounds, status=_status) as on_round:
         return run_simulation(config, federation=federation, on_round=on_round)
 
 
-def _status(record: dict[str, Any]) -> str:
-    if "test_accuracy" in record:
-        text = f"acc {record['test_accuracy']:.4f}  loss {record['test_loss']:.4f}"
-    else:
-        text = f"mse {record['test_mse']:.4f}  r2 {record['test_r2']:.4f}"
-    if "epsilon_max" in record:
-        text += f"  ε {record['epsilon_max']:.2f}"
-    if "user_epsilon" in record:
-        text += f"  user ε {record['user_epsilon']:.2f}"
+def _status(record: RoundRecord) -> str:
+    evaluation = record.evaluation
+    text = ""
+    if evaluation is not None and evaluation.accuracy is not None:
+        text = f"acc {evaluation.accuracy:.4f}  loss {evaluation.loss:.4f}"
+    elif evaluation is not None:
+        text = f"mse {evaluation.loss:.4f}  r2 {evaluation.r2:.4f}"
+    for name, label in (("epsilon_max", "ε"), ("user_epsilon", "user ε")):
+        if name in record.privacy:
+            text += f"  {label} {record.privacy[name]:.2f}"
+    if record.status is not RoundStatus.OK:
+        text += f"  {record.status.value}"
     return text
 
 
@@ -214,7 +223,7 @@ SUMMARY_COLUMNS = {
     "user_epsilon_at_target_noise": "user ε at target noise",
     "central_epsilon_at_target_noise": "central ε at target noise",
     "released_noise_variance": "noise var",
-    "secagg_bytes_up_per_client": "up/client",
+    "bytes_up_per_client": "up/client",
     "seconds": "s",
 }
 
@@ -222,12 +231,12 @@ SUMMARY_COLUMNS = {
 def _summary(history: History) -> Table:
     """One row per round; a column appears when some round has that figure."""
     table = Table(title="securefl train")
-    records = history.records
+    records = [record.to_json() for record in history.records]
     columns = [c for c in SUMMARY_COLUMNS if any(c in r for r in records)]
-    if all(r.get("status") == "ok" for r in records) and "status" in columns:
+    if all(r.status is RoundStatus.OK for r in history.records):
         columns.remove("status")
-    if "secagg_bytes_up_per_client" not in columns and "survivors" in columns:
-        columns.remove("survivors")  # plain aggregation: everybody sampled is aggregated
+    if history.config.secagg is None:
+        columns = [c for c in columns if c not in ("survivors", "bytes_up_per_client")]
     for column in columns:
         table.add_column(SUMMARY_COLUMNS[column], justify="right")
     for record in records:

@@ -81,6 +81,7 @@ import torch
 
 from securefl.config import CLIENT_SAMPLING
 from securefl.errors import ConfigError
+from securefl.fl.record import json_float
 from securefl.fl.types import Aggregate, Contribution, Update
 from securefl.privacy.ledger import epsilon_spent, validate_accountant
 
@@ -323,9 +324,9 @@ class DPFedAvgServerUpdate:
                 "expected_clients_per_round": self.expected_clients,
                 "noise_std_on_average": self.noise_std,
                 "rounds": self.rounds,
-                "epsilon": _json_float(epsilon),
-                "epsilon_after_each_round": [_json_float(e) for e in self._epsilons],
-                **({"epsilon_if_poisson": _json_float(self._poisson_epsilon(self.rounds))} if fixed else {}),
+                "epsilon": json_float(epsilon),
+                "epsilon_after_each_round": [json_float(e) for e in self._epsilons],
+                **({"epsilon_if_poisson": json_float(self._poisson_epsilon(self.rounds))} if fixed else {}),
             }
         }
 
@@ -359,10 +360,6 @@ def dp_generator(*, seed: int | None = None) -> torch.Generator:
     kept.  ``seed`` is for tests only: a seed known to the server voids the guarantee.
     """
     return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
-
-
-def _json_float(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 __all__ = ["ClipUpdate", "DPFedAvgServerUpdate", "clip_to_norm", "dp_generator", "sensitivity_multiplier"]

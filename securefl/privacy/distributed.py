@@ -17,7 +17,7 @@ and round, on the client side (:meth:`DistributedDPChannel.encode`):
 4. add Skellam noise of variance ``μ/(t − c)`` to every coordinate (integers: the sum of the
    survivors' shares is again Skellam), ``μ = (z·s·c)²``, ``t`` the round's secure-aggregation
    threshold and ``c`` the clients that may collude with the server (the protocol's
-   :attr:`~securefl.protocols.secagg.SecAggParams.colluders_tolerated`, ``--secagg-colluders``);
+   :attr:`~securefl.protocols.secagg.SecAggParams.colluders_tolerated`, ``secagg.max_colluders``);
 5. reduce modulo ``2^bits`` and hand the vector to the secure-aggregation protocol
    (:meth:`~securefl.fl.secure_channel.SecureAggregationChannel.run_protocol`, the same run as
    plain secure aggregation).
@@ -36,7 +36,7 @@ sampled clients instead (``μ/m``) would release only ``survivors/m · μ`` when
 benchmark reports the ε that would have given.  The price: without dropouts a round carries
 ``m/(t − c)`` times the target variance, and with the default ``c = t − 1`` (the most the
 threshold tolerates) every client adds the whole ``μ``, which is local DP's noise; state the
-colluders you assume with ``--secagg-colluders``.  (The Dordis add-then-remove scheme, which
+colluders you assume with ``secagg.max_colluders``.  (The Dordis add-then-remove scheme, which
 releases exactly ``μ``, is not implemented: it needs the noise seeds secret-shared inside the
 protocol.)
 
@@ -88,6 +88,7 @@ the rounding (``Δ2 / (s·c)`` > 1 in the sensitivity), the Skellam correction t
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import secrets
@@ -96,9 +97,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from securefl.errors import ConfigError
-from securefl.fl.secure_channel import SecureAggregationAborted, SecureAggregationChannel
+from securefl.config import SecAggConfig
+from securefl.errors import ConfigError, RoundAbortedError
+from securefl.fl.record import json_float
+from securefl.fl.secure_channel import (
+    SecureAggregationChannel,
+    SecureAggregationClient,
+    SecureAggregationRound,
+    aggregate_securely,
+    simulated_dropouts,
+)
+from securefl.fl.turns import NO_FAULTS, Faults
 from securefl.fl.types import Aggregate, Contribution
 from securefl.privacy.central import DPFedAvgServerUpdate, sensitivity_multiplier
 from securefl.privacy.skellam import skellam_epsilon
@@ -272,7 +283,7 @@ def choose_scale(
     if not fits(0.0):  # the caps hold at 0 (the dimension was checked above): the ring is too small
         raise ConfigError(
             f"a {bits}-bit ring cannot hold the sum of {clients} clients' rounded updates: raise "
-            "--secagg-bits"
+            "`secagg.bits`"
         )
     low, high = 0.0, float(2**bits)
     for _ in range(200):
@@ -281,7 +292,7 @@ def choose_scale(
     if not low > 0:
         raise ConfigError(
             f"noise multiplier {noise_multiplier} is too large to encode: its noise would not fit "
-            "the ring (or exceed 2^44 in variance) at any scale; lower --central-noise-multiplier"
+            "the ring (or exceed 2^44 in variance) at any scale; lower `central_dp.noise_multiplier`"
         )
     return low / clip_norm
 
@@ -328,7 +339,7 @@ class DistributedDPChannel:
         if not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
             raise ConfigError(
                 f"noise multiplier {noise_multiplier} is not a positive finite number: distributed "
-                "DP needs noise, use a positive --central-noise-multiplier"
+                "DP needs noise, use a positive `central_dp.noise_multiplier`"
             )
         self.secure = secure
         self.num_params = int(num_params)
@@ -359,7 +370,7 @@ class DistributedDPChannel:
         self.rounding_inflation = self.l2_bound / scaled_clip
         if self.rounding_inflation > 1.1:
             log.warning(
-                "with %d bits, rounding inflates the sensitivity by %.0f%%: raise --secagg-bits",
+                "with %d bits, rounding inflates the sensitivity by %.0f%%: raise `secagg.bits`",
                 secure.config.bits,
                 100 * (self.rounding_inflation - 1),
             )
@@ -378,7 +389,7 @@ class DistributedDPChannel:
             raise ConfigError(
                 f"with threshold {params.threshold} and {params.colluders_tolerated} colluding "
                 "clients a round may complete with no honest survivor, whose noise would protect "
-                "the sum: lower --secagg-colluders or raise --secagg-threshold"
+                "the sum: lower `secagg.max_colluders` or raise `secagg.threshold`"
             )
         return floor
 
@@ -406,6 +417,94 @@ class DistributedDPChannel:
         signed = (total.astype(np.int64) + modulus // 2) % modulus - modulus // 2
         return rotation.unrotate(torch.from_numpy(signed.astype(np.float64)) / self.scale)
 
+    # ---- the noised-integer encoding (RingEncoding) --------------------------------------
+
+    @property
+    def config(self) -> SecAggConfig:
+        return self.secure.config
+
+    @property
+    def vector_length(self) -> int:
+        """The rotated update, zero-padded to a power of two."""
+        return self.padded
+
+    def round_parameters(self, num_clients: int) -> SecAggParams:
+        """The protocol parameters of a round of ``num_clients`` (inputs are ring elements
+        already: no fixed-point codec); :class:`RoundAbortedError` when it cannot run."""
+        if num_clients < 2:
+            raise RoundAbortedError(
+                f"{num_clients} client(s) sampled: secure aggregation needs at least 2",
+                details={"survivors": 0},
+            )
+        try:
+            return self.secure.params_for(num_clients, None)
+        except ConfigError as error:
+            raise RoundAbortedError(
+                f"{num_clients} clients cannot run this protocol: {error}", details={"survivors": 0}
+            ) from None
+
+    def encode_input(
+        self, contribution: Contribution, *, params: SecAggParams, round_index: int
+    ) -> np.ndarray:
+        """Client side: the clipped update rotated, rounded and noised with this client's share."""
+        return self.encode(
+            contribution, rotation=self.rotation(round_index), share_variance=self.share_variance(params)
+        )
+
+    def decode_sum(
+        self, total: np.ndarray, *, survivors: tuple[int, ...], params: SecAggParams, round_index: int
+    ) -> Aggregate:
+        """Server side: the noised sum in parameter units, and what it carried (:meth:`take_release`)."""
+        share = self.share_variance(params)
+        count = len(survivors)
+        self._release = Release(
+            released=True,
+            survivors=count,
+            colluders=params.colluders_tolerated,
+            variance=count * share / self.scale**2,
+            honest_variance=(count - params.colluders_tolerated) * share / self.scale**2,
+        )
+        return Aggregate(
+            weighted_delta_sum=self.decode(total, rotation=self.rotation(round_index)).to(torch.float32),
+            weight_sum=float(count),
+            survivors=survivors,
+            train_loss_sum=0.0,
+            details={"released_noise_variance": self._release.variance},
+        )
+
+    # ---- the two halves (the secure channel's, with this encoding) ------------------------
+
+    def open_round(
+        self, *, round_index: int, participants: Sequence[int], context: bytes
+    ) -> SecureAggregationRound:
+        self._release = None  # an aborted round releases nothing
+        return SecureAggregationRound(
+            self,
+            round_index=round_index,
+            participants=participants,
+            context=context,
+            verify_keys=self.secure.verify_keys,
+        )
+
+    def client(
+        self, client_id: int, *, signing_key: Ed25519PrivateKey | None = None
+    ) -> SecureAggregationClient:
+        return SecureAggregationClient(
+            self, client_id=client_id, signing_key=signing_key, verify_keys=self.secure.verify_keys
+        )
+
+    def simulated_dropouts(self, round_index: int, participants: Sequence[int]) -> Faults:
+        if self.config.dropout_rate == 0:
+            return NO_FAULTS
+        return simulated_dropouts(
+            self, round_index=round_index, participants=participants, seed=self.secure.seed
+        )
+
+    def with_verify_keys(self, verify_keys: Mapping[int, Ed25519PublicKey]) -> DistributedDPChannel:
+        other = copy.copy(self)
+        other.secure = self.secure.with_verify_keys(verify_keys)
+        return other
+
     def aggregate(
         self,
         contributions: list[Contribution],
@@ -413,49 +512,9 @@ class DistributedDPChannel:
         round_index: int,
         contexts: Mapping[int, bytes] | None = None,
     ) -> Aggregate:
-        try:
-            aggregate = self._aggregate(contributions, round_index=round_index, contexts=contexts)
-        except SecureAggregationAborted:
-            self._release = NOTHING_RELEASED
-            raise
-        return aggregate
-
-    def _aggregate(
-        self, contributions: list[Contribution], *, round_index: int, contexts: Mapping[int, bytes] | None
-    ) -> Aggregate:
-        if len(contributions) < 2:
-            raise SecureAggregationAborted(
-                f"{len(contributions)} client(s) sampled: secure aggregation needs at least 2",
-                {"survivors": 0},
-            )
-        try:
-            params = self.secure.params_for(len(contributions), None)
-        except ConfigError as error:
-            raise SecureAggregationAborted(
-                f"{len(contributions)} clients cannot run this protocol: {error}", {"survivors": 0}
-            ) from None
-        rotation = self.rotation(round_index)
-        share = self.share_variance(params)
-        inputs = {c.client_id: self.encode(c, rotation=rotation, share_variance=share) for c in contributions}
-        result, details = self.secure.run_protocol(
-            inputs, params=params, round_index=round_index, contexts=contexts
-        )
-        survivors = len(result.survivors)
-        self._release = Release(
-            released=True,
-            survivors=survivors,
-            colluders=params.colluders_tolerated,
-            variance=survivors * share / self.scale**2,
-            honest_variance=(survivors - params.colluders_tolerated) * share / self.scale**2,
-        )
-        details["released_noise_variance"] = self._release.variance
-        return Aggregate(
-            weighted_delta_sum=self.decode(result.sum, rotation=rotation).to(torch.float32),
-            weight_sum=float(survivors),
-            survivors=tuple(sorted(result.survivors)),
-            train_loss_sum=0.0,
-            details=details,
-        )
+        """Both halves in one process (as :meth:`SecureAggregationChannel.aggregate`)."""
+        self._release = None
+        return aggregate_securely(self, contributions, round_index=round_index, contexts=contexts)
 
     def take_release(self) -> Release:
         """What the round aggregated since the last call released (nothing: aborted, or never
@@ -470,14 +529,6 @@ class DistributedDPChannel:
         l1, l2 = self.sensitivity
         scaled = [v * self.scale**2 for v in honest_variances]
         return skellam_epsilon(scaled, l1=l1, l2=l2, delta=self.delta)
-
-    def params_for(self, num_clients: int, codec: None = None) -> SecAggParams:
-        """The protocol parameters of a round (as :class:`SecureAggregationChannel`'s)."""
-        return self.secure.params_for(num_clients, None)
-
-    def codec_for(self, num_clients: int) -> None:
-        """No fixed-point codec: the clients' inputs are ring elements already."""
-        return None
 
 
 class DistributedDPServerUpdate:
@@ -582,17 +633,13 @@ class DistributedDPServerUpdate:
                 "released_noise_variance_each_round": [r.variance for r in self._releases],
                 "honest_noise_variance_each_round": [r.honest_variance for r in self._releases],
                 "colluders_each_round": [r.colluders for r in self._releases],
-                "epsilon": _json_float(epsilon),
-                "epsilon_after_each_round": [_json_float(e) for e in self._epsilons],
+                "epsilon": json_float(epsilon),
+                "epsilon_after_each_round": [json_float(e) for e in self._epsilons],
                 "released_each_round": [r.released for r in self._releases],
-                "epsilon_at_target_noise": _json_float(self._epsilon_at_target_noise()),
-                "central_dp_epsilon_at_target_noise": None if central is None else _json_float(central),
+                "epsilon_at_target_noise": json_float(self._epsilon_at_target_noise()),
+                "central_dp_epsilon_at_target_noise": None if central is None else json_float(central),
             }
         }
-
-
-def _json_float(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 __all__ = [

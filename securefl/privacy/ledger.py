@@ -41,6 +41,7 @@ from opacus.accountants import create_accountant
 
 from securefl.config import ACCOUNTANTS
 from securefl.errors import ConfigError, PrivacyBudgetExceeded
+from securefl.fl.record import json_float
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def epsilon_spent(history: History, *, accountant: str, delta: float) -> float:
         # (opacus.accountants.analysis.gdp.eps_from_mu), which has no root once ε passes 500.
         log.warning(
             "the gdp accountant cannot express ε for %s at δ=%g (past Opacus' search bracket, "
-            "ε > 500): reporting ε = inf; use --accountant rdp or prv for a finite bound",
+            "ε > 500): reporting ε = inf; use the rdp or prv accountant for a finite bound",
             history,
             delta,
         )
@@ -125,9 +126,7 @@ def _epsilon_spent(history: History, *, accountant: str, delta: float) -> float:
     if any(noise == 0 for noise, _, _ in history):
         return math.inf
     if accountant == "gdp" and len(history) > 1:
-        raise ValueError(
-            "the gdp accountant composes only one constant (noise, sample rate): use --accountant rdp or prv"
-        )
+        raise ValueError("the gdp accountant composes only one constant (noise, sample rate): use rdp or prv")
     with warnings.catch_warnings():
         # GaussianAccountant warns on every construction; the module docstring and the
         # trainer's log say it once.
@@ -184,13 +183,13 @@ class ClientRecord:
             "steps": self.steps,
             "sample_rate": _single_or_list([rate for _, rate in mechanisms]),
             "noise_multiplier": _single_or_list([noise for noise, _ in mechanisms]),
-            "epsilon": _json_float(self.epsilon),
-            "epsilon_after_each_round": [_json_float(e) for e in self.epsilons],
+            "epsilon": json_float(self.epsilon),
+            "epsilon_after_each_round": [json_float(e) for e in self.epsilons],
             "excluded": None
             if self.exclusion is None
             else {
                 "after_rounds": self.exclusion.after_rounds,
-                "would_be_epsilon": _json_float(self.exclusion.would_be_epsilon),
+                "would_be_epsilon": json_float(self.exclusion.would_be_epsilon),
                 "budget": self.exclusion.budget,
             },
         }
@@ -219,9 +218,9 @@ class PrivacyLedger:
     ) -> PrivacyLedger:
         validate_accountant(accountant)
         if not 0 < delta < 1:
-            raise ConfigError(f"delta {delta} is outside (0, 1): set --delta, e.g. 1e-5")
+            raise ConfigError(f"delta {delta} is outside (0, 1): set `dp.delta`, e.g. 1e-5")
         if budget is not None and not budget > 0:
-            raise ConfigError(f"privacy budget {budget} <= 0: use a positive --target-epsilon")
+            raise ConfigError(f"privacy budget {budget} <= 0: use a positive `dp.target_epsilon`")
         records = {
             int(client_id): ClientRecord(client_id=int(client_id), num_samples=int(size))
             for client_id, size in client_sizes.items()
@@ -308,16 +307,11 @@ class PrivacyLedger:
             "accountant": self.accountant,
             "delta": self.delta,
             "budget_epsilon": self.budget,
-            "epsilon_max": _json_float(summary["epsilon_max"]),
-            "epsilon_median": _json_float(summary["epsilon_median"]),
+            "epsilon_max": json_float(summary["epsilon_max"]),
+            "epsilon_median": json_float(summary["epsilon_median"]),
             "excluded_clients": list(self.excluded),
             "clients": {str(cid): record.to_json() for cid, record in sorted(self.clients.items())},
         }
-
-
-def _json_float(value: float) -> float | None:
-    """JSON has no infinity: an unbounded ε (no noise) is written as ``null``."""
-    return float(value) if math.isfinite(value) else None
 
 
 def _single_or_list(values: list[float]) -> float | list[float] | None:
