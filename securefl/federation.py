@@ -29,9 +29,10 @@ from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset, partition, partition_stats
 from securefl.errors import ConfigError
 from securefl.fl.client import FederatedClient
+from securefl.fl.evaluation import Evaluator
 from securefl.fl.fedavg import ClientSampler, PlainSum, WeightedMean, weight_by_samples
 from securefl.fl.history import History
-from securefl.fl.record import Evaluation, RoundRecord, RoundStatus
+from securefl.fl.record import RoundRecord, RoundStatus
 from securefl.fl.secure_channel import SecureAggregationChannel, traffic_details
 from securefl.fl.server import FederatedServer
 from securefl.fl.training import LocalSGDTrainer
@@ -274,31 +275,6 @@ def _build_trainers(
     return dict.fromkeys((s.client_id for s in shards), shared)
 
 
-def evaluate(
-    model: nn.Module, params: torch.Tensor, dataset: Dataset, *, batch_size: int = 1000
-) -> Evaluation:
-    """Test loss and accuracy (classification) or MSE and R² (regression) of ``params``."""
-    load_vector(model.parameters(), params)
-    model.eval()
-    x, y = dataset.test_x, dataset.test_y
-    loss_sum, correct, squared_error = 0.0, 0, 0.0
-    with torch.no_grad():
-        for start in range(0, len(y), batch_size):
-            output = model(x[start : start + batch_size])
-            target = y[start : start + batch_size]
-            if dataset.task == "classification":
-                loss_sum += float(nn.functional.cross_entropy(output, target, reduction="sum"))
-                correct += int((output.argmax(1) == target).sum())
-            else:
-                squared_error += float(((output.squeeze(-1) - target) ** 2).sum())
-    n = len(y)
-    if dataset.task == "classification":
-        return Evaluation(loss=loss_sum / n, accuracy=correct / n)
-    mse = squared_error / n
-    variance = float(((y - y.mean()) ** 2).mean())
-    return Evaluation(loss=mse, r2=1.0 - mse / variance if variance > 0 else float("nan"))
-
-
 @dataclass
 class Programs:
     """The two sides of a federation, ready to exchange bytes: nothing else connects them."""
@@ -342,7 +318,9 @@ def build_programs(fed: Federation) -> Programs:
         aggregation=fed.channel,
         server_update=fed.server_update,
         settings=fed.round_settings,
-        evaluate=lambda params: evaluate(fed.eval_model, params, fed.dataset),
+        evaluate=Evaluator(
+            model=fed.eval_model, x=fed.dataset.test_x, y=fed.dataset.test_y, task=fed.dataset.task
+        ),
         num_clients=len(fed.shards),
         train_loss_reported=config.dp is None and config.central_dp is None,
     )
