@@ -1,9 +1,18 @@
 """Run configuration: frozen dataclasses validated on construction; TOML in, JSON out.
 
-The keys of a TOML file are the CLI's flag names (``clients-per-round`` or ``clients_per_round``);
-sections are optional: a flat file is read the same as one with ``[dp]``, ``[central-dp]`` and
-``[secagg]`` tables.  Every violated constraint raises :class:`~securefl.errors.ConfigError` naming
-the flag to change.
+Every parameter is validated here, once, when the dataclass is built; the classes built from a
+configuration keep only the invariants they need as a library.  A violated constraint raises
+:class:`~securefl.errors.ConfigError` naming the parameter by its field path in backticks
+(`` `lr` ``, `` `dp.delta` ``, `` `secagg.bits` ``); the CLI renders those paths as its flags
+(:mod:`securefl.cli.flags`).
+
+``lr``, ``batch_size``, ``local_epochs`` and ``momentum`` left as ``None`` take the data set's
+training defaults for the model (:meth:`securefl.data.DatasetInfo.training_defaults`), resolved on
+construction, so a written configuration records the numbers the run used.
+
+The keys of a TOML file are the setting names of :data:`SETTINGS` (``clients-per-round`` or
+``clients_per_round``, the CLI's flags without the dashes); sections are optional: a flat file is
+read the same as one with ``[dp]``, ``[central-dp]`` and ``[secagg]`` tables.
 """
 
 from __future__ import annotations
@@ -36,9 +45,25 @@ def _require_finite(value: float, what: str, remedy: str) -> None:
     _require(math.isfinite(value), f"{what} {value} is not a finite number: {remedy}")
 
 
+def _require_positive(value: float, what: str, path: str) -> None:
+    remedy = f"use a positive `{path}`"
+    _require_finite(value, what, remedy)
+    _require(value > 0, f"{what} {value} <= 0: {remedy}")
+
+
+def _require_non_negative(value: float, what: str, path: str) -> None:
+    remedy = f"use `{path}` 0 or more"
+    _require_finite(value, what, remedy)
+    _require(value >= 0, f"{what} {value} < 0: {remedy}")
+
+
+def _require_at_least(value: int, least: int, what: str, path: str) -> None:
+    _require(value >= least, f"{what} {value} < {least}: use `{path}` {least} or more")
+
+
 @dataclass(frozen=True)
 class DPConfig:
-    """Sample-level DP-SGD on every client through Opacus (``--dp``)."""
+    """Sample-level DP-SGD on every client through Opacus (`` `dp` ``)."""
 
     noise_multiplier: float | None = None
     max_grad_norm: float = 1.0
@@ -48,25 +73,15 @@ class DPConfig:
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is not None:
-            _require_finite(self.noise_multiplier, "noise multiplier", "use --noise-multiplier 0 or more")
-            _require(
-                self.noise_multiplier >= 0,
-                f"noise multiplier {self.noise_multiplier} < 0: use --noise-multiplier 0 or more",
-            )
-        _require_finite(self.max_grad_norm, "max grad norm", "use a positive --max-grad-norm")
-        _require(
-            self.max_grad_norm > 0, f"max grad norm {self.max_grad_norm} <= 0: use a positive --max-grad-norm"
-        )
-        _require(0 < self.delta < 1, f"delta {self.delta} is outside (0, 1): set --delta, e.g. 1e-5")
+            _require_non_negative(self.noise_multiplier, "noise multiplier", "dp.noise_multiplier")
+        _require_positive(self.max_grad_norm, "max grad norm", "dp.max_grad_norm")
+        _require(0 < self.delta < 1, f"delta {self.delta} is outside (0, 1): set `dp.delta`, e.g. 1e-5")
         _require(
             self.accountant in ACCOUNTANTS,
-            f"unknown accountant {self.accountant!r}: choose one of {', '.join(ACCOUNTANTS)}",
+            f"unknown accountant {self.accountant!r}: set `dp.accountant` to one of {', '.join(ACCOUNTANTS)}",
         )
         if self.target_epsilon is not None:
-            _require(
-                self.target_epsilon > 0,
-                f"target epsilon {self.target_epsilon} <= 0: use a positive --target-epsilon",
-            )
+            _require_positive(self.target_epsilon, "target epsilon", "dp.target_epsilon")
 
     @property
     def effective_noise_multiplier(self) -> float | None:
@@ -83,9 +98,10 @@ class DPConfig:
 @dataclass(frozen=True)
 class CentralDPConfig:
     """User-level DP-FedAvg (McMahan et al. 2018): noise added by a trusted server
-    (``--central-dp``), or ``distributed`` (``--distributed-dp``): each client adds a Skellam
-    share under secure aggregation and the server adds none (:mod:`securefl.privacy.distributed`).
-    The knobs mean the same in both modes, so the two compare at the same settings."""
+    (`` `central_dp` ``), or ``distributed`` (`` `central_dp.distributed` ``): each client adds a
+    Skellam share under secure aggregation and the server adds none
+    (:mod:`securefl.privacy.distributed`). The knobs mean the same in both modes, so the two
+    compare at the same settings."""
 
     noise_multiplier: float = 1.0
     clip_norm: float = 1.0
@@ -95,42 +111,39 @@ class CentralDPConfig:
     distributed: bool = False
 
     def __post_init__(self) -> None:
-        _require_finite(
-            self.noise_multiplier, "central noise multiplier", "use --central-noise-multiplier 0 or more"
+        _require_non_negative(
+            self.noise_multiplier, "central noise multiplier", "central_dp.noise_multiplier"
         )
-        _require_finite(self.clip_norm, "clip norm", "use a positive --clip-norm")
-        _require(
-            self.noise_multiplier >= 0,
-            f"central noise multiplier {self.noise_multiplier} < 0: use --central-noise-multiplier 0 or more",
-        )
-        _require(self.clip_norm > 0, f"clip norm {self.clip_norm} <= 0: use a positive --clip-norm")
-        _require(0 < self.delta < 1, f"delta {self.delta} is outside (0, 1): set --central-delta")
+        _require_positive(self.clip_norm, "clip norm", "central_dp.clip_norm")
+        _require(0 < self.delta < 1, f"delta {self.delta} is outside (0, 1): set `central_dp.delta`")
         _require(
             self.client_sampling in CLIENT_SAMPLING,
-            f"unknown client sampling {self.client_sampling!r}: choose one of {', '.join(CLIENT_SAMPLING)}",
+            f"unknown client sampling {self.client_sampling!r}: set `central_dp.client_sampling` to "
+            f"one of {', '.join(CLIENT_SAMPLING)}",
         )
         _require(
             self.accountant in ACCOUNTANTS,
-            f"unknown accountant {self.accountant!r}: choose one of {', '.join(ACCOUNTANTS)}",
+            f"unknown accountant {self.accountant!r}: set `central_dp.accountant` to one of "
+            f"{', '.join(ACCOUNTANTS)}",
         )
         if self.distributed:
             _require(
                 self.noise_multiplier > 0,
-                "--distributed-dp needs noise: use a positive --central-noise-multiplier",
+                "`central_dp.distributed` needs noise: use a positive `central_dp.noise_multiplier`",
             )
             _require(
                 self.accountant == "rdp",
-                f"--distributed-dp accounts the Skellam mechanism by RDP only, not "
-                f"{self.accountant!r}: use --central-accountant rdp",
+                f"`central_dp.distributed` accounts the Skellam mechanism by RDP only, not "
+                f"{self.accountant!r}: use `central_dp.accountant` rdp",
             )
 
 
 @dataclass(frozen=True)
 class SecAggConfig:
-    """Secure aggregation of every round's updates (``--secagg``).
+    """Secure aggregation of every round's updates (`` `secagg` ``).
 
-    ``max_colluders`` (``--secagg-colluders``) is how many clients may collude with the server;
-    ``None`` takes the largest number the threshold tolerates
+    ``max_colluders`` is how many clients may collude with the server; ``None`` takes the largest
+    number the threshold tolerates
     (:attr:`~securefl.protocols.secagg.SecAggParams.colluders_tolerated`).
     """
 
@@ -143,25 +156,21 @@ class SecAggConfig:
     max_colluders: int | None = None
 
     def __post_init__(self) -> None:
-        _require(8 <= self.bits <= 62, f"secagg bits {self.bits} outside 8..62: set --secagg-bits")
+        _require(8 <= self.bits <= 62, f"secagg bits {self.bits} outside 8..62: set `secagg.bits`")
         if self.clip is not None:
-            _require_finite(self.clip, "secagg clip", "use a positive --secagg-clip")
-            _require(self.clip > 0, f"secagg clip {self.clip} <= 0: use a positive --secagg-clip")
+            _require_positive(self.clip, "secagg clip", "secagg.clip")
         _require(
-            0 <= self.dropout_rate < 1, f"dropout rate {self.dropout_rate} outside [0, 1): set --dropout-rate"
+            0 <= self.dropout_rate < 1,
+            f"dropout rate {self.dropout_rate} outside [0, 1): set `secagg.dropout_rate`",
         )
         if self.threshold is not None:
-            _require_finite(self.threshold, "secagg threshold", "give a fraction in (0, 1) or a client count")
-            _require(
-                self.threshold > 0,
-                f"secagg threshold {self.threshold} <= 0: give a fraction in (0, 1] or a client count",
-            )
+            remedy = "give `secagg.threshold` as a fraction in (0, 1) or a client count"
+            _require_finite(self.threshold, "secagg threshold", remedy)
+            _require(self.threshold > 0, f"secagg threshold {self.threshold} <= 0: {remedy}")
         if self.neighbors is not None:
-            _require(self.neighbors >= 1, f"secagg neighbors {self.neighbors} < 1")
+            _require_at_least(self.neighbors, 1, "secagg neighbors", "secagg.neighbors")
         if self.max_colluders is not None:
-            _require(
-                self.max_colluders >= 0, f"secagg colluders {self.max_colluders} < 0: set --secagg-colluders"
-            )
+            _require_at_least(self.max_colluders, 0, "secagg colluders", "secagg.max_colluders")
 
     def share_holders(self, clients: int) -> int:
         """Holders of each client's shares: its SecAgg+ neighbours and itself, or every client."""
@@ -184,20 +193,25 @@ class SecAggConfig:
         else:
             _require(
                 float(self.threshold).is_integer(),
-                f"secagg threshold {self.threshold} is neither a fraction in (0, 1) nor a whole client count",
+                f"secagg threshold {self.threshold} is neither a fraction in (0, 1) nor a whole client "
+                "count: change `secagg.threshold`",
             )
             count = int(self.threshold)
         _require(
             count >= 2 or holders < 2,
             f"secagg threshold {self.threshold} gives {count} share(s) of {holders}: a single share is the "
-            "secret itself; use a count of at least 2 or a larger fraction (--secagg-threshold)",
+            "secret itself; use a `secagg.threshold` count of at least 2 or a larger fraction",
         )
         return count
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a federated run needs; validated on construction."""
+    """Everything a federated run needs; validated on construction.
+
+    ``lr``, ``batch_size``, ``local_epochs`` and ``momentum`` left as ``None`` are the data set's
+    defaults for the model, filled in on construction: after it they are never ``None``.
+    """
 
     dataset: str = "mnist-sample"
     model: str = "cnn"
@@ -205,10 +219,10 @@ class RunConfig:
     clients_per_round: int | None = None
     fraction: float | None = None
     rounds: int = 10
-    local_epochs: int = 2
-    batch_size: int = 16
-    lr: float = 0.05
-    momentum: float = 0.5
+    local_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
     weight_decay: float = 0.0
     partition: str = "iid"
     alpha: float = 0.5
@@ -223,72 +237,77 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         from securefl.data import DATASETS, PARTITIONS
-        from securefl.models import MODELS
+        from securefl.models import MODELS, check_model_fits
 
         _require(
             self.dataset in DATASETS,
-            f"unknown dataset {self.dataset!r}: choose one of "
+            f"unknown dataset {self.dataset!r}: set `dataset` to one of "
             f"{', '.join(DATASETS)} (see `securefl datasets`)",
         )
-        _require(self.model in MODELS, f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+        _require(
+            self.model in MODELS, f"unknown model {self.model!r}: set `model` to one of {', '.join(MODELS)}"
+        )
+        info = DATASETS[self.dataset]
+        check_model_fits(self.model, input_shape=info.input_shape)
+        defaults = info.training_defaults(self.model)
+        for name in ("lr", "batch_size", "local_epochs", "momentum"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(defaults, name))
         _require(
             self.partition in PARTITIONS,
-            f"unknown partition {self.partition!r}: choose one of {', '.join(PARTITIONS)}",
+            f"unknown partition {self.partition!r}: set `partition` to one of {', '.join(PARTITIONS)}",
         )
         _require(
             self.algorithm in ALGORITHMS,
-            f"unknown algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}",
+            f"unknown algorithm {self.algorithm!r}: set `algorithm` to one of {', '.join(ALGORITHMS)}",
         )
-        _require(self.clients >= 1, f"clients {self.clients} < 1: use --clients 1 or more")
+        _require_at_least(self.clients, 1, "clients", "clients")
         _require(
             self.clients_per_round is None or self.fraction is None,
-            "give either --clients-per-round or --fraction, not both",
+            "give either `clients_per_round` or `fraction`, not both",
         )
         if self.clients_per_round is not None:
             _require(
                 1 <= self.clients_per_round <= self.clients,
                 f"clients per round {self.clients_per_round} must be in 1..{self.clients} "
-                "(--clients): change --clients-per-round",
+                "(`clients`): change `clients_per_round`",
             )
         if self.fraction is not None:
-            _require(0 < self.fraction <= 1, f"fraction {self.fraction} is outside (0, 1]: change --fraction")
-        _require(self.rounds >= 1, f"rounds {self.rounds} < 1: use --rounds 1 or more")
-        _require(self.local_epochs >= 1, f"local epochs {self.local_epochs} < 1")
-        _require(self.batch_size >= 1, f"batch size {self.batch_size} < 1")
-        _require(self.lr > 0, f"learning rate {self.lr} <= 0: use a positive --lr")
-        _require(0 <= self.momentum < 1, f"momentum {self.momentum} outside [0, 1)")
-        _require(self.weight_decay >= 0, f"weight decay {self.weight_decay} < 0")
-        _require(
-            self.alpha > 0,
-            f"alpha {self.alpha} <= 0: the Dirichlet concentration must be "
-            "positive (smaller = more skew), e.g. --alpha 0.5",
-        )
-        _require(self.threads >= 1, f"threads {self.threads} < 1")
+            _require(0 < self.fraction <= 1, f"fraction {self.fraction} is outside (0, 1]: change `fraction`")
+        _require_at_least(self.rounds, 1, "rounds", "rounds")
+        _require_at_least(self.local_epochs, 1, "local epochs", "local_epochs")
+        _require_at_least(self.batch_size, 1, "batch size", "batch_size")
+        _require_positive(self.lr, "learning rate", "lr")
+        _require(0 <= self.momentum < 1, f"momentum {self.momentum} outside [0, 1): change `momentum`")
+        _require_non_negative(self.weight_decay, "weight decay", "weight_decay")
+        _require_positive(self.alpha, "alpha (the Dirichlet concentration, smaller = more skew)", "alpha")
+        _require_at_least(self.seed, 0, "seed", "seed")
+        _require_at_least(self.threads, 1, "threads", "threads")
         if self.secagg is not None:
             count = self.secagg.threshold_count(self.sampled_clients)
             _require(
                 count <= self.sampled_clients,
                 f"secagg threshold {count} > clients per "
-                f"round {self.sampled_clients}: lower --secagg-threshold",
+                f"round {self.sampled_clients}: lower `secagg.threshold`",
             )
             if self.secagg.neighbors is not None:
                 _require(
                     self.secagg.neighbors < self.sampled_clients,
                     f"secagg neighbors "
                     f"{self.secagg.neighbors} >= clients per round {self.sampled_clients}: "
-                    "lower --secagg-neighbors",
+                    "lower `secagg.neighbors`",
                 )
         if self.central_dp is not None and self.central_dp.distributed:
             if self.secagg is None:
                 raise ConfigError(
-                    "--distributed-dp needs --secagg: each client's noise share is too small to "
-                    "protect its own update, only the sum of the survivors' shares is; without "
+                    "`central_dp.distributed` needs `secagg`: each client's noise share is too small "
+                    "to protect its own update, only the sum of the survivors' shares is; without "
                     "secure aggregation the server would see every update with its small share"
                 )
             _require(
                 self.secagg.clip is None,
-                "--secagg-clip does not apply under --distributed-dp (updates are clipped in L2 by "
-                "--clip-norm): drop --secagg-clip",
+                "`secagg.clip` does not apply under `central_dp.distributed` (updates are clipped in "
+                "L2 by `central_dp.clip_norm`): drop `secagg.clip`",
             )
         elif self.central_dp is not None and self.secagg is not None:
             # Under Poisson sampling, whether a round with dropouts reaches the threshold depends
@@ -296,9 +315,9 @@ class RunConfig:
             # are released (sensitivity up to t·clip): see securefl.privacy.central.
             _require(
                 self.central_dp.client_sampling != "poisson" or self.secagg.dropout_rate == 0,
-                "--central-dp with --secagg, --dropout-rate > 0 and Poisson client sampling has no "
-                "sound user-level bound (whether a round aborts depends on one user's presence): "
-                "use --client-sampling fixed, or --dropout-rate 0",
+                "`central_dp` with `secagg`, `secagg.dropout_rate` > 0 and Poisson client sampling "
+                "has no sound user-level bound (whether a round aborts depends on one user's "
+                "presence): use `central_dp.client_sampling` fixed, or `secagg.dropout_rate` 0",
             )
 
     @property
@@ -317,7 +336,8 @@ class RunConfig:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> RunConfig:
-        """Build from flag-named keys, flat or in ``dp`` / ``central-dp`` / ``secagg`` tables.
+        """Build from setting names (:data:`SETTINGS`), flat or in ``dp`` / ``central-dp`` /
+        ``secagg`` tables.
 
         Sub-configurations are switched on by ``dp = true`` (etc.) or by having a table.
         """
@@ -339,7 +359,7 @@ class RunConfig:
         try:
             values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist: check --config") from None
+            raise ConfigError(f"config file {path} does not exist") from None
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"cannot read config file {path}: {error}") from None
         except tomllib.TOMLDecodeError as error:
@@ -349,41 +369,43 @@ class RunConfig:
         return cls.from_mapping(merged)
 
 
-# Flat flag names of the sub-configurations, e.g. ``noise_multiplier`` -> ``dp.noise_multiplier``.
-_SECTION_FLAGS: dict[str, dict[str, str]] = {
-    "dp": {
-        "noise_multiplier": "noise_multiplier",
-        "max_grad_norm": "max_grad_norm",
-        "delta": "delta",
-        "accountant": "accountant",
-        "target_epsilon": "target_epsilon",
-    },
+_SECTIONS = {"dp": DPConfig, "central_dp": CentralDPConfig, "secagg": SecAggConfig}
+# Flat setting names of the sub-configurations' fields where they differ from the field's own
+# name: both sections have a ``delta`` and an ``accountant``.
+_SECTION_SETTINGS: dict[str, dict[str, str]] = {
+    "dp": {},
     "central_dp": {
-        "central_noise_multiplier": "noise_multiplier",
-        "clip_norm": "clip_norm",
-        "central_delta": "delta",
-        "client_sampling": "client_sampling",
-        "central_accountant": "accountant",
+        "noise_multiplier": "central_noise_multiplier",
+        "delta": "central_delta",
+        "accountant": "central_accountant",
+        "distributed": "distributed_dp",
     },
     "secagg": {
-        "secagg_threshold": "threshold",
-        "secagg_neighbors": "neighbors",
-        "secagg_bits": "bits",
-        "secagg_clip": "clip",
-        "dropout_rate": "dropout_rate",
-        "active_adversary": "active_adversary",
-        "secagg_colluders": "max_colluders",
+        "threshold": "secagg_threshold",
+        "neighbors": "secagg_neighbors",
+        "bits": "secagg_bits",
+        "clip": "secagg_clip",
+        "max_colluders": "secagg_colluders",
     },
 }
-_SECTIONS = {"dp": DPConfig, "central_dp": CentralDPConfig, "secagg": SecAggConfig}
-# Flags that switch a section on and set one of its fields: --distributed-dp is central DP's
-# knobs with the noise added by the clients.
+
+SETTINGS: dict[str, str] = {
+    **{f.name: f.name for f in fields(RunConfig)},
+    **{
+        _SECTION_SETTINGS[section].get(f.name, f.name): f"{section}.{f.name}"
+        for section, kind in _SECTIONS.items()
+        for f in fields(kind)
+    },
+}
+"""Flat setting name (a TOML key, the CLI flag without its dashes) -> field path of
+:class:`RunConfig`, e.g. ``secagg_bits`` -> ``secagg.bits``; a section's own name switches it on.
+``central_dp.distributed`` (``distributed_dp``) switches ``central_dp`` on as well."""
+
+# Settings that switch a section on and set one of its fields.
 _SECTION_SWITCHES = {"distributed_dp": ("central_dp", "distributed")}
-_FLAG_OF_SECTION = {"dp": "--dp", "central_dp": "--central-dp", "secagg": "--secagg"}
 
 
 def _build(flat: dict[str, Any]) -> RunConfig:
-    top_level = {f.name for f in fields(RunConfig)} - set(_SECTIONS)
     top: dict[str, Any] = {}
     section_values: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     given: dict[str, list[str]] = {name: [] for name in _SECTIONS}
@@ -395,49 +417,37 @@ def _build(flat: dict[str, Any]) -> RunConfig:
     for key, value in flat.items():
         if key in _SECTIONS or key in _SECTION_SWITCHES:
             continue
-        if key in top_level:
-            top[key] = value
-            continue
-        section, _, sub_key = key.partition(".")
-        if sub_key and section in _SECTIONS:
-            section_values[section][sub_key] = value
-            given[section].append(sub_key)
-            continue
-        for name, mapping in _SECTION_FLAGS.items():
-            if key in mapping:
-                section_values[name][mapping[key]] = value
-                given[name].append(key)
-                break
-        else:
-            flags = {k for m in _SECTION_FLAGS.values() for k in m}
-            valid = sorted(top_level | set(_SECTIONS) | set(_SECTION_SWITCHES) | flags)
+        path = key if key.partition(".")[0] in _SECTIONS else SETTINGS.get(key)
+        if path is None:
             raise ConfigError(
                 f"unknown setting {key.replace('_', '-')!r}: valid settings are "
-                f"{', '.join(v.replace('_', '-') for v in valid)}"
+                f"{', '.join(sorted(name.replace('_', '-') for name in SETTINGS))}"
             )
+        section, _, sub_key = path.partition(".")
+        if sub_key:
+            section_values[section][sub_key] = value
+            given[section].append(path)
+        else:
+            top[key] = value
     sections: dict[str, Any] = {}
     for name, values in section_values.items():
         if given[name] and not enabled[name]:
-            knobs = ", ".join("--" + k.replace("_", "-") for k in given[name])
-            raise ConfigError(
-                f"{knobs} given without {_FLAG_OF_SECTION[name]}: add {_FLAG_OF_SECTION[name]} or drop them"
-            )
+            knobs = ", ".join(f"`{path}`" for path in given[name])
+            raise ConfigError(f"{knobs} given without `{name}`: set `{name}` or drop them")
         if enabled[name]:
-            flags = {field: flag for flag, field in _SECTION_FLAGS[name].items()}
-            sections[name] = _construct(_SECTIONS[name], values, flags)
+            sections[name] = _construct(_SECTIONS[name], values, prefix=f"{name}.")
     return _construct(RunConfig, {**top, **sections})
 
 
-def _construct(kind: type, values: dict[str, Any], names: dict[str, str] | None = None) -> Any:
+def _construct(kind: type, values: dict[str, Any], prefix: str = "") -> Any:
     """``kind(**values)``, after checking each value against its field's type (a TOML string where
-    a number is expected would otherwise fail deep inside with a raw TypeError); ``names`` maps
-    field names to the setting names the user wrote."""
+    a number is expected would otherwise fail deep inside with a raw TypeError); ``prefix`` is the
+    field path of ``kind`` inside :class:`RunConfig` (``"dp."``)."""
     hints = typing.get_type_hints(kind)
     for field_name, value in values.items():
         expected = hints.get(field_name)
         if expected is not None and not _accepts(value, expected):
-            setting = (names or {}).get(field_name, field_name).replace("_", "-")
-            raise ConfigError(f"setting {setting!r} must be {_describe(expected)}, not {value!r}")
+            raise ConfigError(f"`{prefix}{field_name}` must be {_describe(expected)}, not {value!r}")
     try:
         return kind(**values)
     except TypeError as error:
@@ -479,4 +489,4 @@ def _describe(annotation: Any) -> str:
     return described + (" (or left out)" if type(None) in members else "")
 
 
-__all__ = ["RunConfig", "DPConfig", "CentralDPConfig", "SecAggConfig"]
+__all__ = ["SETTINGS", "RunConfig", "DPConfig", "CentralDPConfig", "SecAggConfig"]

@@ -165,22 +165,34 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def check_model_fits(name: str, *, input_shape: Shape) -> ModelSpec:
+    """The spec of model ``name`` if it can take inputs of ``input_shape``; else a ConfigError.
+
+    The one check of which models a data set accepts: :class:`~securefl.config.RunConfig` calls it
+    on construction, :func:`build_model` before it builds.
+    """
+    spec = MODELS.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown model {name!r}: set `model` to one of {', '.join(MODELS)}")
+    if spec.needs_images and len(input_shape) != 3:
+        raise ConfigError(
+            f"model {name!r} needs image input (channels, height, width) but the data set gives "
+            f"shape {tuple(input_shape)}: use `model` mlp"
+        )
+    if name == "resnet18" and min(input_shape[1:]) < 8:
+        raise ConfigError(
+            f"model 'resnet18' needs images of at least 8x8, got {tuple(input_shape)}: use another `model`"
+        )
+    return spec
+
+
 def build_model(name: str, *, input_shape: Shape, num_outputs: int, seed: int = 0) -> nn.Module:
     """Build model ``name`` for inputs of ``input_shape`` (without the batch axis).
 
     Initialisation is seeded and leaves the global torch RNG untouched.  Raises
     :class:`ConfigError` for an unknown name or a model that cannot take the data.
     """
-    spec = MODELS.get(name)
-    if spec is None:
-        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
-    if spec.needs_images and len(input_shape) != 3:
-        raise ConfigError(
-            f"model {name!r} needs image input (channels, height, width) but the data set gives "
-            f"shape {tuple(input_shape)}: use --model mlp"
-        )
-    if name == "resnet18" and min(input_shape[1:]) < 8:
-        raise ConfigError(f"model 'resnet18' needs images of at least 8x8, got {tuple(input_shape)}")
+    spec = check_model_fits(name, input_shape=input_shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = spec.factory(tuple(input_shape), num_outputs)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import typing
 
 import pytest
 
 from securefl.config import CentralDPConfig, DPConfig, RunConfig, SecAggConfig
+from securefl.data import DATASETS
 from securefl.errors import ConfigError
+from securefl.models import MODELS
 
 
 @pytest.mark.parametrize(
@@ -18,24 +22,28 @@ from securefl.errors import ConfigError
         ({"partition": "random"}, "unknown partition 'random'"),
         ({"algorithm": "fedprox"}, "unknown algorithm"),
         ({"clients": 0}, "clients 0 < 1"),
-        ({"clients": 5, "clients_per_round": 6}, "--clients-per-round"),
+        ({"clients": 5, "clients_per_round": 6}, "change `clients_per_round`"),
         ({"fraction": 0.0}, "fraction 0.0 is outside (0, 1]"),
         ({"fraction": 1.5}, "fraction 1.5 is outside (0, 1]"),
-        ({"alpha": 0.0}, "alpha 0.0 <= 0"),
-        ({"alpha": -1.0}, "alpha -1.0 <= 0"),
+        ({"alpha": 0.0}, "0.0 <= 0: use a positive `alpha`"),
+        ({"alpha": -1.0}, "-1.0 <= 0: use a positive `alpha`"),
         ({"rounds": 0}, "rounds 0 < 1"),
-        ({"lr": 0.0}, "learning rate 0.0 <= 0"),
+        ({"lr": 0.0}, "learning rate 0.0 <= 0: use a positive `lr`"),
         ({"lr": -0.1}, "learning rate -0.1 <= 0"),
         ({"clients_per_round": 3, "fraction": 0.5}, "not both"),
-        ({"noise_multiplier": 1.0}, "--noise-multiplier given without --dp"),
-        ({"secagg_bits": 16}, "without --secagg"),
-        ({"clip_norm": 1.0}, "without --central-dp"),
+        ({"noise_multiplier": 1.0}, "`dp.noise_multiplier` given without `dp`: set `dp`"),
+        ({"secagg_bits": 16}, "`secagg.bits` given without `secagg`"),
+        ({"clip_norm": 1.0}, "`central_dp.clip_norm` given without `central_dp`"),
+        ({"dp": {"delta": 1e-6}, "secagg": {"bits": 16}, "clip_norm": 1.0}, "without `central_dp`"),
         ({"colour": "blue"}, "unknown setting 'colour'"),
-        ({"clients": "ten"}, "setting 'clients' must be an integer, not 'ten'"),
-        ({"secagg": True, "secagg_threshold": "0.5"}, "'secagg-threshold' must be a number (or left out)"),
-        ({"secagg": True, "secagg_colluders": 2.0}, "'secagg-colluders' must be an integer (or left out)"),
-        ({"secagg": {"bits": "16"}}, "setting 'secagg-bits' must be an integer, not '16'"),
-        ({"secagg": True, "active_adversary": "yes"}, "setting 'active-adversary' must be true or false"),
+        ({"clients": "ten"}, "`clients` must be an integer, not 'ten'"),
+        ({"secagg": True, "secagg_threshold": "0.5"}, "`secagg.threshold` must be a number (or left out)"),
+        (
+            {"secagg": True, "secagg_colluders": 2.0},
+            "`secagg.max_colluders` must be an integer (or left out)",
+        ),
+        ({"secagg": {"bits": "16"}}, "`secagg.bits` must be an integer, not '16'"),
+        ({"secagg": True, "active_adversary": "yes"}, "`secagg.active_adversary` must be true or false"),
         ({"secagg": True, "secagg_threshold": float("nan")}, "secagg threshold nan is not a finite number"),
         ({"secagg": True, "secagg_clip": float("inf")}, "secagg clip inf is not a finite number"),
     ],
@@ -130,8 +138,58 @@ def test_central_dp_secagg_dropouts_need_fixed_client_sampling():
     """With dropouts, whether a Poisson round reaches the threshold depends on one user's presence
     (sensitivity up to threshold·clip): refused, naming what to use (issue 9, point 8)."""
     base = {"clients": 20, "clients_per_round": 5, "central_dp": True, "secagg": True, "dropout_rate": 0.1}
-    with pytest.raises(ConfigError, match="--client-sampling fixed"):
+    with pytest.raises(ConfigError, match="use `central_dp.client_sampling` fixed"):
         RunConfig.from_mapping(base)
     assert RunConfig.from_mapping({**base, "client_sampling": "fixed"}).secagg.dropout_rate == 0.1
     assert RunConfig.from_mapping({**base, "dropout_rate": 0.0}).central_dp.client_sampling == "poisson"
     assert RunConfig.from_mapping({**base, "central_dp": False}).secagg.dropout_rate == 0.1
+
+
+def _float_fields() -> list[str]:
+    """Every field path of RunConfig whose value is a float (or an optional float)."""
+    kinds = {"": RunConfig, "dp.": DPConfig, "central_dp.": CentralDPConfig, "secagg.": SecAggConfig}
+    return [
+        prefix + name
+        for prefix, kind in kinds.items()
+        for name, hint in typing.get_type_hints(kind).items()
+        if hint is float or float in typing.get_args(hint)
+    ]
+
+
+@pytest.mark.parametrize("path", _float_fields())
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_non_finite_values_are_refused_naming_the_parameter(path, value):
+    """`--dp --noise-multiplier inf` and friends (issue 10): every float parameter refuses ±inf and
+    NaN on construction, naming its field path, instead of failing later with a traceback."""
+    section, _, name = path.rpartition(".")
+    values = {section: {name: value}} if section else {name: value}
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping(values)
+    assert f"`{path}`" in str(error.value)
+
+
+def test_negative_seed_is_refused():
+    with pytest.raises(ConfigError, match="use `seed` 0 or more"):
+        RunConfig(seed=-1)
+
+
+def test_training_settings_default_to_the_data_sets_and_are_recorded():
+    for dataset, info in DATASETS.items():
+        for model in MODELS:
+            try:
+                config = RunConfig(dataset=dataset, model=model)
+            except ConfigError:
+                continue  # a model the data set does not take (checked below)
+            expected = info.training_defaults(model)
+            resolved = (config.lr, config.momentum, config.batch_size, config.local_epochs)
+            assert resolved == (expected.lr, expected.momentum, expected.batch_size, expected.local_epochs)
+            written = json.loads(config.to_json())
+            assert (written["lr"], written["batch_size"]) == (expected.lr, expected.batch_size)
+    given = RunConfig(dataset="boston", model="mlp", lr=0.5, batch_size=3)
+    defaults = DATASETS["boston"].training_defaults("mlp")
+    assert (given.lr, given.batch_size, given.momentum) == (0.5, 3, defaults.momentum)
+
+
+def test_a_model_the_data_set_cannot_take_is_refused_on_construction():
+    with pytest.raises(ConfigError, match="needs image input.*use `model` mlp"):
+        RunConfig(dataset="boston", model="cnn")

@@ -1,8 +1,9 @@
 """Entry point of the ``securefl`` command: wires the command groups and maps errors to exit codes.
 
 Every command is a thin call into the library. A :class:`~securefl.errors.ConfigError` (bad user
-input) is printed as one line on stderr with exit code 2 and no traceback; typer's own usage errors
-(an unknown flag, a value of the wrong type) keep their message and exit code 2.
+input) is printed as one line on stderr with exit code 2 and no traceback, the parameters it names
+rendered as flags (:func:`securefl.cli.flags.render`); typer's own usage errors (an unknown flag, a
+value of the wrong type) keep their message and exit code 2.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from securefl.cli import attack, audit, data, train
+from securefl.cli.flags import render
 from securefl.errors import ConfigError
 
 app = typer.Typer(
@@ -38,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except ConfigError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {escape(render(str(error)))}", highlight=False, soft_wrap=True
+        )
         return 2
     return 0
 

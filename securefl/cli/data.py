@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from securefl.cli.flags import render
 from securefl.data import DATASETS
 
 
@@ -28,4 +29,4 @@ def datasets() -> None:
     console = Console()
     console.print(table)
     for info in DATASETS.values():
-        console.print(f"[bold]{info.name}[/]: {info.description}", highlight=False)
+        console.print(f"[bold]{info.name}[/]: {render(info.description)}", highlight=False)

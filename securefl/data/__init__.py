@@ -11,6 +11,7 @@ from securefl.data.datasets import (
     DEFAULT_DATASET,
     Dataset,
     DatasetInfo,
+    TrainingDefaults,
     load_dataset,
 )
 from securefl.data.partition import (
@@ -26,6 +27,7 @@ __all__ = [
     "PARTITIONS",
     "Dataset",
     "DatasetInfo",
+    "TrainingDefaults",
     "load_dataset",
     "partition",
     "partition_stats",

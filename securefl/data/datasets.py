@@ -39,8 +39,8 @@ from __future__ import annotations
 import functools
 import logging
 import pickle
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -63,8 +63,23 @@ IMAGE_TEST_EVERY = 13
 
 
 @dataclass(frozen=True)
+class TrainingDefaults:
+    """Client training settings that train a data set well: local SGD's learning rate, momentum,
+    batch size and local epochs (``RunConfig`` takes them for any it is not given)."""
+
+    lr: float
+    momentum: float
+    batch_size: int
+    local_epochs: int
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
-    """A registry entry: what a data set is, without loading it."""
+    """A registry entry: what a data set is, without loading it, and how to train on it.
+
+    ``training`` are the defaults for every model the data set accepts, ``training_by_model``
+    those of a model that needs others (measured in docs/benchmarks.md, "Data-set defaults").
+    """
 
     name: str
     description: str
@@ -73,6 +88,12 @@ class DatasetInfo:
     num_outputs: int
     size: str
     needs_data_dir: bool
+    training: TrainingDefaults
+    training_by_model: Mapping[str, TrainingDefaults] = field(default_factory=dict, hash=False)
+
+    def training_defaults(self, model: str) -> TrainingDefaults:
+        """The training defaults of ``model`` on this data set."""
+        return self.training_by_model.get(model, self.training)
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,6 +144,8 @@ class Dataset:
         return self.info.num_outputs
 
 
+_TODAY = TrainingDefaults(lr=0.05, momentum=0.5, batch_size=16, local_epochs=2)
+
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
@@ -134,24 +157,27 @@ DATASETS: dict[str, DatasetInfo] = {
             num_outputs=10,
             size="4,000 train / 1,000 test",
             needs_data_dir=False,
+            training=_TODAY,
         ),
         DatasetInfo(
             name="mnist",
-            description="full MNIST via torchvision from --data-dir (MNIST/raw/*-ubyte)",
+            description="full MNIST via torchvision from `data_dir` (MNIST/raw/*-ubyte)",
             task="classification",
             input_shape=(1, 28, 28),
             num_outputs=10,
             size="60,000 train / 10,000 test",
             needs_data_dir=True,
+            training=_TODAY,
         ),
         DatasetInfo(
             name="cifar10",
-            description="CIFAR-10 via torchvision from --data-dir (cifar-10-batches-py/)",
+            description="CIFAR-10 via torchvision from `data_dir` (cifar-10-batches-py/)",
             task="classification",
             input_shape=(3, 32, 32),
             num_outputs=10,
             size="50,000 train / 10,000 test",
             needs_data_dir=True,
+            training=_TODAY,
         ),
         DatasetInfo(
             name="boston",
@@ -161,6 +187,7 @@ DATASETS: dict[str, DatasetInfo] = {
             num_outputs=1,
             size="404 train / 102 test",
             needs_data_dir=False,
+            training=_TODAY,
         ),
         DatasetInfo(
             name="digits",
@@ -170,6 +197,7 @@ DATASETS: dict[str, DatasetInfo] = {
             num_outputs=10,
             size="1,438 train / 359 test",
             needs_data_dir=False,
+            training=_TODAY,
         ),
         DatasetInfo(
             name="toy",
@@ -179,6 +207,7 @@ DATASETS: dict[str, DatasetInfo] = {
             num_outputs=1,
             size="4 train / 4 test",
             needs_data_dir=False,
+            training=_TODAY,
         ),
         DatasetInfo(
             name="images",
@@ -188,6 +217,7 @@ DATASETS: dict[str, DatasetInfo] = {
             num_outputs=IMAGE_SYNTHETIC_CLASSES,
             size="480 train / 40 test",
             needs_data_dir=False,
+            training=_TODAY,
         ),
     )
 }
@@ -212,7 +242,7 @@ def load_dataset(
     del seed  # every split is fixed on purpose, see the module docstring
     info = DATASETS.get(name)
     if info is None:
-        raise ConfigError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}: set `dataset` to one of {', '.join(DATASETS)}")
     if info.needs_data_dir:
         train_x, train_y, test_x, test_y = _ON_DISK_LOADERS[name](_require_data_dir(name, data_dir), download)
     else:
@@ -368,8 +398,8 @@ _OFFLINE_LOADERS: dict[str, Callable[[], _Splits]] = {
 def _require_data_dir(name: str, data_dir: str | Path | None) -> Path:
     if data_dir is None:
         raise DataError(
-            f"dataset {name!r} is read from disk: pass --data-dir DIR pointing at its files "
-            f"(add --download to fetch them into DIR when this machine has internet), "
+            f"dataset {name!r} is read from disk: set `data_dir` to the directory of its files "
+            f"(and `download` to fetch them there when this machine has internet), "
             f"or use the offline default {DEFAULT_DATASET!r}"
         )
     return Path(data_dir).expanduser()
@@ -383,11 +413,11 @@ def _missing_files_error(
         reason = " ".join(str(download_error).split())  # torchvision's message spans lines
         return DataError(
             f"{name} download into {root} failed ({reason}); if this machine is offline, copy the "
-            f"files there yourself (missing: {listed}) and pass --data-dir without --download"
+            f"files there yourself (missing: {listed}) and set `data_dir` without `download`"
         )
     return DataError(
-        f"{name} files not found under {root} (missing: {listed}); pass --data-dir pointing at "
-        f"the directory that holds them, or add --download to fetch them there"
+        f"{name} files not found under {root} (missing: {listed}); set `data_dir` to the "
+        f"directory that holds them, or set `download` to fetch them there"
     )
 
 
@@ -407,7 +437,7 @@ def _load_mnist(root: Path, download: bool) -> _Splits:
             ) from error
         raise DataError(
             f"MNIST files under {raw_folder} are not valid IDX files ({error!r}); replace them "
-            f"with the uncompressed originals (gunzip the .gz files), or delete them and --download"
+            f"with the uncompressed originals (gunzip the .gz files), or delete them and set `download`"
         ) from error
     splits = []
     for split, part in (("train", train), ("test", test)):
@@ -438,7 +468,7 @@ def _load_cifar10(root: Path, download: bool) -> _Splits:
         raise DataError(
             f"CIFAR-10 files under {folder} do not match the official release (torchvision checks "
             f"their MD5 checksums before unpickling them, and refused: {error}); re-extract "
-            f"cifar-10-python.tar.gz into {root}, or delete {folder} and use --download"
+            f"cifar-10-python.tar.gz into {root}, or delete {folder} and set `download`"
         ) from error
     splits: list[tuple[torch.Tensor, torch.Tensor]] = []
     for split, part in (("train", train), ("test", test)):

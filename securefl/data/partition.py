@@ -55,18 +55,18 @@ def partition(
     clients than samples (or than half the samples for ``shards``), or ``alpha <= 0``.
     """
     if scheme not in PARTITIONS:
-        raise ConfigError(f"unknown partition {scheme!r}: choose one of {', '.join(PARTITIONS)}")
+        raise ConfigError(f"unknown partition {scheme!r}: set `partition` to one of {', '.join(PARTITIONS)}")
     values = _as_numpy(targets)
     labels, label_count = _labels(values, num_classes)
     num_samples = len(labels)
     if isinstance(num_clients, bool) or not isinstance(num_clients, int | np.integer):
         raise ConfigError(f"number of clients must be an integer, got {num_clients!r}")
     if num_clients < 1:
-        raise ConfigError(f"clients {num_clients} < 1: pass --clients 1 or more")
+        raise ConfigError(f"clients {num_clients} < 1: use `clients` 1 or more")
     if num_clients > num_samples:
         raise ConfigError(
             f"clients {num_clients} > samples {num_samples}: every client needs at least one "
-            f"sample, lower --clients"
+            f"sample, lower `clients`"
         )
     rng = np.random.default_rng(seed)
     if scheme == "iid":
@@ -87,7 +87,7 @@ def _positive_alpha(alpha: float) -> float:
     except (TypeError, ValueError):
         value = float("nan")
     if isinstance(alpha, bool) or not np.isfinite(value) or value <= 0:
-        raise ConfigError(f"alpha {alpha!r} must be a positive number: pass --alpha > 0")
+        raise ConfigError(f"alpha {alpha!r} must be a positive number: use a positive `alpha`")
     return value
 
 
@@ -134,7 +134,7 @@ def _shards(sort_key: np.ndarray, *, num_clients: int, rng: np.random.Generator)
     if num_shards > len(sort_key):
         raise ConfigError(
             f"shards partition needs 2 shards per client: {num_clients} clients need at least "
-            f"{num_shards} samples, have {len(sort_key)}; lower --clients or use --partition iid"
+            f"{num_shards} samples, have {len(sort_key)}; lower `clients` or use `partition` iid"
         )
     order = np.argsort(sort_key, kind="stable")
     shards = np.array_split(order, num_shards)

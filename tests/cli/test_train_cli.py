@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 
 import pytest
+import typer
 from safetensors.torch import load_file
 
-from securefl.cli.app import main
+from securefl.cli.app import app, main
+from securefl.cli.flags import FIELD_TO_FLAG, render
+from securefl.cli.train import train
+from securefl.config import SETTINGS, CentralDPConfig, DPConfig, RunConfig, SecAggConfig
 
 SMALL = ["--dataset", "digits", "--model", "mlp", "--clients", "3", "--rounds", "2", "--local-epochs", "1"]
 
@@ -65,7 +71,7 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         (["--clients", "3", "--clients-per-round", "4"], "--clients-per-round"),
         (["--fraction", "0"], "fraction 0.0 is outside (0, 1]"),
         (["--fraction", "1.5"], "fraction 1.5 is outside (0, 1]"),
-        (["--alpha", "0"], "alpha 0.0 <= 0"),
+        (["--alpha", "0"], "0.0 <= 0: use a positive --alpha"),
         (["--rounds", "0"], "rounds 0 < 1"),
         (["--lr", "0"], "learning rate 0.0 <= 0"),
         (["--lr", "-1"], "learning rate -1.0 <= 0"),
@@ -275,3 +281,93 @@ def test_gdp_past_its_search_bracket_finishes_the_run_with_infinite_epsilon(tmp_
     assert records[13]["user_epsilon"] > 400 and records[14]["user_epsilon"] is None
     assert json.loads((out / "privacy.json").read_text())["user_level"]["epsilon"] is None
     assert "search bracket" in caplog.text and "underestimate" in caplog.text
+
+
+def _train_options() -> dict[str, list[str]]:
+    """Parameter name -> flags of every ``securefl train`` option, read from the command itself."""
+    command = typer.main.get_command(app).commands["train"]
+    return {param.name: [*param.opts, *param.secondary_opts] for param in command.params}
+
+
+def _field_paths() -> set[str]:
+    """Every field of RunConfig and of its sections, as a path (``secagg.bits``)."""
+    sections = {"dp": DPConfig, "central_dp": CentralDPConfig, "secagg": SecAggConfig}
+    paths = {f.name for f in dataclasses.fields(RunConfig)}
+    return paths | {f"{name}.{f.name}" for name, kind in sections.items() for f in dataclasses.fields(kind)}
+
+
+def test_every_train_flag_sets_a_config_field_and_every_field_has_its_flag():
+    """The field-to-flag table cannot go stale: checked against the train command's own options
+    and RunConfig's own fields."""
+    options = {
+        name: flags for name, flags in _train_options().items() if name not in {"out", "overwrite", "config"}
+    }
+    assert set(FIELD_TO_FLAG) == _field_paths()
+    assert {SETTINGS[name] for name in options} == set(FIELD_TO_FLAG)
+    for name, flags in options.items():
+        assert FIELD_TO_FLAG[SETTINGS[name]] == flags[0]
+
+
+def test_render_turns_field_paths_into_flags_and_leaves_other_code_alone():
+    assert render("raise `secagg.bits`") == "raise --secagg-bits"
+    assert render("set `dp.delta` below 1/n; `central_dp.distributed` needs `secagg`") == (
+        "set --delta below 1/n; --distributed-dp needs --secagg"
+    )
+    assert (
+        render("see `securefl datasets` and `no.such.field`") == "see `securefl datasets` and `no.such.field`"
+    )
+
+
+# Every numeric flag of `securefl train` with the values the config refuses: (flags, switch).
+_REFUSED_VALUES = {
+    "--fraction": (["inf", "nan", "-1", "0"], []),
+    "--lr": (["inf", "nan", "-1", "0"], []),
+    "--momentum": (["inf", "nan", "-1"], []),
+    "--weight-decay": (["inf", "nan", "-1"], []),
+    "--alpha": (["inf", "nan", "-1", "0"], []),
+    "--noise-multiplier": (["inf", "nan", "-1"], ["--dp"]),
+    "--max-grad-norm": (["inf", "nan", "-1", "0"], ["--dp"]),
+    "--delta": (["inf", "nan", "-1", "0"], ["--dp"]),
+    "--target-epsilon": (["inf", "nan", "-1", "0"], ["--dp"]),
+    "--central-noise-multiplier": (["inf", "nan", "-1"], ["--central-dp"]),
+    "--clip-norm": (["inf", "nan", "-1", "0"], ["--central-dp"]),
+    "--central-delta": (["inf", "nan", "-1", "0"], ["--central-dp"]),
+    "--secagg-threshold": (["inf", "nan", "-1", "0"], ["--secagg"]),
+    "--secagg-clip": (["inf", "nan", "-1", "0"], ["--secagg"]),
+    "--dropout-rate": (["inf", "nan", "-1"], ["--secagg"]),
+    "--clients": (["inf", "-1", "0"], []),
+    "--clients-per-round": (["inf", "-1", "0"], []),
+    "--rounds": (["inf", "-1", "0"], []),
+    "--local-epochs": (["inf", "-1", "0"], []),
+    "--batch-size": (["inf", "-1", "0"], []),
+    "--seed": (["inf", "-1"], []),
+    "--threads": (["inf", "-1", "0"], []),
+    "--secagg-neighbors": (["inf", "-1", "0"], ["--secagg"]),
+    "--secagg-bits": (["inf", "-1", "0"], ["--secagg"]),
+    "--secagg-colluders": (["inf", "-1"], ["--secagg"]),
+}
+
+
+def test_the_refused_values_cover_every_numeric_train_flag():
+    hints = typing.get_type_hints(train)
+    numeric = {
+        flags[0]
+        for name, flags in _train_options().items()
+        if {int, float} & {hints[name], *typing.get_args(hints[name])}
+    }
+    assert numeric == set(_REFUSED_VALUES)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "switch"),
+    [(flag, value, switch) for flag, (values, switch) in _REFUSED_VALUES.items() for value in values],
+)
+def test_every_refused_value_exits_2_naming_the_flag(tmp_path, capsys, flag, value, switch):
+    """`--dp --noise-multiplier inf` (issue 10) and every other value the config refuses: exit 2,
+    one message naming the flag (no field path left unrendered), no traceback, nothing written."""
+    out = tmp_path / "run"
+    assert main(["train", *switch, flag, value, "--out", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert flag in err
+    assert "Traceback" not in err and "`" not in err.replace("`securefl datasets`", "")
+    assert not out.exists()

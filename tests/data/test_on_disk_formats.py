@@ -66,12 +66,12 @@ def test_mnist_missing_files_say_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(DataError) as caught:
         load_dataset("mnist", data_dir=tmp_path / "empty")
     message = str(caught.value)
-    assert "--data-dir" in message and "--download" in message
+    assert "`data_dir`" in message and "`download`" in message
     assert "train-images-idx3-ubyte" in message
 
 
-def test_mnist_without_data_dir_names_the_flag() -> None:
-    with pytest.raises(DataError, match="--data-dir"):
+def test_mnist_without_data_dir_names_the_parameter() -> None:
+    with pytest.raises(DataError, match="`data_dir`"):
         load_dataset("mnist")
 
 
@@ -99,7 +99,7 @@ def test_mnist_failed_download_is_a_data_error(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline)
     with pytest.raises(DataError, match="download into .* failed") as caught:
         load_dataset("mnist", data_dir=tmp_path, download=True)
-    assert "no network on this machine" in str(caught.value) and "--data-dir" in str(caught.value)
+    assert "no network on this machine" in str(caught.value) and "`data_dir`" in str(caught.value)
 
 
 # --------------------------------------------------------------------------- CIFAR-10 (python)
@@ -181,7 +181,7 @@ def test_cifar10_files_not_matching_official_checksums_are_refused(tmp_path: Pat
     with pytest.raises(DataError) as caught:
         load_dataset("cifar10", data_dir=tmp_path)
     message = str(caught.value)
-    assert "MD5" in message and "official release" in message and "--download" in message
+    assert "MD5" in message and "official release" in message and "`download`" in message
 
 
 def test_cifar10_meta_file_is_checked_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,11 +214,11 @@ def test_cifar10_missing_meta_lists_the_file(tmp_path: Path) -> None:
     (tmp_path / "cifar-10-batches-py" / CIFAR_META).unlink()
     with pytest.raises(DataError, match="batches.meta") as caught:
         load_dataset("cifar10", data_dir=tmp_path)
-    assert "--data-dir" in str(caught.value)
+    assert "`data_dir`" in str(caught.value)
 
 
 def test_cifar10_empty_dir_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(DataError) as caught:
         load_dataset("cifar10", data_dir=tmp_path)
     message = str(caught.value)
-    assert "--data-dir" in message and "--download" in message and "data_batch_1" in message
+    assert "`data_dir`" in message and "`download`" in message and "data_batch_1" in message

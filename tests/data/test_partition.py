@@ -59,7 +59,7 @@ def test_every_partition_is_disjoint_complete_non_empty_and_seeded(problem: dict
 )
 def test_iid_sizes_differ_by_at_most_one(size: int, clients: int, seed: int) -> None:
     if clients > size:
-        with pytest.raises(ConfigError, match="lower --clients"):
+        with pytest.raises(ConfigError, match="lower `clients`"):
             partition(torch.zeros(size, dtype=torch.int64), scheme="iid", num_clients=clients)
         return
     parts = partition(torch.zeros(size, dtype=torch.int64), scheme="iid", num_clients=clients, seed=seed)
@@ -155,14 +155,14 @@ def test_shards_with_uneven_sizes_stay_near_equal() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"scheme": "random", "num_clients": 2}, "choose one of iid, dirichlet, shards"),
+        ({"scheme": "random", "num_clients": 2}, "set `partition` to one of iid, dirichlet, shards"),
         ({"scheme": "iid", "num_clients": 0}, "clients 0 < 1"),
         ({"scheme": "iid", "num_clients": 11}, "clients 11 > samples 10"),
         ({"scheme": "iid", "num_clients": 2.5}, "integer"),
-        ({"scheme": "dirichlet", "num_clients": 2, "alpha": 0.0}, "--alpha"),
-        ({"scheme": "dirichlet", "num_clients": 2, "alpha": -1.0}, "--alpha"),
-        ({"scheme": "dirichlet", "num_clients": 2, "alpha": float("nan")}, "--alpha"),
-        ({"scheme": "dirichlet", "num_clients": 2, "alpha": float("inf")}, "--alpha"),
+        ({"scheme": "dirichlet", "num_clients": 2, "alpha": 0.0}, "`alpha`"),
+        ({"scheme": "dirichlet", "num_clients": 2, "alpha": -1.0}, "`alpha`"),
+        ({"scheme": "dirichlet", "num_clients": 2, "alpha": float("nan")}, "`alpha`"),
+        ({"scheme": "dirichlet", "num_clients": 2, "alpha": float("inf")}, "`alpha`"),
         ({"scheme": "shards", "num_clients": 6}, "at least 12 samples, have 10"),
         ({"scheme": "iid", "num_clients": 2, "num_classes": 5}, "num_classes 5"),
     ],

@@ -15,7 +15,7 @@ from securefl.fl.quantize import FixedPointCodec, level_for
 @given(bits=st.integers(8, 62), clients=st.integers(1, 10_000))
 def test_level_is_the_largest_that_cannot_wrap(bits, clients):
     if clients * 2 >= 2**bits:
-        with pytest.raises(ConfigError, match="raise --secagg-bits"):
+        with pytest.raises(ConfigError, match="raise `secagg.bits`"):
             level_for(bits=bits, num_clients=clients)
         return
     level = level_for(bits=bits, num_clients=clients)

@@ -126,9 +126,9 @@ def test_budget_is_checked_before_the_event_is_recorded():
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"delta": 0.0}, "--delta"),
-        ({"delta": 1.0}, "--delta"),
-        ({"budget": 0.0}, "--target-epsilon"),
+        ({"delta": 0.0}, "`dp.delta`"),
+        ({"delta": 1.0}, "`dp.delta`"),
+        ({"budget": 0.0}, "`dp.target_epsilon`"),
         ({"accountant": "moments"}, "accountant"),
     ],
 )
