@@ -133,6 +133,8 @@ class CanaryLayout:
             num_outputs=dataset.info.num_outputs,
             size=dataset.info.size,
             needs_data_dir=dataset.info.needs_data_dir,
+            training=dataset.info.training,
+            training_by_model=dataset.info.training_by_model,
         )
         return Dataset(
             info=info,
