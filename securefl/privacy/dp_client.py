@@ -252,6 +252,7 @@ class DPSGDEngine:
         validate_model(model)
         self.max_grad_norm = float(max_grad_norm)
         self.batch_size = int(batch_size)
+        self._announced: set[tuple[DPConfig, tuple[float, ...]]] = set()
         # The engine's own copy is wrapped (hooks / expanded weights); the caller's model stays plain.
         self._model = copy.deepcopy(model).train()
         self._parameters = [p for p in self._model.parameters() if p.requires_grad]
@@ -268,6 +269,25 @@ class DPSGDEngine:
             loss_reduction="mean",
         )
         self._loss_fn = loss_for_task(task)
+
+    def announce(self, config: DPConfig, noise_multipliers: Sequence[float]) -> None:
+        """Log the DP-SGD settings (and the gdp caveat) once per engine, not once per client."""
+        key = (config, tuple(noise_multipliers))
+        if key in self._announced:
+            return
+        self._announced.add(key)
+        if config.accountant == "gdp":
+            log.warning(
+                "the gdp accountant is an approximation that can underestimate ε "
+                "(Opacus); use rdp or prv for a guarantee"
+            )
+        log.info(
+            "DP-SGD: noise multiplier %s, max grad norm %g, delta %g, accountant %s",
+            ", ".join(f"{z:.4g}" for z in noise_multipliers),
+            config.max_grad_norm,
+            config.delta,
+            config.accountant,
+        )
 
     def train(
         self,
@@ -396,19 +416,8 @@ class DPSGDTrainer:
             client_sizes=client_sizes,
             budget=config.target_epsilon,
         )
-        if config.accountant == "gdp":
-            log.warning(
-                "the gdp accountant is an approximation that can underestimate ε "
-                "(Opacus); use rdp or prv for a guarantee"
-            )
         noises = sorted({plan.noise_multiplier for plan in self.plans.values()})
-        log.info(
-            "DP-SGD: noise multiplier %s, max grad norm %g, delta %g, accountant %s",
-            ", ".join(f"{z:.4g}" for z in noises),
-            config.max_grad_norm,
-            config.delta,
-            config.accountant,
-        )
+        engine.announce(config, noises)
 
     # ---- ClientTrainer -------------------------------------------------------------------------
 
