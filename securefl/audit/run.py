@@ -44,7 +44,7 @@ from securefl.audit.observe import CanaryScores, ObservedChannel, ObservedServer
 from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset
 from securefl.errors import ConfigError
-from securefl.federation import Federation, build_federation, run_simulation
+from securefl.federation import Federation, RoundCallback, build_federation, run_simulation
 from securefl.fl.history import History
 from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import ClientShard, ClientTrainer
@@ -169,9 +169,6 @@ class AuditResult:
     def violation(self) -> bool:
         """True when the bound exceeds the claimed ε: the guarantee is false (at 1 - β)."""
         return self.outcome.epsilon > self.accountant_epsilon
-
-
-RoundCallback = Callable[[dict[str, Any]], None]
 
 
 def run_audit(
