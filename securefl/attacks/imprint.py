@@ -149,13 +149,13 @@ def imprint_model(
     else:
         if not isinstance(base, MLP):
             raise ConfigError(f"imprint placement 'mlp' repurposes the mlp model, not {base_model!r}")
-        first = base.net[1]
+        first, second = _mlp_hidden_layers(base)
         if first.out_features != bins:
             raise ConfigError(
                 f"the pinned mlp's first layer has {first.out_features} units: "
                 f"use --bins {first.out_features}"
             )
-        following = base.net[3].weight
+        following = second.weight
         spread_scale = 1.0 / math.sqrt(bins)
         model = base
     with torch.no_grad():
@@ -213,7 +213,7 @@ def hide_where_the_data_never_looks(
     layer-2 unit is switched off (bias ``-1e6``) with large random rows (a dead unit passes no
     gradient). Checks on the client's own batch (:mod:`securefl.defences.checks`) refuse it.
     """
-    first, second = model.net[1], model.net[3]
+    first, second = _mlp_hidden_layers(model)
     with torch.no_grad():
         first.weight.add_(0.003 * torch.randn(first.weight.shape, generator=generator) * unused_inputs)
         second.weight[1::2] = 25 * torch.randn(
@@ -235,6 +235,14 @@ def best_psnr(candidates: torch.Tensor, originals: torch.Tensor) -> torch.Tensor
     squared = (flat**2).sum(1)[:, None] - 2 * flat @ guesses.T + (guesses**2).sum(1)[None, :]
     mse = (squared.clamp_min(0) / flat.shape[1]).min(dim=1).values
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-30))
+
+
+def _mlp_hidden_layers(model: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """The pinned ``mlp``'s first two linear layers (``net[1]`` and ``net[3]``)."""
+    first, second = (model.net[1], model.net[3]) if isinstance(model, MLP) else (None, None)
+    if not (isinstance(first, nn.Linear) and isinstance(second, nn.Linear)):
+        raise ConfigError(f"an imprint in the mlp needs securefl's mlp model, not {type(model).__name__}")
+    return first, second
 
 
 __all__ = [

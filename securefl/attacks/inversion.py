@@ -203,7 +203,7 @@ def _last_linear_slices(model: nn.Module) -> tuple[slice, slice | None, tuple[in
         offsets[id(parameter)] = slice(start, start + parameter.numel())
         start += parameter.numel()
     bias = offsets[id(last.bias)] if last.bias is not None else None
-    return offsets[id(last.weight)], bias, tuple(last.weight.shape)
+    return offsets[id(last.weight)], bias, (last.out_features, last.in_features)
 
 
 def infer_labels(observation: Observation, *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -250,7 +250,8 @@ def run_malicious(prepared: PreparedMalicious, *, progress: TrialProgress | None
     started = time.perf_counter()
     order = np.random.default_rng([config.seed, 0x3A1]).permutation(len(dataset.train_x))
     per_trial = config.clients * config.batch_size
-    trials, originals, reconstructions = [], None, None
+    trials = []
+    originals = reconstructions = torch.empty(0)  # trial 0's, for the figure (config.trials >= 1)
     for trial in range(config.trials):
         rows = order[trial * per_trial : (trial + 1) * per_trial]
         shards = [
@@ -326,20 +327,24 @@ def run_malicious_comparison(
 def server_models(prepared: PreparedMalicious, *, trial: int) -> tuple[dict[int, nn.Module], ImprintLayout]:
     """What the server sends each client: client id -> model, and where its bins are."""
     config, dataset = prepared.config, prepared.dataset
-    common = dict(
-        placement=config.placement,
-        base_model="mlp",
-        input_shape=dataset.input_shape,
-        num_outputs=dataset.num_outputs,
-        bins=config.resolved_bins,
-        direction=prepared.direction,
-        prior=prepared.prior,
-        seed=config.seed * 10_007 + trial,
-    )
-    target, layout = imprint_model(**common)
+
+    def imprint(*, dead: bool) -> tuple[nn.Module, ImprintLayout]:
+        return imprint_model(
+            placement=config.placement,
+            base_model="mlp",
+            input_shape=dataset.input_shape,
+            num_outputs=dataset.num_outputs,
+            bins=config.resolved_bins,
+            direction=prepared.direction,
+            prior=prepared.prior,
+            seed=config.seed * 10_007 + trial,
+            dead=dead,
+        )
+
+    target, layout = imprint(dead=False)
     models = {0: target}
     if config.clients > 1:
-        other = target if config.attack == "imprint" else imprint_model(**common, dead=True)[0]
+        other = target if config.attack == "imprint" else imprint(dead=True)[0]
         models.update({c: other for c in range(1, config.clients)})
     return models, layout
 

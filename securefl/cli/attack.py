@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from securefl.attacks.defences import DEFENCES, Defence
@@ -428,7 +428,7 @@ class _progress_bar:
             console=console,
             transient=False,
         )
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> ExperimentProgress:
         self.progress.__enter__()
@@ -442,7 +442,7 @@ class _progress_bar:
 
         return on_progress
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         for task in self.tasks.values():
             self.progress.update(task, completed=self.progress.tasks[task].total)
         self.progress.__exit__(*exc)
@@ -459,7 +459,7 @@ class _trials_bar:
             TimeElapsedColumn(),
             console=console,
         )
-        self.task: int | None = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> Callable[[int, int], None]:
         self.progress.__enter__()
@@ -471,7 +471,7 @@ class _trials_bar:
 
         return on_progress
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
 
