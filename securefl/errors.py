@@ -4,6 +4,15 @@ Every error a user can cause derives from :class:`ConfigError` (the CLI maps it 
 its message and no traceback).  Protocol errors follow h11's split: a :class:`LocalProtocolError`
 means *we* were asked to break the protocol, a :class:`RemoteProtocolError` means a peer did.
 Messages say what to do, not just what went wrong.
+
+Messages name parameters in the library's own terms, never as CLI flags: a run parameter is its
+:class:`~securefl.config.RunConfig` field path in backticks — "raise `secagg.bits`", "set
+`dp.delta` below 1/n", "lower `lr`", "use a positive `central_dp.noise_multiplier`", "`dp` needs
+..." for a section.  The CLI prints a :class:`ConfigError` through
+:func:`securefl.cli.flags.render`, which turns each such path into its flag (``--secagg-bits``,
+``--delta``, ``--lr``, ``--central-noise-multiplier``, ``--dp``); backticked text that is not a
+field path is printed as it is.  Parameters of a command other than ``train`` (``securefl attack``
+/ ``audit``) are named by their own parameter names in backticks, and that command maps them.
 """
 
 from __future__ import annotations
