@@ -12,12 +12,14 @@ import torch
 
 from securefl.config import RunConfig, SecAggConfig
 from securefl.errors import ConfigError, ThresholdNotMetError
+from securefl.federation import build_federation, run_simulation
 from securefl.fl.fedavg import WeightedMean
-from securefl.fl.secure_channel import SecureAggregationChannel
-from securefl.fl.simulation import build_federation, run_simulation
+from securefl.fl.record import RoundStatus
+from securefl.fl.secure_channel import SecureAggregationChannel, SecureAggregationRound
 from securefl.fl.types import Contribution
 from securefl.fl.vectors import to_vector
-from securefl.protocols.secagg import ServerProtocol, ring
+from securefl.protocols.secagg import decode as decode_message
+from securefl.protocols.secagg import ring
 from securefl.protocols.secagg.messages import MaskedInput
 
 
@@ -90,42 +92,88 @@ def test_run_matches_plain_fedavg_and_aborted_rounds_leave_the_model_unchanged()
     assert torch.allclose(
         to_vector(plain.model.parameters()), to_vector(secure.model.parameters()), atol=1e-5
     )
-    assert [r["survivors"] for r in secure.records] == [6, 6]
+    assert [r.survivors for r in secure.records] == [6, 6]
 
     config = RunConfig(**base, secagg=SecAggConfig(threshold=6, dropout_rate=0.6))
     initial = to_vector(build_federation(config).eval_model.parameters())
     history = run_simulation(config)
-    assert [r["status"] for r in history.records] == ["aborted", "aborted"]
+    assert [r.status for r in history.records] == [RoundStatus.ABORTED, RoundStatus.ABORTED]
     assert torch.equal(to_vector(history.model.parameters()), initial)
-    assert all("abort_step" in r for r in history.records)
+    assert all("abort_step" in r.aggregation and "abort_step" in r.to_json() for r in history.records)
+
+
+def _vectors_held(obj, *, length: int, seen: set[int] | None = None, depth: int = 4) -> list[np.ndarray]:
+    """Every vector of ``length`` values reachable from ``obj`` through securefl objects'
+    attributes and the containers in them (what a server-side object keeps between messages)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth < 0:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray | torch.Tensor):
+        flat = obj.detach().numpy() if isinstance(obj, torch.Tensor) else obj
+        return [flat.reshape(-1).copy()] if flat.size == length else []
+    if isinstance(obj, dict):
+        children = [*obj.keys(), *obj.values()]
+    elif isinstance(obj, list | tuple | set | frozenset):
+        children = list(obj)
+    elif type(obj).__module__.startswith("securefl."):
+        children = list(getattr(obj, "__dict__", {}).values())
+        children += [getattr(obj, name) for name in getattr(type(obj), "__slots__", ()) if hasattr(obj, name)]
+    else:
+        return []
+    return [v for child in children for v in _vectors_held(child, length=length, seen=seen, depth=depth - 1)]
 
 
 def test_server_side_never_holds_an_individual_update(monkeypatch):
-    """Every vector the protocol server receives or keeps is masked: none equals a client's input,
-    and the strategy is handed only the Aggregate (sums)."""
+    """What the server half (:class:`SecureAggregationRound`) is given is masked ring data: every
+    masked input that reaches ``receive`` differs from every client's encoded input, no payload
+    carries an input's packed bytes, and no vector the server-side objects (the round, its
+    nested ServerProtocol) keep between messages equals one; the strategy is handed only the
+    Aggregate (sums)."""
     contributions = _contributions(5, 64, seed=4)
     channel = _channel(64, 5)
-    encoded = {c.client_id: channel._encode(c, channel.codec_for(5), 1) for c in contributions}
-    received: list[np.ndarray] = []
-    original_receive = ServerProtocol.receive
+    length = channel.vector_length
+    assert length == 67
+    inputs: dict[int, np.ndarray] = {}  # what each client half actually encoded
+    original_encode = SecureAggregationChannel.encode_input
 
-    def spy(self, message):
+    def record_input(self, contribution, *, params, round_index):
+        vector = original_encode(self, contribution, params=params, round_index=round_index)
+        inputs[contribution.client_id] = vector.copy()
+        return vector
+
+    monkeypatch.setattr(SecureAggregationChannel, "encode_input", record_input)
+    received: list[np.ndarray] = []
+    held: list[np.ndarray] = []
+    payloads: list[bytes] = []
+    original_receive, original_close = SecureAggregationRound.receive, SecureAggregationRound.close_step
+
+    def spy_receive(self, client_id, payload):
+        payloads.append(payload)
+        message = decode_message(payload)
         if isinstance(message, MaskedInput):
             received.append(ring.unpack(message.packed, bits=message.bits, length=message.length))
-        result = original_receive(self, message)
-        for value in vars(self).values():  # whatever the server keeps between messages
-            if isinstance(value, np.ndarray) and value.shape == (67,):
-                received.append(value.copy())
-        return result
+        original_receive(self, client_id, payload)
+        held.extend(_vectors_held(self, length=length))
 
-    monkeypatch.setattr(ServerProtocol, "receive", spy)
+    def spy_close(self):
+        outgoing = original_close(self)
+        held.extend(_vectors_held(self, length=length))
+        return outgoing
+
+    monkeypatch.setattr(SecureAggregationRound, "receive", spy_receive)
+    monkeypatch.setattr(SecureAggregationRound, "close_step", spy_close)
     aggregate = channel.aggregate(contributions, round_index=1)
-    assert len(received) >= 5
-    for vector in received:
-        for inp in encoded.values():
+    assert sorted(inputs) == [0, 1, 2, 3, 4] and len(received) == 5
+    assert held  # the server keeps ring vectors (at least the sum): the check below is not vacuous
+    bits = channel.config.bits
+    for vector in [*received, *held]:
+        for inp in inputs.values():
             assert not np.array_equal(vector.astype(np.uint64), inp)
             # a masked vector agrees with the input on about 2^-32 of coordinates, not more
             assert np.mean(vector.astype(np.uint64) == inp) < 0.1
+    for payload in payloads:
+        assert not any(ring.pack(inp, bits) in payload for inp in inputs.values())
     handed = []
     monkeypatch.setattr(WeightedMean, "__call__", lambda self, params, agg: handed.append(agg) or params)
     WeightedMean()(torch.zeros(64), aggregate)
@@ -169,7 +217,10 @@ def test_dp_fedavg_updates_stay_within_the_clip_norm_after_rounding():
         delta = torch.randn(400, generator=generator)
         delta = delta * (clip_norm / delta.norm())  # exactly at the clip, as ClipUpdate leaves it
         codec = channel.codec_for(2)
-        encoded = channel._encode(Contribution(0, delta, 1.0, 0.0), codec, round_index)
+        params = channel.round_parameters(2)
+        encoded = channel.encode_input(
+            Contribution(0, delta, 1.0, 0.0), params=params, round_index=round_index
+        )
         decoded = codec.decode_sum(encoded, count=1)[:400]
         assert float(decoded.norm()) <= clip_norm
     aggregate = channel.aggregate([Contribution(i, delta, 1.0, 0.0) for i in range(2)], round_index=1)
@@ -177,7 +228,7 @@ def test_dp_fedavg_updates_stay_within_the_clip_norm_after_rounding():
 
 
 def test_a_ring_too_small_for_the_dp_clip_is_refused():
-    with pytest.raises(ConfigError, match="raise --secagg-bits"):
+    with pytest.raises(ConfigError, match="raise `secagg.bits`"):
         SecureAggregationChannel(
             config=SecAggConfig(bits=8, clip=1.0),
             num_params=10_000,
@@ -223,24 +274,38 @@ def test_a_round_left_with_one_finite_update_aborts():
     assert (details["abort_step"], details["dropouts"]) == ("advertise_keys", {"advertise_keys": 1})
 
 
-def test_a_non_finite_client_is_a_dropout_of_the_planned_round_which_keeps_its_threshold():
+def test_a_non_finite_client_is_a_dropout_of_the_planned_round_which_keeps_its_threshold(monkeypatch):
     """Leaving a client out must not shrink the round's parameters: with 5 planned and one NaN
-    update, the protocol still runs for 5 clients at the threshold of 5 (3), not of 4."""
+    update, the protocol still runs for 5 clients at the threshold of 5 (3), not of 4, on the
+    server half and on every client half, and the server sees the NaN client as a dropout of the
+    first step (it never advertised keys)."""
     contributions = _contributions(5, 30, seed=3)
     broken = contributions[:4] + [Contribution(4, torch.full((30,), float("nan")), 1.0, 0.0)]
     channel = _channel(30, 5)
-    seen = {}
-    run = channel.run_protocol
+    opened: list[SecureAggregationRound] = []
+    encoded_with = []
+    original_init, original_encode = SecureAggregationRound.__init__, SecureAggregationChannel.encode_input
 
-    def spy(inputs, *, params, **kwargs):
-        seen["params"], seen["left_out"] = params, kwargs["left_out"]
-        return run(inputs, params=params, **kwargs)
+    def spy_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        opened.append(self)
 
-    channel.run_protocol = spy
+    def spy_encode(self, contribution, *, params, round_index):
+        encoded_with.append((contribution.client_id, params))
+        return original_encode(self, contribution, params=params, round_index=round_index)
+
+    monkeypatch.setattr(SecureAggregationRound, "__init__", spy_init)
+    monkeypatch.setattr(SecureAggregationChannel, "encode_input", spy_encode)
     aggregate = channel.aggregate(broken, round_index=1)
-    assert (seen["params"].num_clients, seen["params"].threshold) == (5, 3)
-    assert seen["left_out"] == frozenset({4}) and aggregate.survivors == (0, 1, 2, 3)
-    assert channel.round_params() == [seen["params"]]
+    [server_round] = opened
+    assert (server_round.params.num_clients, server_round.params.threshold) == (5, 3)
+    assert server_round.setup.participants == (0, 1, 2, 3, 4)
+    assert sorted(c for c, _ in encoded_with) == [0, 1, 2, 3, 4]  # the NaN client tried too
+    assert all(params == server_round.params for _, params in encoded_with)
+    assert aggregate.survivors == (0, 1, 2, 3)
+    assert aggregate.details["dropouts"] == {"advertise_keys": 1}
+    assert aggregate.details["non_finite_dropped"] == 1
+    assert channel.round_params() == [server_round.params]
 
 
 def test_probing_the_smallest_round_is_quiet(recwarn, caplog):
