@@ -299,6 +299,8 @@ class DPSGDDefence(Defence):
             local_epochs=public.local_steps,
             batch_size=public.batch_size,
             lr=public.learning_rate,
+            # A measurement: the noise repeats with the experiment's seed, which the attack never reads.
+            seed=round_.seed,
         )
         update = trainer.train(
             global_params=round_.global_params, shard=victim, round_index=0, generator=round_.generator

@@ -65,8 +65,8 @@ Opacus' ``PrivacyEngine`` owns its RNG: seeded from the operating system (:mod:`
 trainer is built, the seed never stored.  A seed in ``config.json`` would let the server subtract
 the noise, so runs under ``--dp`` are not bit-reproducible.  The generator the caller passes to
 :meth:`DPSGDTrainer.train` is the simulation's and is never used for DP-SGD; the constructor's
-``seed`` is a hook for tests only (a seed known to the server voids the guarantee).  The Gaussian
-sampler is not Opacus' ``secure_mode`` (which needs ``torchcsprng`` and protects against
+``seed`` is a hook for tests and for measurement experiments whose adversary never reads it (a
+seed known to the server voids the guarantee).  The Gaussian sampler is not Opacus' ``secure_mode`` (which needs ``torchcsprng`` and protects against
 floating-point attacks on the noise).
 """
 
