@@ -24,19 +24,13 @@ from securefl.attacks.defences import Defence
 from securefl.attacks.experiment import LEAKED_PSNR, AttackOutcome
 from securefl.attacks.malicious import LEAKED_PSNR as MALICIOUS_LEAKED_PSNR
 from securefl.attacks.malicious import MaliciousOutcome
+from securefl.fl.record import finite_json
 
 RECONSTRUCTION_FIGURE = "reconstruction.png"
 METRICS_FILE = "metrics.json"
 ARRAYS_FILE = "arrays.npz"
 COMPARE_FIGURE = "compare.png"
 COMPARE_FILE = "compare.json"
-
-
-def _finite(value: float | None) -> float | None:
-    """JSON has no infinity: an exact reconstruction's PSNR (inf) is written as null."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _show(axis: Any, image: torch.Tensor) -> None:
@@ -57,7 +51,7 @@ def outcome_summary(outcome: AttackOutcome) -> dict[str, Any]:
     """The figures of one outcome, as plain JSON values."""
     return {
         "defence": outcome.defence_label,
-        "median_psnr": _finite(outcome.median_psnr),
+        "median_psnr": finite_json(outcome.median_psnr),  # an exact reconstruction: inf -> null
         "median_ssim": outcome.median_ssim,
         "median_baseline_psnr": outcome.median_baseline_psnr,
         "label_accuracy": outcome.label_accuracy,
@@ -99,7 +93,7 @@ def metrics_document(outcome: AttackOutcome) -> dict[str, Any]:
         "images": [
             {
                 "test_index": image.test_index,
-                "psnr": _finite(image.psnr),
+                "psnr": finite_json(image.psnr),
                 "ssim": image.ssim,
                 "mse": image.mse,
                 "baseline_psnr": image.baseline_psnr,
@@ -195,7 +189,7 @@ def comparison_document(outcomes: Sequence[AttackOutcome]) -> dict[str, Any]:
         "rows": [
             {
                 **outcome_summary(outcome),
-                "psnr": [_finite(image.psnr) for image in outcome.images],
+                "psnr": [finite_json(image.psnr) for image in outcome.images],
                 "ssim": [image.ssim for image in outcome.images],
                 "label_correct": [image.label_correct for image in outcome.images],
                 "baseline_psnr": [image.baseline_psnr for image in outcome.images],
