@@ -106,7 +106,7 @@ def metrics_document(outcome: AttackOutcome) -> dict[str, Any]:
         "rounds": [
             {
                 "seconds": round_.seconds,
-                "objective": _finite(round_.objective),
+                "objective": finite_json(round_.objective),
                 "restarts_run": round_.restarts_run,
                 "iterations": round_.iterations,
                 **{k: v for k, v in asdict(round_.facts).items() if v is not None},
@@ -235,7 +235,7 @@ def malicious_document(outcome: MaliciousOutcome) -> dict[str, Any]:
         "trials": [
             {
                 **{k: v for k, v in asdict(t).items() if k not in ("target_psnr", "everyone_psnr")},
-                "target_psnr": [_finite(p) for p in t.target_psnr],
+                "target_psnr": [finite_json(p) for p in t.target_psnr],
                 "target_recovered": t.target_recovered,
                 "everyone_recovered": t.everyone_recovered,
             }
