@@ -14,6 +14,7 @@ aggregation half), which talk only through encoded messages carried by a transpo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -292,12 +293,8 @@ def build_programs(fed: Federation) -> Programs:
             return fed.channel.client(client_id, signing_key=fed.signing_keys[client_id])  # type: ignore[call-arg]
         return fed.channel.client(client_id)
 
-    architecture = build_model(
-        config.model,
-        input_shape=fed.dataset.input_shape,
-        num_outputs=fed.dataset.num_outputs,
-        seed=config.seed,
-    )
+    # The pinned architecture every client checks the received model against (its own copy).
+    architecture = copy.deepcopy(fed.eval_model)
     clients = {
         shard.client_id: FederatedClient(
             shard=shard,

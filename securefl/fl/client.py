@@ -88,10 +88,14 @@ class FederatedClient:
         self._round = None
         if not self.trainer.can_train(self.client_id):
             return [
-                encode(Decline(round_index, self.client_id, DeclineReason.BUDGET_SPENT, "no privacy budget left")),
+                encode(
+                    Decline(round_index, self.client_id, DeclineReason.BUDGET_SPENT, "no privacy budget left")
+                ),
                 encode(Availability(self.client_id, False)),
             ]
-        context = model_context(model=self.architecture, settings=request.settings_dict, params=request.params)
+        context = model_context(
+            model=self.architecture, settings=request.settings_dict, params=request.params
+        )
         update = self.trainer.train(
             global_params=request.params,
             shard=self.shard,
@@ -107,7 +111,9 @@ class FederatedClient:
             self._round = round_index
         except NonFiniteUpdateError as error:
             log.warning("client %d leaves round %d: %s", self.client_id, round_index, error)
-            replies = [encode(Decline(round_index, self.client_id, DeclineReason.NON_FINITE_UPDATE, str(error)))]
+            replies = [
+                encode(Decline(round_index, self.client_id, DeclineReason.NON_FINITE_UPDATE, str(error)))
+            ]
         except ProtocolError as error:
             log.warning("client %d refuses round %d: %s", self.client_id, round_index, error)
             replies = [encode(Decline(round_index, self.client_id, DeclineReason.REFUSED, str(error)))]

@@ -113,7 +113,9 @@ class FederatedServer:
                 case Decline():
                     self._current(message.round_index, client_id)
                     self._declined[message.reason.value] += 1
-                    log.info("client %d declines round %d: %s", client_id, message.round_index, message.detail)
+                    log.info(
+                        "client %d declines round %d: %s", client_id, message.round_index, message.detail
+                    )
                 case _:
                     raise RemoteProtocolError(f"a server does not accept a {type(message).__name__}")
         except (DecodeError, RemoteProtocolError) as error:
@@ -121,7 +123,9 @@ class FederatedServer:
 
     def _current(self, round_index: int, client_id: int) -> AggregationRound:
         if self._round is None or round_index != self.round_index or client_id not in self._participants:
-            raise RemoteProtocolError(f"client {client_id} is not a participant of an open round {round_index}")
+            raise RemoteProtocolError(
+                f"client {client_id} is not a participant of an open round {round_index}"
+            )
         return self._round
 
     # ---- rounds ---------------------------------------------------------------------------
