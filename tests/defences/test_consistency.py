@@ -64,28 +64,34 @@ def test_a_flat_vector_hashes_like_the_model_loaded_with_it():
         model_context(model=model, settings=SETTINGS, params=vector[:-1])
 
 
-def test_securefl_train_binds_what_each_client_received_into_secure_aggregation():
-    """``securefl train --secagg``: every sampled client hands the channel the context of the
-    model and settings it trained on, recomputed here from the round's global weights."""
+def test_securefl_train_binds_what_each_client_received_into_secure_aggregation(monkeypatch):
+    """``securefl train --secagg``: every sampled client hands its secure-aggregation half the
+    context of the model and settings it trained on, and the server half opens the session in
+    that same context, both recomputed here from the round's global weights."""
     from securefl.config import RunConfig, SecAggConfig
-    from securefl.fl.simulation import build_federation, run_round
-    from securefl.fl.vectors import to_vector
+    from securefl.federation import build_federation, run_simulation
+    from securefl.fl.record import RoundStatus
+    from securefl.fl.secure_channel import SecureAggregationChannel, SecureAggregationClient
 
     config = RunConfig(
         dataset="digits", model="mlp", clients=4, rounds=1, local_epochs=1, secagg=SecAggConfig()
     )
     federation = build_federation(config)
-    seen = {}
-    inner = federation.channel
+    seen: dict[int, bytes] = {}
+    opened: list[bytes] = []
+    start, open_round = SecureAggregationClient.start, SecureAggregationChannel.open_round
 
-    class Spy:
-        def aggregate(self, contributions, *, round_index, contexts=None):
-            seen.update(contexts)
-            return inner.aggregate(contributions, round_index=round_index, contexts=contexts)
+    def spy_start(self, contribution, *, round_index, setup, context):
+        seen[self.client_id] = context
+        return start(self, contribution, round_index=round_index, setup=setup, context=context)
 
-    federation.channel = Spy()
-    params = to_vector(federation.eval_model.parameters())
-    reference = copy.deepcopy(federation.eval_model)
+    def spy_open_round(self, *, round_index, participants, context):
+        opened.append(context)
+        return open_round(self, round_index=round_index, participants=participants, context=context)
+
+    monkeypatch.setattr(SecureAggregationClient, "start", spy_start)
+    monkeypatch.setattr(SecureAggregationChannel, "open_round", spy_open_round)
+    reference = copy.deepcopy(federation.eval_model)  # round 1's global weights
     expected = model_context(
         model=reference,
         settings={
@@ -98,5 +104,7 @@ def test_securefl_train_binds_what_each_client_received_into_secure_aggregation(
             "weight_decay": config.weight_decay,
         },
     )
-    run_round(federation, params, round_index=1, eligible=[0, 1, 2, 3])
+    history = run_simulation(config, federation=federation)
+    assert history.final.status is RoundStatus.OK and history.final.survivors == 4
     assert seen == {client: expected for client in range(4)}
+    assert opened == [expected]

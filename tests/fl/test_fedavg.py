@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
-from securefl.fl.client import LocalSGDTrainer
+from securefl.federation import client_generator
 from securefl.fl.fedavg import ClientSampler, PlainSum, WeightedMean, weight_by_samples
-from securefl.fl.simulation import client_generator
+from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import ClientShard, Update
 
 
@@ -128,7 +128,7 @@ def test_central_dp_samples_clients_from_os_randomness_that_the_seed_cannot_reco
     sets; plain runs keep their seeded sampling bit for bit (issue 9, point 9)."""
     from securefl.config import CentralDPConfig, RunConfig
     from securefl.data import load_dataset
-    from securefl.fl.simulation import build_federation
+    from securefl.federation import build_federation
 
     dataset = load_dataset("digits")
     base = {"dataset": "digits", "model": "mlp", "clients": 10, "clients_per_round": 5, "seed": 4}

@@ -7,7 +7,7 @@ from torch.nn.utils import parameters_to_vector
 
 from securefl.config import RunConfig
 from securefl.data import load_dataset
-from securefl.fl.simulation import build_federation, run_simulation
+from securefl.federation import build_federation, client_generator, run_simulation
 
 
 def _params(history) -> torch.Tensor:
@@ -27,25 +27,34 @@ def test_same_seed_gives_bit_identical_weights_and_other_seed_does_not():
     )
     first, second = run_simulation(config), run_simulation(config)
     assert torch.equal(_params(first), _params(second))
-    assert first.records[-1]["test_loss"] == second.records[-1]["test_loss"]
+    assert first.records[-1].evaluation == second.records[-1].evaluation
+    assert first.metric("test_loss") == second.metric("test_loss")
     other = run_simulation(RunConfig(**{**config.__dict__, "seed": 4}))
     assert not torch.equal(_params(first), _params(other))
 
 
 def test_round_records_carry_the_documented_fields():
     history = run_simulation(RunConfig(dataset="digits", model="mlp", clients=5, rounds=2, local_epochs=1))
-    assert [r["round"] for r in history.records] == [1, 2]
+    assert [r.round for r in history.records] == [1, 2]
+    assert history.status == "finished" and history.diverged is None
     for record in history.records:
+        row = record.to_json()  # the line written to metrics.jsonl
         assert {
+            "round",
+            "status",
             "train_loss",
             "test_loss",
             "test_accuracy",
             "clients",
+            "survivors",
             "seconds",
             "bytes_up",
             "bytes_down",
-        } <= record.keys()
-        assert record["clients"] == 5
+        } <= row.keys()
+        assert record.clients == row["clients"] == 5
+        assert record.status == row["status"] == "ok"
+        assert record.evaluation is not None and row["test_loss"] == record.evaluation.loss
+        assert record.bytes_up > 0 and record.bytes_down > 0 and record.seconds > 0
     assert sum(row["n"] for row in history.partition) == 1438
 
 
@@ -64,11 +73,9 @@ def test_federated_round_equals_hand_weighted_average_of_client_runs():
     )
     federation = build_federation(config)
     start = parameters_to_vector(federation.eval_model.parameters()).detach().clone()
-    from securefl.fl.simulation import client_generator
-
     deltas, counts = [], []
     for shard in federation.shards:
-        update = federation.trainer.train(
+        update = federation.trainers[shard.client_id].train(
             global_params=start,
             shard=shard,
             round_index=1,
@@ -97,7 +104,7 @@ def test_learns_under_label_skew():
     )
     history = run_simulation(config, federation=build_federation(config, dataset=dataset))
     chance = 1 / dataset.num_outputs
-    assert history.records[-1]["test_accuracy"] > 0.8 > 5 * chance
+    assert history.final.evaluation.accuracy > 0.8 > 5 * chance
 
 
 def test_regression_reports_mse_and_r2():
@@ -113,7 +120,8 @@ def test_regression_reports_mse_and_r2():
             momentum=0.5,
         )
     )
-    last = history.records[-1]
-    assert {"test_mse", "test_r2"} <= last.keys()
+    last = history.records[-1].to_json()
+    assert {"test_mse", "test_r2"} <= last.keys() and "test_accuracy" not in last
     assert last["test_r2"] > 0.5
-    assert history.records[0]["test_mse"] > last["test_mse"]
+    assert history.records[0].to_json()["test_mse"] > last["test_mse"]
+    assert history.final.evaluation.r2 == last["test_r2"]
