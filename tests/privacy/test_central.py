@@ -235,14 +235,15 @@ def test_central_dp_secagg_accounts_every_round_including_aborted_ones():
     )
     federation = dataclasses.replace(build_federation(config), sampler=_SamplerWithALoneClientInRound2())
     history = run_simulation(config, federation=federation)
-    assert [r["status"] for r in history.records] == ["ok", "aborted", "ok", "ok"]
+    assert [r.status for r in history.records] == ["ok", "aborted", "ok", "ok"]
     reference = create_accountant(mechanism="rdp")
     for _ in range(rounds):
         reference.step(noise_multiplier=z / 2, sample_rate=per_round / clients)
     user = history.privacy["user_level"]
     assert user["rounds"] == rounds
     assert user["epsilon"] == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-9)
-    assert history.records[-1]["user_epsilon"] == pytest.approx(user["epsilon"])
+    assert history.final.privacy["user_epsilon"] == pytest.approx(user["epsilon"])
+    assert history.metric("user_epsilon")[-1] == pytest.approx(user["epsilon"])
     assert user["sensitivity_multiplier"] == 2 and user["sensitivity"] == 2 * config.central_dp.clip_norm
     assert "noise only" in user["sensitivity_reasoning"]
 

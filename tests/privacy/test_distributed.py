@@ -18,8 +18,8 @@ from scipy.stats import skellam
 
 from securefl.cli.app import main
 from securefl.config import CentralDPConfig, RunConfig, SecAggConfig
-from securefl.errors import ConfigError
-from securefl.fl.secure_channel import SecureAggregationAborted, SecureAggregationChannel
+from securefl.errors import ConfigError, RoundAbortedError
+from securefl.fl.secure_channel import SecureAggregationChannel
 from securefl.fl.types import Aggregate, Contribution
 from securefl.privacy.distributed import (
     MAX_SQUARED_NORM,
@@ -207,7 +207,7 @@ def test_the_scale_is_refused_only_when_no_scale_can_work():
         _channel(z=1e300)
     with pytest.raises(ConfigError, match="cannot be encoded"):
         choose_scale(bits=62, clip_norm=1.0, dim=2**56, clients=2, noise_multiplier=1.0, noise_ratio=1.0)
-    with pytest.raises(ConfigError, match="raise --secagg-bits"):
+    with pytest.raises(ConfigError, match="raise `secagg.bits`"):
         choose_scale(bits=8, clip_norm=1.0, dim=2**20, clients=120, noise_multiplier=1.0, noise_ratio=1.0)
 
 
@@ -255,14 +255,15 @@ def test_the_ring_sum_does_not_wrap_at_the_chosen_scale():
 
 
 def _run_rounds(channel: DistributedDPChannel, updates, rounds: int):
-    """``rounds`` rounds through the channel and the server update, as run_round plays them."""
+    """``rounds`` rounds through the channel and the server update, as the server program plays
+    them (an aborted round goes through the server update with an empty aggregate)."""
     server = DistributedDPServerUpdate(channel=channel, expected_clients=len(updates))
     params = torch.zeros(channel.num_params)
     aggregates = []
     for round_index in range(1, rounds + 1):
         try:
             aggregate = channel.aggregate(updates, round_index=round_index)
-        except SecureAggregationAborted:
+        except RoundAbortedError:
             aggregate = Aggregate.empty(params)
         params = server(params, aggregate)
         aggregates.append(aggregate)
@@ -319,7 +320,7 @@ def test_colluders_shares_are_not_counted_and_each_share_grows_to_cover_them():
     # at exactly the target noise each round (what central DP would add) ε is larger
     assert ledger["epsilon_at_target_noise"] == pytest.approx(channel.epsilon_of([target] * 2))
     assert ledger["epsilon_at_target_noise"] > ledger["epsilon"]
-    with pytest.raises(ConfigError, match="colluders|--secagg-threshold"):
+    with pytest.raises(ConfigError, match="colluders|`secagg.threshold`"):
         _channel(clients=5, threshold=3, colluders=3)
 
 
@@ -353,7 +354,7 @@ def test_every_round_is_counted_an_empty_one_too_and_the_server_adds_no_noise():
 
 
 def test_distributed_dp_needs_secure_aggregation():
-    with pytest.raises(ConfigError, match="--secagg"):
+    with pytest.raises(ConfigError, match="needs `secagg`"):
         RunConfig.from_mapping({"distributed_dp": True})
     config = RunConfig.from_mapping({"distributed_dp": True, "secagg": True, "clip_norm": 0.5})
     assert config.central_dp == CentralDPConfig(clip_norm=0.5, distributed=True)
@@ -416,8 +417,9 @@ def test_cli_exits_2_when_no_scale_can_encode_the_noise(capsys):
 
 
 def test_attack_defence_distributed_dp_observes_the_noised_mean_through_the_same_channel():
-    from securefl.attacks.defenses import Defence, RoundSetup, observe_round
-    from securefl.fl.client import LocalSGDTrainer
+    from securefl.attacks.defences import DistributedDPDefence
+    from securefl.attacks.observation import PublicKnowledge
+    from securefl.fl.training import LocalSGDTrainer
     from securefl.fl.types import ClientShard
     from securefl.fl.vectors import to_vector
     from securefl.models import build_model
@@ -427,12 +429,19 @@ def test_attack_defence_distributed_dp_observes_the_noised_mean_through_the_same
     shards = [
         ClientShard(i, torch.rand(1, 1, 28, 28, generator=generator), torch.tensor([i])) for i in range(3)
     ]
-    setup = RoundSetup("lenet", (1, 28, 28), 10, batch_size=1, local_steps=1, learning_rate=0.1)
+    public = PublicKnowledge(
+        model_name="lenet",
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        batch_size=1,
+        local_steps=1,
+        learning_rate=0.1,
+    )
     model = build_model("lenet", input_shape=(1, 28, 28), num_outputs=10, seed=0).double()
     z, clip = 0.5, 0.05
-    defence = Defence("distributed-dp", clients=3, noise_multiplier=z, max_grad_norm=clip)
-    observation, facts = observe_round(
-        setup=setup, defence=defence, server_model=model, victim=shards[0], others=shards[1:], seed=0
+    defence = DistributedDPDefence(clients=3, noise_multiplier=z, max_grad_norm=clip)
+    observation, facts = defence.observe(
+        public=public, server_model=model, victim=shards[0], others=shards[1:], seed=0
     )
     global_params = to_vector(model.parameters())
     trainer = LocalSGDTrainer(model=model, task="classification", local_epochs=1, batch_size=None, lr=0.1)

@@ -359,16 +359,47 @@ def test_a_budget_with_given_noise_stops_the_client_mid_run():
 
 
 class _WeightSpy:
-    """An aggregation channel that records what the server side receives, then sums as usual."""
+    """An aggregation whose server half records the weight in every contribution it receives
+    (the bytes a plain sum's client half sends), then sums as usual."""
 
     def __init__(self, inner):
         self.inner = inner
         self.weights: dict[int, list[float]] = {}
 
+    def open_round(self, *, round_index, participants, context):
+        return _WeightSpyRound(
+            self, self.inner.open_round(round_index=round_index, participants=participants, context=context)
+        )
+
+    def client(self, client_id):
+        return self.inner.client(client_id)
+
     def aggregate(self, contributions, *, round_index, contexts=None):
-        for contribution in contributions:
-            self.weights.setdefault(contribution.client_id, []).append(contribution.weight)
-        return self.inner.aggregate(contributions, round_index=round_index, contexts=contexts)
+        raise AssertionError("a federation's server must aggregate through its half, not in process")
+
+
+class _WeightSpyRound:
+    def __init__(self, spy, inner):
+        self.spy, self.inner = spy, inner
+
+    def setup_for(self, client_id):
+        return self.inner.setup_for(client_id)
+
+    def receive(self, client_id, payload):
+        from securefl.fl.codec import decode
+        from securefl.fl.messages import PlainContribution
+
+        message = decode(payload)
+        assert isinstance(message, PlainContribution)
+        self.spy.weights.setdefault(client_id, []).append(message.weight)
+        self.inner.receive(client_id, payload)
+
+    def close_step(self):
+        return self.inner.close_step()
+
+    @property
+    def result(self):
+        return self.inner.result
 
 
 def test_sample_counts_are_public_and_the_server_receives_the_declared_count():
