@@ -128,7 +128,7 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
     trainers = _build_trainers(config, new_model(), dataset, shards)
     sampling = config.central_dp.client_sampling if config.central_dp is not None else "fixed"
     max_clients = config.clients if sampling == "poisson" else config.sampled_clients
-    channel: Aggregation = PlainSum()
+    channel: Aggregation = PlainSum(vector_length=num_params)
     signing_keys = None
     min_released_clients = 1  # a plain sum releases one client's update as a sum
     if config.secagg is not None:

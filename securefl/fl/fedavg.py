@@ -79,11 +79,21 @@ class WeightedMean:
 
 
 class PlainSum:
-    """Aggregation without protection: the server adds the contributions it receives in clear."""
+    """Aggregation without protection: the server adds the contributions it receives in clear.
+
+    ``vector_length`` (the number of model parameters) makes the server half refuse a
+    contribution of any other length as it arrives; without it (research use on contributions
+    already computed) the first contribution of a round sets the length.
+    """
+
+    def __init__(self, *, vector_length: int | None = None) -> None:
+        self.vector_length = vector_length
 
     def open_round(self, *, round_index: int, participants: Sequence[int], context: bytes) -> PlainSumRound:
         """The server half; ``context`` is not used (a plain sum has no session to bind it to)."""
-        return PlainSumRound(round_index=round_index, participants=participants)
+        return PlainSumRound(
+            round_index=round_index, participants=participants, vector_length=self.vector_length
+        )
 
     def client(self, client_id: int) -> PlainSumClient:
         return PlainSumClient()
@@ -95,9 +105,8 @@ class PlainSum:
         round_index: int,
         contexts: Mapping[int, bytes] | None = None,
     ) -> Aggregate:
-        """The plain sum of ``contributions``, both halves in one process."""
-        if not contributions:
-            raise ValueError("PlainSum needs at least one contribution")
+        """The plain sum of ``contributions``, both halves in one process; none:
+        :class:`~securefl.errors.RoundAbortedError`, as from the server half."""
         aggregate, _ = aggregate_in_process(self, contributions, round_index=round_index, contexts=contexts)
         return aggregate
 
@@ -124,9 +133,12 @@ class PlainSumClient:
 class PlainSumRound:
     """The server half of a plain sum: after one step, the sum of what arrived, in client-id order."""
 
-    def __init__(self, *, round_index: int, participants: Sequence[int]) -> None:
+    def __init__(
+        self, *, round_index: int, participants: Sequence[int], vector_length: int | None = None
+    ) -> None:
         self.round_index = round_index
         self.participants = frozenset(participants)
+        self.vector_length = vector_length
         self._received: dict[int, PlainContribution] = {}
         self._result: Aggregate | None = None
 
@@ -143,6 +155,13 @@ class PlainSumRound:
         message = decode(payload)
         if not isinstance(message, PlainContribution):
             raise RemoteProtocolError(f"a plain sum expects contributions, got a {type(message).__name__}")
+        length = message.weighted_delta.numel()
+        if self.vector_length is None:
+            self.vector_length = length
+        if length != self.vector_length:
+            raise RemoteProtocolError(
+                f"client {client_id} sent {length} values, the round sums {self.vector_length}: refused"
+            )
         self._received[client_id] = message
 
     def close_step(self) -> list[tuple[int, bytes]]:

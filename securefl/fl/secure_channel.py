@@ -547,6 +547,10 @@ class SecureAggregationClient:
             raise RemoteProtocolError(
                 f"the setup is for round {announced.round_id}, the model for round {round_index}: refused"
             )
+        if self.client_id not in announced.participants:
+            raise RemoteProtocolError(
+                f"the setup of round {round_index} does not list client {self.client_id}: refused"
+            )
         # The parameters come from the public configuration, never from the server.
         params = self.encoding.round_parameters(len(announced.participants))
         if announced.vector_length != self.encoding.vector_length:
