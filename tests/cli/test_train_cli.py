@@ -172,12 +172,21 @@ def test_secagg_run_records_survivors_dropouts_bytes_and_step_times(tmp_path):
     args = [*SMALL, "--clients", "5", "--secagg", "--dropout-rate", "0.2", "--secagg-threshold", "3"]
     assert main(["train", *args, "--out", str(out)]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    from securefl.protocols.secagg import Step
+
+    steps = [step.label for step in Step]
     for record in records:
         assert record["status"] in {"ok", "aborted"}
-        assert {"dropouts", "bytes_up", "bytes_down", "secagg_server_seconds"} <= record.keys()
+        assert {"dropouts", "bytes_up", "bytes_down", "server_seconds", "client_seconds"} <= record.keys()
+        # per step, the sampled clients the server heard nothing from (all 5 are sampled)
+        assert set(record["dropouts"]) <= set(steps) and sum(record["dropouts"].values()) <= 5
+        assert record["bytes_up"] > 0 and record["bytes_down"] > 0 and record["server_seconds"] > 0
         if record["status"] == "ok":
             assert 3 <= record["survivors"] <= 5
-            assert set(record["secagg_client_seconds"]) >= {"advertise_keys", "masked_input"}
+            # survivors: the clients whose masked input arrived; later dropouts are still summed
+            lost = sum(record["dropouts"].get(step, 0) for step in steps[: Step.MASKED_INPUT + 1])
+            assert record["survivors"] == 5 - lost
+            assert record["client_seconds"] > 0 and record["bytes_up_per_client"] > 0
 
 
 @pytest.mark.parametrize(
