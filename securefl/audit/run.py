@@ -45,6 +45,7 @@ from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset
 from securefl.errors import ConfigError
 from securefl.federation import Federation, RoundCallback, build_federation, run_simulation
+from securefl.fl.fedavg import PlainSum
 from securefl.fl.history import History
 from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import ClientShard, ClientTrainer
@@ -233,9 +234,17 @@ class _Audit:
 
 
 def _with_canary_model(fed: Federation, layout: CanaryLayout, shards: list[ClientShard]) -> Federation:
-    """The federation on canary rows, with the canary-wrapped model for evaluation."""
+    """The federation on canary rows, with the canary-wrapped model for evaluation and a plain sum
+    of that model's size (audits run without secure aggregation)."""
+    assert isinstance(fed.channel, PlainSum)
+    model = _new_model(fed, layout)
+    size = sum(p.numel() for p in model.parameters())
     return dataclasses.replace(
-        fed, dataset=layout.augment(fed.dataset), shards=shards, eval_model=_new_model(fed, layout)
+        fed,
+        dataset=layout.augment(fed.dataset),
+        shards=shards,
+        eval_model=model,
+        channel=PlainSum(vector_length=size),
     )
 
 
@@ -297,10 +306,9 @@ def _plain_trainer(
 def _audit_none(config: AuditConfig, fed: Federation, layout: CanaryLayout, included: np.ndarray) -> _Audit:
     shards, probe = _with_canary_examples(config, fed, layout, included)
     trainer = _plain_trainer(config.run, fed, layout, full_batch=config.full_batch)
-    channel = ObservedChannel(fed.channel, client_id=CANARY_CLIENT, canaries=config.canaries)
-    audited = dataclasses.replace(
-        _with_canary_model(fed, layout, shards), trainers=_shared(trainer, shards), channel=channel
-    )
+    canary_fed = _with_canary_model(fed, layout, shards)
+    channel = ObservedChannel(canary_fed.channel, client_id=CANARY_CLIENT, canaries=config.canaries)
+    audited = dataclasses.replace(canary_fed, trainers=_shared(trainer, shards), channel=channel)
     return _Audit(audited, channel.scores, lambda rounds: math.inf, probe)
 
 
@@ -347,10 +355,9 @@ def _audit_dp(config: AuditConfig, fed: Federation, layout: CanaryLayout, includ
             history = ((plan.noise_multiplier, claimed_rate, plan.steps_per_round * rounds),)
             return epsilon_spent(history, accountant=dp.accountant, delta=dp.delta)
 
-    channel = ObservedChannel(fed.channel, client_id=CANARY_CLIENT, canaries=config.canaries)
-    audited = dataclasses.replace(
-        _with_canary_model(fed, layout, shards), trainers=_shared(trainer, shards), channel=channel
-    )
+    canary_fed = _with_canary_model(fed, layout, shards)
+    channel = ObservedChannel(canary_fed.channel, client_id=CANARY_CLIENT, canaries=config.canaries)
+    audited = dataclasses.replace(canary_fed, trainers=_shared(trainer, shards), channel=channel)
     return _Audit(audited, channel.scores, claim, probe)
 
 
