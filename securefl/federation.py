@@ -388,10 +388,9 @@ def run_simulation(
 
 
 def _divergence_message(record: RoundRecord, config: RunConfig) -> str:
-    what = "the global model" if record.evaluation is None or record.evaluation.finite else "the test loss"
     return (
-        f"training diverged in round {record.round}: {what} became NaN or infinite "
-        f"(learning rate {config.lr:g}); lower `lr` or `batch_size`, or clip updates"
+        f"training diverged in round {record.round}: {record.divergence}; lower `lr` (now "
+        f"{config.lr:g}) or `batch_size`, or clip the updates (DP-FedAvg's `central_dp.clip_norm`)"
     )
 
 

@@ -70,11 +70,12 @@ def weight_by_samples(update: Update) -> Contribution:
 
 
 class WeightedMean:
-    """FedAvg's server side: ``w + Σ n_k Δ_k / Σ n_k``; an empty round leaves ``w`` unchanged."""
+    """FedAvg's server side: ``w + Σ n_k Δ_k / Σ n_k``; an empty round leaves ``w`` unchanged
+    (a copy: the new model never aliases the old one)."""
 
     def __call__(self, global_params: torch.Tensor, aggregate: Aggregate) -> torch.Tensor:
         if aggregate.weight_sum <= 0:
-            return global_params
+            return global_params.clone()
         return global_params + aggregate.weighted_delta_sum / aggregate.weight_sum
 
 
@@ -105,8 +106,8 @@ class PlainSum:
         round_index: int,
         contexts: Mapping[int, bytes] | None = None,
     ) -> Aggregate:
-        """The plain sum of ``contributions``, both halves in one process; none:
-        :class:`~securefl.errors.RoundAbortedError`, as from the server half."""
+        """The plain sum of ``contributions``, both halves in one process (none at all:
+        :class:`~securefl.errors.RoundAbortedError`, as the server half raises)."""
         aggregate, _ = aggregate_in_process(self, contributions, round_index=round_index, contexts=contexts)
         return aggregate
 

@@ -70,9 +70,10 @@ class Evaluation:
 class RoundRecord:
     """What the server knows after one round (nothing here is one client's value).
 
-    ``aggregation`` holds what the aggregation observed (dropouts per step, quantization bound,
-    clipped fraction, ...), ``privacy`` the accountants' figures after the round, ``declined``
-    how many sampled clients declined, by reason.
+    ``abort_reason`` says why an aborted round released nothing, ``divergence`` what became
+    non-finite in a diverged one.  ``aggregation`` holds what the aggregation observed (dropouts
+    per step, quantization bound, clipped fraction, ...), ``privacy`` the accountants' figures
+    after the round, ``declined`` how many sampled clients declined, by reason.
     """
 
     round: int
@@ -86,6 +87,7 @@ class RoundRecord:
     bytes_down: int = 0
     seconds: float = 0.0
     abort_reason: str | None = None
+    divergence: str | None = None
     declined: Mapping[str, int] = field(default_factory=dict)
     aggregation: Mapping[str, Any] = field(default_factory=dict)
     privacy: Mapping[str, float] = field(default_factory=dict)
@@ -108,6 +110,8 @@ class RoundRecord:
             flat["train_loss"] = self.train_loss
         if self.abort_reason is not None:
             flat["abort_reason"] = self.abort_reason
+        if self.divergence is not None:
+            flat["divergence"] = self.divergence
         if self.declined:
             flat["declined"] = dict(self.declined)
             flat["non_finite_dropped"] = self.declined.get("non_finite_update", 0)

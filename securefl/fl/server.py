@@ -197,7 +197,12 @@ class FederatedServer:
         train_loss = None
         if self.train_loss_reported and aggregate.weight_sum > 0:
             train_loss = aggregate.train_loss_sum / aggregate.weight_sum
-        if not (bool(torch.isfinite(self.params).all()) and evaluation.finite):
+        divergence = None
+        if not bool(torch.isfinite(self.params).all()):
+            divergence = "the global model's weights became NaN or infinite"
+        elif not evaluation.finite:
+            divergence = "the test loss became NaN or infinite"
+        if divergence is not None:
             status = RoundStatus.DIVERGED
         privacy: dict[str, float] = {}
         for accountant in self.accountants:
@@ -212,6 +217,7 @@ class FederatedServer:
                 evaluation=evaluation,
                 train_loss=train_loss,
                 abort_reason=abort_reason,
+                divergence=divergence,
                 declined=dict(self._declined),
                 aggregation=dict(aggregate.details),
                 privacy=privacy,

@@ -1,0 +1,66 @@
+"""A run whose model or loss becomes non-finite stops at that round, keeps the rounds before it,
+and says which round and what to try; the CLI exits 2 and marks the run directory as diverged."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import torch
+
+from securefl.cli.app import main
+from securefl.config import RunConfig
+from securefl.federation import build_federation, run_simulation
+from securefl.fl.fedavg import WeightedMean
+from securefl.fl.record import RoundStatus
+
+BASE = dict(dataset="digits", model="mlp", clients=3, rounds=5, lr=0.05, batch_size=16, local_epochs=1)
+
+
+class _PoisonedFrom:
+    """FedAvg's server update, except that from round ``round`` on one weight becomes NaN."""
+
+    def __init__(self, round: int) -> None:
+        self.round = round
+        self.calls = 0
+
+    def __call__(self, global_params: torch.Tensor, aggregate) -> torch.Tensor:
+        self.calls += 1
+        params = WeightedMean()(global_params, aggregate)
+        if self.calls >= self.round:
+            params = params.clone()
+            params[0] = math.nan
+        return params
+
+
+def test_a_non_finite_model_stops_the_run_at_that_round_and_keeps_the_rounds_before():
+    config = RunConfig(**BASE)
+    fed = dataclasses.replace(build_federation(config), server_update=_PoisonedFrom(3))
+    history = run_simulation(config, federation=fed)
+    assert [r.status for r in history.records] == [RoundStatus.OK, RoundStatus.OK, RoundStatus.DIVERGED]
+    assert all(r.evaluation is not None and r.evaluation.finite for r in history.records[:2])
+    assert history.status == "diverged"
+    assert "round 3" in history.diverged and "weights became NaN" in history.diverged
+    assert "`lr`" in history.diverged  # what to try, in the library's own terms
+
+
+def test_a_finite_run_is_finished():
+    history = run_simulation(RunConfig(**{**BASE, "rounds": 2}))
+    assert history.status == "finished" and history.diverged is None
+    assert all(r.status is RoundStatus.OK for r in history.records)
+
+
+def test_the_cli_exits_2_with_one_line_and_marks_the_run_as_diverged(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        ["train", "--dataset", "boston", "--model", "mlp", "--clients", "2", "--rounds", "4"]
+        + ["--lr", "1", "--out", str(out)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "diverged in round 1" in err and "--lr" in err and "Traceback" not in err
+    assert json.loads((out / "status.json").read_text())["status"] == "diverged"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["status"] for row in rows] == ["diverged"]
+    assert (out / "model.safetensors").exists()
