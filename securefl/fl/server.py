@@ -85,6 +85,7 @@ class FederatedServer:
         self._round: AggregationRound | None = None
         self._participants: frozenset[int] = frozenset()
         self._declined: Counter[str] = Counter()
+        self._dropped: set[int] = set()
         self._excluded = 0
         self._finished = True
 
@@ -97,7 +98,8 @@ class FederatedServer:
 
     def receive(self, client_id: int, data: bytes) -> None:
         """Bytes from ``client_id`` (the transport authenticated the sender).  Anything malformed,
-        addressed as another client, or not expected now is logged and dropped."""
+        addressed as another client, or not expected now is logged and dropped, and a participant
+        that sent it is dropped from the rest of the round (the aggregation sees a dropout)."""
         try:
             message = decode(data)
             if getattr(message, "client_id", client_id) != client_id:
@@ -108,6 +110,8 @@ class FederatedServer:
                         self._available[client_id] = message.can_train
                     else:
                         raise RemoteProtocolError(f"client id {client_id} is not enrolled")
+                case AggregationMessage() | Decline() if client_id in self._dropped:
+                    log.debug("ignored a message from client %d, dropped from this round", client_id)
                 case AggregationMessage():
                     self._current(message.round_index, client_id).receive(client_id, message.payload)
                 case Decline():
@@ -120,6 +124,8 @@ class FederatedServer:
                     raise RemoteProtocolError(f"a server does not accept a {type(message).__name__}")
         except (DecodeError, RemoteProtocolError) as error:
             log.warning("dropped a message from client %d: %s", client_id, error)
+            if client_id in self._participants and not self._finished:
+                self._dropped.add(client_id)
 
     def _current(self, round_index: int, client_id: int) -> AggregationRound:
         if self._round is None or round_index != self.round_index or client_id not in self._participants:
@@ -144,6 +150,7 @@ class FederatedServer:
         self.round_index += 1
         self._finished = False
         self._declined = Counter()
+        self._dropped = set()
         eligible = self.eligible
         self._excluded = self.num_clients - len(eligible)
         sampled = self.sampler.sample(self.round_index, eligible)

@@ -44,6 +44,7 @@ def _reference_mean(fed, programs, start: torch.Tensor, honest: list[int]) -> to
 
 
 def test_hostile_client_messages_drop_that_client_and_the_round_sums_the_others():
+    """Junk first, then a valid contribution: the client is out of the round after the junk."""
     fed, programs = _programs()
     server, clients = programs.server, programs.clients
     start = server.params.clone()
@@ -65,7 +66,7 @@ def test_hostile_client_messages_drop_that_client_and_the_round_sums_the_others(
     ]
 
     def hostile_client(data: bytes) -> list[bytes]:
-        return junk
+        return junk + clients[hostile].receive(data)  # its real contribution comes too late: dropped
 
     sides = {c: clients[c].receive for c in (0, 1, 2)} | {hostile: hostile_client}
     first = server.start_round()
