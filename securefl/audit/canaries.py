@@ -176,7 +176,7 @@ class CanaryClientTrainer:
         delta = torch.zeros(self.num_params, dtype=global_params.dtype)
         if self.included[slot]:
             delta[self.num_params - len(self.included) + slot] = self.norm
-        return Update(client_id=shard.client_id, delta=delta, num_samples=1, train_loss=0.0)
+        return Update(client_id=shard.client_id, delta=delta, num_samples=len(shard), train_loss=0.0)
 
 
 __all__ = ["CanaryClientTrainer", "CanaryLayout", "CanaryModel", "draw_inclusion"]
