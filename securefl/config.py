@@ -6,9 +6,10 @@ configuration keep only the invariants they need as a library.  A violated const
 (`` `lr` ``, `` `dp.delta` ``, `` `secagg.bits` ``); the CLI renders those paths as its flags
 (:mod:`securefl.cli.flags`).
 
-``lr``, ``batch_size``, ``local_epochs`` and ``momentum`` left as ``None`` take the data set's
-training defaults for the model (:meth:`securefl.data.DatasetInfo.training_defaults`), resolved on
-construction, so a written configuration records the numbers the run used.
+``lr``, ``batch_size``, ``local_epochs`` and ``momentum`` not given to :class:`RunConfig` (or
+given as ``None``) take the data set's training defaults for the model
+(:meth:`securefl.data.DatasetInfo.training_defaults`), resolved by the constructor: the fields
+themselves are plain numbers, so a written configuration records the numbers the run used.
 
 The keys of a TOML file are the setting names of :data:`SETTINGS` (``clients-per-round`` or
 ``clients_per_round``, the CLI's flags without the dashes); sections are optional: a flat file is
@@ -18,6 +19,7 @@ read the same as one with ``[dp]``, ``[central-dp]`` and ``[secagg]`` tables.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -26,9 +28,12 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securefl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from securefl.data import TrainingDefaults
 
 ALGORITHMS = ("fedavg", "fedsgd")
 ACCOUNTANTS = ("rdp", "prv", "gdp")
@@ -205,54 +210,96 @@ class SecAggConfig:
         return count
 
 
-@dataclass(frozen=True)
+def _training_defaults(dataset: str, model: str) -> TrainingDefaults:
+    """The training defaults of ``model`` on ``dataset``, once both are known and fit each other."""
+    from securefl.data import DATASETS
+    from securefl.models import MODELS, check_model_fits
+
+    _require(
+        dataset in DATASETS,
+        f"unknown dataset {dataset!r}: set `dataset` to one of "
+        f"{', '.join(DATASETS)} (see `securefl datasets`)",
+    )
+    _require(model in MODELS, f"unknown model {model!r}: set `model` to one of {', '.join(MODELS)}")
+    info = DATASETS[dataset]
+    check_model_fits(model, input_shape=info.input_shape)
+    return info.training_defaults(model)
+
+
+# RunConfig's fields whose constructor argument may be left out for the data set's default.
+_TRAINING_FIELDS = ("lr", "batch_size", "local_epochs", "momentum")
+
+
+@dataclass(frozen=True, init=False)
 class RunConfig:
     """Everything a federated run needs; validated on construction.
 
-    ``lr``, ``batch_size``, ``local_epochs`` and ``momentum`` left as ``None`` are the data set's
-    defaults for the model, filled in on construction: after it they are never ``None``.
+    The constructor's ``lr``, ``batch_size``, ``local_epochs`` and ``momentum`` may be left out
+    (or ``None``): they then take the data set's training defaults for the model
+    (:meth:`securefl.data.DatasetInfo.training_defaults`). The fields are always the resolved
+    numbers: ``RunConfig(dataset="boston", model="mlp").lr`` is boston's learning rate. The
+    constructor takes the fields in this order, with the defaults its signature gives.
     """
 
-    dataset: str = "mnist-sample"
-    model: str = "cnn"
-    clients: int = 10
-    clients_per_round: int | None = None
-    fraction: float | None = None
-    rounds: int = 10
-    local_epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float = 0.0
-    partition: str = "iid"
-    alpha: float = 0.5
-    seed: int = 0
-    algorithm: str = "fedavg"
-    data_dir: str | None = None
-    download: bool = False
-    threads: int = 1
-    dp: DPConfig | None = None
-    central_dp: CentralDPConfig | None = None
-    secagg: SecAggConfig | None = None
+    dataset: str
+    model: str
+    clients: int
+    clients_per_round: int | None
+    fraction: float | None
+    rounds: int
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    partition: str
+    alpha: float
+    seed: int
+    algorithm: str
+    data_dir: str | None
+    download: bool
+    threads: int
+    dp: DPConfig | None
+    central_dp: CentralDPConfig | None
+    secagg: SecAggConfig | None
 
-    def __post_init__(self) -> None:
-        from securefl.data import DATASETS, PARTITIONS
-        from securefl.models import MODELS, check_model_fits
+    def __init__(
+        self,
+        dataset: str = "mnist-sample",
+        model: str = "cnn",
+        clients: int = 10,
+        clients_per_round: int | None = None,
+        fraction: float | None = None,
+        rounds: int = 10,
+        local_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float = 0.0,
+        partition: str = "iid",
+        alpha: float = 0.5,
+        seed: int = 0,
+        algorithm: str = "fedavg",
+        data_dir: str | None = None,
+        download: bool = False,
+        threads: int = 1,
+        dp: DPConfig | None = None,
+        central_dp: CentralDPConfig | None = None,
+        secagg: SecAggConfig | None = None,
+    ) -> None:
+        given = dict(locals())  # first: exactly the arguments, one per field
+        del given["self"]
+        defaults = _training_defaults(dataset, model)
+        for name in _TRAINING_FIELDS:
+            if given[name] is None:
+                given[name] = getattr(defaults, name)
+        for name, value in given.items():
+            object.__setattr__(self, name, value)
+        self._validate()
 
-        _require(
-            self.dataset in DATASETS,
-            f"unknown dataset {self.dataset!r}: set `dataset` to one of "
-            f"{', '.join(DATASETS)} (see `securefl datasets`)",
-        )
-        _require(
-            self.model in MODELS, f"unknown model {self.model!r}: set `model` to one of {', '.join(MODELS)}"
-        )
-        info = DATASETS[self.dataset]
-        check_model_fits(self.model, input_shape=info.input_shape)
-        defaults = info.training_defaults(self.model)
-        for name in ("lr", "batch_size", "local_epochs", "momentum"):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, getattr(defaults, name))
+    def _validate(self) -> None:
+        from securefl.data import PARTITIONS
+
         _require(
             self.partition in PARTITIONS,
             f"unknown partition {self.partition!r}: set `partition` to one of {', '.join(PARTITIONS)}",
@@ -440,12 +487,12 @@ def _build(flat: dict[str, Any]) -> RunConfig:
 
 
 def _construct(kind: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """``kind(**values)``, after checking each value against its field's type (a TOML string where
-    a number is expected would otherwise fail deep inside with a raw TypeError); ``prefix`` is the
-    field path of ``kind`` inside :class:`RunConfig` (``"dp."``)."""
-    hints = typing.get_type_hints(kind)
+    """``kind(**values)``, after checking each value against its constructor parameter's type (a
+    TOML string where a number is expected would otherwise fail deep inside with a raw TypeError);
+    ``prefix`` is the field path of ``kind`` inside :class:`RunConfig` (``"dp."``)."""
+    parameters = inspect.signature(kind, eval_str=True).parameters
     for field_name, value in values.items():
-        expected = hints.get(field_name)
+        expected = parameters[field_name].annotation if field_name in parameters else None
         if expected is not None and not _accepts(value, expected):
             raise ConfigError(f"`{prefix}{field_name}` must be {_describe(expected)}, not {value!r}")
     try:
