@@ -71,7 +71,7 @@ def test_black_box_canaries_flag_memorisation_and_stay_under_dp():
     base = {**BASE, "dataset": "digits", "rounds": 1, "local_epochs": 40, "batch_size": 32, "lr": 0.1}
     plain = run_audit(AuditConfig(run=RunConfig(**base), canaries=200, black_box=True), dataset=digits)
     assert plain.epsilon_lower_bound > 1.0  # the model memorised its mislabelled canaries
-    assert plain.history.final["test_accuracy"] > 0.85
+    assert plain.history.final.evaluation.accuracy > 0.85
     private = RunConfig(**base, dp=DPConfig(noise_multiplier=1.0))
     result = run_audit(AuditConfig(run=private, canaries=200, black_box=True), dataset=digits)
     assert result.epsilon_lower_bound <= result.accountant_epsilon
