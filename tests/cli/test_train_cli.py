@@ -29,9 +29,12 @@ def test_train_writes_a_complete_run_directory(tmp_path, capsys):
         "model.safetensors",
         "partition.json",
         "partition.png",
+        "status.json",
     ]
+    assert json.loads((out / "status.json").read_text()) == {"status": "finished", "reason": None}
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2]
+    assert all(r["status"] == "ok" for r in records)
     assert all(0 <= r["test_accuracy"] <= 1 and r["bytes_up"] > 0 for r in records)
     config = json.loads((out / "config.json").read_text())
     assert (config["dataset"], config["clients"], config["rounds"]) == ("digits", 3, 2)
