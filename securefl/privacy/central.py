@@ -91,6 +91,17 @@ CLIP_MARGIN = 1e-6
 """Relative margin of the clip factor, so float32 rounding never lifts a clipped norm above clip."""
 
 
+def check_clip_norm(clip_norm: float) -> float:
+    """``clip_norm`` as a float, or :class:`ConfigError` unless it is positive and finite: the one
+    check of DP-FedAvg's clip norm, shared by both sides (:class:`ClipUpdate`,
+    :class:`DPFedAvgServerUpdate`)."""
+    if not (clip_norm > 0 and math.isfinite(clip_norm)):
+        raise ConfigError(
+            f"clip norm {clip_norm} is not a positive finite number: use a positive `central_dp.clip_norm`"
+        )
+    return float(clip_norm)
+
+
 def clip_to_norm(vector: torch.Tensor, clip_norm: float) -> torch.Tensor:
     """``vector`` scaled to L2 norm at most ``clip_norm`` (a copy, unchanged when already inside)."""
     norm = float(vector.detach().double().norm())
@@ -128,9 +139,7 @@ class ClipUpdate:
     """
 
     def __init__(self, clip_norm: float) -> None:
-        if not (clip_norm > 0 and math.isfinite(clip_norm)):
-            raise ConfigError(f"clip norm {clip_norm} <= 0: use a positive --clip-norm")
-        self.clip_norm = float(clip_norm)
+        self.clip_norm = check_clip_norm(clip_norm)
         self.non_finite_replaced = 0
 
     def __call__(self, update: Update) -> Contribution:
@@ -139,7 +148,7 @@ class ClipUpdate:
             self.non_finite_replaced += 1
             log.warning(
                 "client %d's update is not finite (training diverged): it sends a zero update "
-                "instead; lower --lr if this repeats",
+                "instead; lower `lr` if this repeats",
                 update.client_id,
             )
             delta = torch.zeros_like(delta)
@@ -180,27 +189,25 @@ class DPFedAvgServerUpdate:
         sensitivity (module docstring); the composition root chooses it."""
         if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
             raise ConfigError(
-                f"central noise multiplier {noise_multiplier} < 0: use --central-noise-multiplier 0 or more"
+                f"central noise multiplier {noise_multiplier} is not a finite number >= 0: use "
+                "`central_dp.noise_multiplier` 0 or more"
             )
-        if not (clip_norm > 0 and math.isfinite(clip_norm)):
-            raise ConfigError(f"clip norm {clip_norm} <= 0: use a positive --clip-norm")
-        if not 0 < delta < 1:
-            raise ConfigError(f"delta {delta} is outside (0, 1): set --central-delta")
-        if clients < 1:
-            raise ConfigError(f"clients {clients} < 1: use --clients 1 or more")
-        if not 0 < clients_per_round <= clients:
+        clip_norm = check_clip_norm(clip_norm)
+        if not 0 < clients_per_round <= clients:  # the sample rate q in (0, 1]
             raise ConfigError(
-                f"clients per round {clients_per_round} must be in (0, {clients}]: change --clients-per-round"
+                f"clients per round {clients_per_round} must be in (0, {clients}] (`clients`): "
+                "change `clients_per_round`"
+            )
+        if not 0 < delta < 1 / clients:
+            raise ConfigError(
+                f"central delta {delta:g} is outside (0, 1/clients = {1 / clients:.3g}): with "
+                f"user-level DP δ must be < 1/N (or one user's data may leak outright): set "
+                f"`central_dp.delta` in (0, {1 / clients:.3g})"
             )
         if client_sampling not in CLIENT_SAMPLING:
             raise ConfigError(
-                f"unknown client sampling {client_sampling!r}: choose one of {', '.join(CLIENT_SAMPLING)}"
-            )
-        if not delta < 1 / clients:
-            raise ConfigError(
-                f"central delta {delta:g} >= 1/clients = {1 / clients:.3g}: with user-level "
-                f"DP δ must be < 1/N (or one user's data may leak outright): lower "
-                f"--central-delta below {1 / clients:.3g}"
+                f"unknown client sampling {client_sampling!r}: set `central_dp.client_sampling` to "
+                f"one of {', '.join(CLIENT_SAMPLING)}"
             )
         if not (isinstance(min_released_clients, int) and min_released_clients >= 1):
             raise ConfigError(
@@ -209,7 +216,7 @@ class DPFedAvgServerUpdate:
             )
         self.noise_multiplier = float(noise_multiplier)
         self.min_released_clients = min_released_clients
-        self.clip_norm = float(clip_norm)
+        self.clip_norm = clip_norm
         self.delta = float(delta)
         self.clients = int(clients)
         self.expected_clients = float(clients_per_round)

@@ -97,7 +97,7 @@ from securefl.fl.training import loss_for_task
 from securefl.fl.types import ClientShard, Update
 from securefl.fl.vectors import load_vector, to_vector
 from securefl.privacy.central import dp_generator
-from securefl.privacy.ledger import ClientRecord, PrivacyLedger, SampledGaussianEvent, validate_accountant
+from securefl.privacy.ledger import ClientRecord, PrivacyLedger, SampledGaussianEvent
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,6 @@ def plan_clients(
         raise ConfigError(f"local epochs {local_epochs} < 1: use `local_epochs` 1 or more")
     if batch_size < 1:
         raise ConfigError(f"batch size {batch_size} < 1: use `batch_size` 1 or more")
-    validate_accountant(config.accountant)
     for client_id, size in sorted(client_sizes.items()):
         if batch_size > size:
             raise ConfigError(

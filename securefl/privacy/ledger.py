@@ -86,6 +86,10 @@ def compose_history(events: Iterable[SampledGaussianEvent]) -> History:
 
 
 def validate_accountant(name: str) -> str:
+    """``name`` if it is an accountant the ledger can compute ε with: the library's one check of
+    it, where ε is computed (:func:`epsilon_spent`) and where a class must refuse it before a run
+    (:class:`~securefl.privacy.central.DPFedAvgServerUpdate`).  A :class:`~securefl.config.DPConfig`
+    or :class:`~securefl.config.CentralDPConfig` has refused it already, naming its field."""
     if name not in ACCOUNTANTS:
         raise ConfigError(f"unknown accountant {name!r}: choose one of {', '.join(ACCOUNTANTS)}")
     return name
@@ -216,11 +220,10 @@ class PrivacyLedger:
         client_sizes: Mapping[int, int],
         budget: float | None = None,
     ) -> PrivacyLedger:
-        validate_accountant(accountant)
-        if not 0 < delta < 1:
-            raise ConfigError(f"delta {delta} is outside (0, 1): set `dp.delta`, e.g. 1e-5")
-        if budget is not None and not budget > 0:
-            raise ConfigError(f"privacy budget {budget} <= 0: use a positive `dp.target_epsilon`")
+        """A ledger with no events yet.  ``accountant`` and ``delta`` are checked where ε is
+        computed (:func:`epsilon_spent`); the user-facing checks of ``dp.accountant``,
+        ``dp.delta`` and ``dp.target_epsilon`` live in :class:`~securefl.config.DPConfig`, and any
+        budget makes a consistent ledger."""
         records = {
             int(client_id): ClientRecord(client_id=int(client_id), num_samples=int(size))
             for client_id, size in client_sizes.items()

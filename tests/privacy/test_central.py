@@ -149,12 +149,12 @@ def test_ledger_is_json():
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        ({"noise_multiplier": -1.0}, "--central-noise-multiplier"),
-        ({"clip_norm": 0.0}, "--clip-norm"),
-        ({"delta": 0.0}, "--central-delta"),
-        ({"delta": 0.02}, "--central-delta"),  # >= 1/clients
-        ({"clients_per_round": 200}, "--clients-per-round"),
-        ({"clients_per_round": 0}, "--clients-per-round"),
+        ({"noise_multiplier": -1.0}, "`central_dp.noise_multiplier`"),
+        ({"clip_norm": 0.0}, "`central_dp.clip_norm`"),
+        ({"delta": 0.0}, "`central_dp.delta`"),
+        ({"delta": 0.02}, "`central_dp.delta`"),  # >= 1/clients
+        ({"clients_per_round": 200}, "`clients_per_round`"),
+        ({"clients_per_round": 0}, "`clients_per_round`"),
         ({"client_sampling": "stratified"}, "client sampling"),
         ({"accountant": "moments"}, "accountant"),
     ],
@@ -165,7 +165,7 @@ def test_bad_central_settings_are_config_errors(overrides, needle):
 
 
 def test_clip_norm_must_be_positive():
-    with pytest.raises(ConfigError, match="--clip-norm"):
+    with pytest.raises(ConfigError, match="`central_dp.clip_norm`"):
         ClipUpdate(-1.0)
 
 

@@ -124,18 +124,21 @@ def test_budget_is_checked_before_the_event_is_recorded():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "needle"),
+    ("kwargs", "error", "needle"),
     [
-        ({"delta": 0.0}, "`dp.delta`"),
-        ({"delta": 1.0}, "`dp.delta`"),
-        ({"budget": 0.0}, "`dp.target_epsilon`"),
-        ({"accountant": "moments"}, "accountant"),
+        ({"delta": 0.0}, ValueError, "outside"),
+        ({"delta": 1.0}, ValueError, "outside"),
+        ({"accountant": "moments"}, ConfigError, "unknown accountant"),
     ],
 )
-def test_bad_ledger_settings_are_config_errors(kwargs, needle):
+def test_a_ledger_refuses_bad_accounting_settings_where_it_computes_epsilon(kwargs, error, needle):
+    """The user-facing checks are DPConfig's (tests/test_config.py); the ledger checks its
+    accountant and δ once, where ε is computed."""
     options = {"accountant": "rdp", "delta": 1e-5, "client_sizes": {0: 10}, **kwargs}
-    with pytest.raises(ConfigError, match=needle):
-        PrivacyLedger.open(**options)
+    ledger = PrivacyLedger.open(**options)
+    event = SampledGaussianEvent(round_index=0, steps=1, sample_rate=0.5, noise_multiplier=1.0)
+    with pytest.raises(error, match=needle):
+        ledger.epsilon_with(0, event)
 
 
 def test_summary_covers_every_client_including_untrained():
