@@ -44,7 +44,7 @@ from securefl.audit import AuditConfig, Break, run_audit  # noqa: E402
 from securefl.audit.guesses import best_bound  # noqa: E402
 from securefl.config import CentralDPConfig, DPConfig, RunConfig  # noqa: E402
 from securefl.data import load_dataset  # noqa: E402
-from securefl.fl.simulation import run_simulation  # noqa: E402
+from securefl.federation import run_simulation  # noqa: E402
 
 ROUNDS = 5
 DELTA = 1e-5
@@ -76,7 +76,7 @@ def audit(config: AuditConfig, dataset, repeats: int) -> dict:
         "violations": sum(r.violation for r in results),
         "ceiling": results[0].ceiling,
         "seconds": statistics.median(r.seconds for r in results),
-        "accuracy": statistics.median(r.history.final["test_accuracy"] for r in results),
+        "accuracy": statistics.median(r.history.final.evaluation.accuracy for r in results),
     }
 
 

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from securefl.config import CentralDPConfig, RunConfig, SecAggConfig
-from securefl.fl.secure_channel import SecureAggregationAborted, SecureAggregationChannel
-from securefl.fl.simulation import run_simulation
+from securefl.errors import RoundAbortedError
+from securefl.federation import run_simulation
+from securefl.fl.secure_channel import SecureAggregationChannel
 from securefl.fl.types import Aggregate, Contribution
 from securefl.privacy.central import DPFedAvgServerUpdate
 from securefl.privacy.distributed import (
@@ -125,10 +126,10 @@ def train(z: float | None, *, rounds: int, sampling: str, distributed: bool, bit
         secagg=SecAggConfig(bits=bits, max_colluders=COLLUDERS) if distributed else None,
     )
     started = time.perf_counter()
-    last = run_simulation(config).records[-1]
+    last = run_simulation(config).final
     return {
-        "accuracy": last["test_accuracy"],
-        "epsilon": last.get("user_epsilon"),
+        "accuracy": last.evaluation.accuracy,
+        "epsilon": last.privacy.get("user_epsilon"),
         "seconds": time.perf_counter() - started,
     }
 
@@ -202,7 +203,7 @@ def dropouts(args: argparse.Namespace) -> dict:
     params = torch.zeros(dim)
     for round_index in range(1, rounds + 1):
         aggregate = Aggregate.empty(params)
-        with contextlib.suppress(SecureAggregationAborted):  # an aborted round is counted too
+        with contextlib.suppress(RoundAbortedError):  # an aborted round is counted too
             aggregate = channel.aggregate(updates, round_index=round_index)
         params = server(params, aggregate)
     ledger = server.ledger()["user_level"]

@@ -2,7 +2,7 @@
 
 One round = every one of the 10 clients (mnist-sample, IID) trains locally from the same global
 model with the run defaults (CNN, 2 local epochs, batch 16, lr 0.05, momentum 0.5): once with
-the plain :class:`~securefl.fl.client.LocalSGDTrainer`, once with
+the plain :class:`~securefl.fl.training.LocalSGDTrainer`, once with
 :class:`~securefl.privacy.DPSGDTrainer` (Opacus DP-SGD, including the per-client budget check
 and ε accounting a round costs).  Plain and DP rounds alternate, on one thread, so both see the
 same machine load; the ratio of the medians is printed (and the ratio of the minima, which is the
@@ -21,7 +21,7 @@ import torch
 
 from securefl.config import DPConfig
 from securefl.data import load_dataset, partition
-from securefl.fl.client import LocalSGDTrainer
+from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import ClientShard
 from securefl.fl.vectors import to_vector
 from securefl.models import build_model

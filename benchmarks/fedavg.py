@@ -6,6 +6,11 @@ one process, interleaved (central, federated, central, ...), and prints the medi
 start-up cost (data loading, partitioning, model building) before the first client trains, and
 centralized training with two intra-op threads beside it (the thread policy's evidence).
 
+A federated round is the server program and the client programs of ``securefl train`` exchanging
+encoded messages over the in-process transport, every round from the same global model; it
+includes the server's evaluation of the new model on the test split, which the ratio is also
+given without (each round's own evaluation time subtracted).
+
     .venv/bin/python benchmarks/fedavg.py --threads 1 --repeats 5
 """
 
@@ -19,9 +24,10 @@ import torch
 from torch.nn.utils import parameters_to_vector
 
 from securefl.config import RunConfig
-from securefl.fl.client import LocalSGDTrainer
-from securefl.fl.simulation import build_federation, client_generator, run_round
+from securefl.federation import build_federation, build_programs, client_generator
+from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import ClientShard
+from securefl.transports.inprocess import InProcessTransport
 
 
 def main() -> None:
@@ -50,13 +56,28 @@ def main() -> None:
     dataset = federation.dataset
     params = parameters_to_vector(federation.eval_model.parameters()).detach().clone()
 
-    everyone = [shard.client_id for shard in federation.shards]
+    programs = build_programs(federation)
+    server, clients = programs.server, programs.clients
+    transport = InProcessTransport()
+    transport.enrol(server, clients)
+    assert config.sampled_clients == len(clients)  # every client trains in every round
+    evaluate = server.evaluate
+    evaluation_times: list[float] = []
+
+    def timed_evaluate(global_params: torch.Tensor):
+        t0 = time.perf_counter()
+        evaluation = evaluate(global_params)
+        evaluation_times.append(time.perf_counter() - t0)
+        return evaluation
+
+    server.evaluate = timed_evaluate
 
     def federated_round(round_index: int) -> None:
-        run_round(federation, params, round_index=round_index, eligible=everyone)
+        server.params = params.clone()  # every round from the same global model, as centralized
+        transport.run_round(server, clients)
 
     central_trainer = LocalSGDTrainer(
-        model=federation.trainer.model,
+        model=federation.trainers[0].model,  # type: ignore[attr-defined]
         task=dataset.task,
         local_epochs=args.local_epochs,
         batch_size=args.batch_size,
@@ -86,6 +107,7 @@ def main() -> None:
     centralized(0)
     centralized_two_threads(0)
     central_times, federated_times, two_thread_times = [], [], []
+    evaluation_times.clear()
     for repeat in range(1, args.repeats + 1):
         for target, times in (
             (centralized, central_times),
@@ -96,6 +118,10 @@ def main() -> None:
             target(repeat)
             times.append(time.perf_counter() - t0)
     central, federated = statistics.median(central_times), statistics.median(federated_times)
+    assert len(evaluation_times) == len(federated_times)
+    without_evaluation = statistics.median(
+        t - e for t, e in zip(federated_times, evaluation_times, strict=True)
+    )
     two_threads = statistics.median(two_thread_times)
     samples = sum(len(s) for s in federation.shards) * args.local_epochs
     print(
@@ -118,7 +144,9 @@ def main() -> None:
         + ", ".join(f"{t:.3f}" for t in two_thread_times)
         + ")"
     )
+    print(f"  of which the server's evaluation: median {statistics.median(evaluation_times):.3f} s")
     print(f"ratio federated / centralized: {federated / central:.3f}")
+    print(f"ratio federated without its evaluation / centralized: {without_evaluation / central:.3f}")
     print(f"thread policy: centralized 2 threads / {args.threads} thread(s): {two_threads / central:.3f}")
 
 

@@ -20,8 +20,8 @@ import time
 import torch
 
 from securefl.config import RunConfig, SecAggConfig
+from securefl.federation import build_federation, client_generator
 from securefl.fl.fedavg import PlainSum
-from securefl.fl.simulation import build_federation, client_generator
 from securefl.fl.vectors import to_vector
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     started = time.perf_counter()
     contributions = [
         federation.transform(
-            federation.trainer.train(
+            federation.trainers[shard.client_id].train(
                 global_params=params,
                 shard=shard,
                 round_index=1,
@@ -72,9 +72,13 @@ def main() -> None:
     )
     print(f"local training of the round (all clients): {training:.3f} s")
     print(f"plain sum: median {plain * 1e3:.2f} ms;  secure aggregation: median {secure * 1e3:.1f} ms")
-    print(f"  protocol step times (last run, server): {details['secagg_server_seconds']}")
     print(
-        f"  bytes up per client: {details['secagg_bytes_up_per_client']:,} "
+        f"  last run: server {details['server_seconds'] * 1e3:.1f} ms, mean client "
+        f"{details['client_seconds'] * 1e3:.1f} ms (summed over the protocol's steps); "
+        f"dropouts seen by the server: {details['dropouts'] or 'none'}"
+    )
+    print(
+        f"  bytes up per client: {details['bytes_up_per_client']:,} "
         f"(plain float32 update: {4 * (params.numel() + 1):,})"
     )
     print(f"overhead: secure aggregation / plain round time = {secure / (training + plain):.3f}")
