@@ -83,6 +83,25 @@ DEFAULT_CLIP = 1.0
 round was 0.32 (measured over three rounds of the default run): 3× headroom, and the fraction of
 clipped coordinates is reported every round so a binding clip is visible."""
 
+PARAMS_TO_CONFIG = {
+    "bits": "secagg.bits",
+    "threshold": "secagg.threshold",
+    "neighbors": "secagg.neighbors",
+    "max_colluders": "secagg.max_colluders",
+}
+""":class:`~securefl.protocols.secagg.SecAggParams` parameter -> the :class:`SecAggConfig` field
+path that sets it: ``protocols/`` knows no configuration and names its own parameters."""
+
+
+def in_config_terms(error: ConfigError) -> ConfigError:
+    """``error`` (from :class:`~securefl.protocols.secagg.SecAggParams` or its rules) with each
+    backticked protocol parameter named by its field path, `` `bits` `` -> `` `secagg.bits` ``,
+    which the CLI shows as its flag."""
+    message = str(error)
+    for name, path in PARAMS_TO_CONFIG.items():
+        message = message.replace(f"`{name}`", f"`{path}`")
+    return type(error)(message)
+
 
 class RingEncoding(Protocol):
     """How contributions become vectors over the ring and how the survivors' sum becomes an
@@ -199,16 +218,19 @@ class SecureAggregationChannel:
 
         ``codec=None``: the inputs are already ring elements and the sum is taken modulo
         ``2^bits``; the caller bounds the probability that it wraps (distributed DP)."""
-        params = SecAggParams(
-            num_clients=num_clients,
-            threshold=self.config.threshold_count(num_clients),
-            bits=self.config.bits,
-            neighbors=self.config.neighbors,
-            input_bound=None if codec is None else codec.max_value,
-            active_adversary=self.config.active_adversary,
-            max_colluders=self.config.max_colluders,
-        )
-        enforce_parameter_rules(params, dropout_rate=self.config.dropout_rate)
+        try:
+            params = SecAggParams(
+                num_clients=num_clients,
+                threshold=self.config.threshold_count(num_clients),
+                bits=self.config.bits,
+                neighbors=self.config.neighbors,
+                input_bound=None if codec is None else codec.max_value,
+                active_adversary=self.config.active_adversary,
+                max_colluders=self.config.max_colluders,
+            )
+            enforce_parameter_rules(params, dropout_rate=self.config.dropout_rate)
+        except ConfigError as error:
+            raise in_config_terms(error) from error
         return params
 
     def smallest_round(self, max_clients: int) -> int:

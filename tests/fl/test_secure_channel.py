@@ -200,6 +200,20 @@ def test_a_round_too_small_for_the_protocol_aborts_instead_of_crashing():
         channel.aggregate(_contributions(3, 50), round_index=1)
 
 
+def test_protocol_parameter_errors_name_the_config_field_and_the_cli_shows_its_flag():
+    """protocols/ names its own parameters (`threshold`); the channel, which knows SecAggConfig,
+    names the field (`secagg.threshold`), and the CLI renders that as --secagg-threshold."""
+    from securefl.cli.flags import render
+
+    channel = SecureAggregationChannel(
+        config=SecAggConfig(threshold=4), num_params=50, weight_bound=60, clients_per_round=5, seed=0
+    )
+    with pytest.raises(ConfigError, match="threshold 4 > clients 3") as caught:
+        channel.params_for(3, None)
+    assert "lower `secagg.threshold`" in str(caught.value)
+    assert "lower --secagg-threshold" in render(str(caught.value))
+
+
 def test_dp_fedavg_updates_stay_within_the_clip_norm_after_rounding():
     """DP-FedAvg's sensitivity is the clip norm: stochastic rounding must not push past it, and
     the data-dependent clip count is not released."""

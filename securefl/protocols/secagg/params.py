@@ -94,8 +94,8 @@ class SecAggParams:
             )
         if not _is_int(self.bits) or not MIN_BITS <= self.bits <= MAX_BITS:
             raise ConfigError(
-                f"bits {self.bits!r} is outside {MIN_BITS}..{MAX_BITS}: choose a "
-                "ring size in that range (e.g. --secagg-bits 32)"
+                f"bits {self.bits!r} is outside {MIN_BITS}..{MAX_BITS}: choose a ring size in that "
+                "range (e.g. `bits` 32)"
             )
         if k is not None:
             if not _is_int(k) or k < 2:
@@ -119,9 +119,7 @@ class SecAggParams:
                 "and the server could unmask a client"
             )
         if t > n:
-            raise ConfigError(
-                f"threshold {t} > clients {n}: lower the threshold (--secagg-threshold) or add clients"
-            )
+            raise ConfigError(f"threshold {t} > clients {n}: lower `threshold` or add clients")
         if k is not None and t > k + 1:
             raise ConfigError(
                 f"threshold {t} > neighbors + 1 = {k + 1} share holders per client:"
