@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,11 +40,13 @@ from securefl.fl.server import FederatedServer
 from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import (
     Aggregation,
+    AggregationClient,
     ClientShard,
     ClientTrainer,
     Contribution,
     PrivacyAccounting,
     ServerUpdate,
+    SignedAggregation,
     Update,
     UpdateTransform,
 )
@@ -51,6 +54,9 @@ from securefl.fl.vectors import load_vector, to_vector
 from securefl.models import build_model
 from securefl.protocols.crypto import keys
 from securefl.transports.inprocess import InProcessTransport
+
+if TYPE_CHECKING:
+    from securefl.privacy import DPSGDTrainer
 
 log = logging.getLogger(__name__)
 
@@ -288,10 +294,16 @@ def build_programs(fed: Federation) -> Programs:
     """The server program and one client program per shard, from ``fed``'s plug points."""
     config = fed.config
 
-    def client_aggregation(client_id: int) -> object:
-        if fed.signing_keys is not None:  # active secure aggregation: the client's own identity
-            return fed.channel.client(client_id, signing_key=fed.signing_keys[client_id])  # type: ignore[call-arg]
-        return fed.channel.client(client_id)
+    def client_aggregation(client_id: int) -> AggregationClient:
+        channel = fed.channel
+        if fed.signing_keys is None:
+            return channel.client(client_id)
+        # active secure aggregation: the client's own identity
+        if not isinstance(channel, SignedAggregation):
+            raise TypeError(
+                f"signing keys need an aggregation whose clients sign, not {type(channel).__name__}"
+            )
+        return channel.client(client_id, signing_key=fed.signing_keys[client_id])
 
     # The pinned architecture every client checks the received model against (its own copy).
     architecture = copy.deepcopy(fed.eval_model)
@@ -300,7 +312,7 @@ def build_programs(fed: Federation) -> Programs:
             shard=shard,
             trainer=fed.trainers[shard.client_id],
             transform=fed.transform,
-            aggregation=client_aggregation(shard.client_id),  # type: ignore[arg-type]
+            aggregation=client_aggregation(shard.client_id),
             architecture=architecture,
             generator_for=lambda round_index, client_id: client_generator(
                 config.seed, round_index, client_id
@@ -408,7 +420,7 @@ def _client_privacy(accountants: list[PrivacyAccounting]) -> dict[str, float]:
         return accountants[0].round_metrics()
     from securefl.privacy import dp_round_metrics
 
-    return dp_round_metrics(accountants)  # type: ignore[arg-type]
+    return dp_round_metrics(_dp_sgd_trainers(accountants))
 
 
 def _client_ledger(accountants: list[PrivacyAccounting]) -> dict:
@@ -416,4 +428,14 @@ def _client_ledger(accountants: list[PrivacyAccounting]) -> dict:
         return accountants[0].ledger()
     from securefl.privacy import dp_ledger
 
-    return dp_ledger(accountants)  # type: ignore[arg-type]
+    return dp_ledger(_dp_sgd_trainers(accountants))
+
+
+def _dp_sgd_trainers(accountants: list[PrivacyAccounting]) -> list[DPSGDTrainer]:
+    """Several clients' ledgers report together only as DP-SGD trainers' (one per client)."""
+    from securefl.privacy import DPSGDTrainer
+
+    trainers = [a for a in accountants if isinstance(a, DPSGDTrainer)]
+    if len(trainers) != len(accountants):
+        raise TypeError("several clients' privacy ledgers report together only as DP-SGD trainers'")
+    return trainers

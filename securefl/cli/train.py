@@ -115,9 +115,9 @@ def train(
     if run_config.central_dp is not None and run_config.central_dp.distributed:
         console.print(_noise_shares(run_config, federation))
     history = _run_with_progress(run_config, federation, console)
-    dataset = federation.dataset
+    data = federation.dataset
     partition_figure = partial(
-        plot_label_histograms, federation.parts, dataset.train_y, num_classes=dataset.num_outputs
+        plot_label_histograms, federation.parts, data.train_y, num_classes=data.num_outputs
     )
     write_run(
         history,
@@ -176,8 +176,12 @@ def _collusion_bound(config: RunConfig, federation: Federation) -> str:
 
 def _noise_shares(config: RunConfig, federation: Federation) -> str:
     """One line: how the planned round's noise shares are sized (issue 13, approach (a))."""
+    from securefl.privacy.distributed import DistributedDPChannel  # only under distributed DP
+
     clients = config.sampled_clients
-    params = federation.channel.round_parameters(clients)  # type: ignore[attr-defined]
+    channel = federation.channel
+    assert isinstance(channel, DistributedDPChannel)  # build_federation's under `central_dp.distributed`
+    params = channel.round_parameters(clients)
     honest = params.threshold - params.colluders_tolerated
     return (
         f"distributed DP: each client adds 1/{honest} of the target noise, so the honest ones among "

@@ -48,7 +48,8 @@ class ClientSampler:
         return self.per_round / self.num_clients
 
     def sample(self, round_index: int, eligible: Sequence[int]) -> list[int]:
-        seed = secrets.randbits(128) if self.secret else [self.seed, round_index, 0x5A]
+        # self.seed is None exactly when the draw is secret
+        seed = secrets.randbits(128) if self.seed is None else [self.seed, round_index, 0x5A]
         rng = np.random.default_rng(seed)
         candidates = np.asarray(sorted(eligible), dtype=np.int64)
         if self.scheme == "poisson":

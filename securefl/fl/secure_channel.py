@@ -55,7 +55,7 @@ from securefl.errors import (
 )
 from securefl.fl.quantize import FixedPointCodec, level_for
 from securefl.fl.turns import NO_FAULTS, Faults, Traffic, aggregate_in_process
-from securefl.fl.types import Aggregate, Contribution
+from securefl.fl.types import Aggregate, Contribution, SignedAggregation
 from securefl.protocols.crypto import keys
 from securefl.protocols.secagg import (
     ClientProtocol,
@@ -107,7 +107,8 @@ class RingEncoding(Protocol):
     """How contributions become vectors over the ring and how the survivors' sum becomes an
     :class:`~securefl.fl.types.Aggregate`: the part of a secure channel that is not the protocol."""
 
-    config: SecAggConfig
+    @property
+    def config(self) -> SecAggConfig: ...
 
     @property
     def vector_length(self) -> int: ...
@@ -126,7 +127,7 @@ class RingEncoding(Protocol):
     ) -> Aggregate: ...
 
 
-class SecureChannel(RingEncoding, Protocol):
+class SecureChannel(RingEncoding, SignedAggregation, Protocol):
     """A secure channel: a :class:`RingEncoding` with its two halves (this module's
     :class:`SecureAggregationChannel`, or :class:`~securefl.privacy.distributed.DistributedDPChannel`)."""
 
@@ -257,8 +258,12 @@ class SecureAggregationChannel:
         ``max_clients``."""
         if self.max_clients == self.clients_per_round:
             return [self.params_for(self.clients_per_round, self.codec_for(self.clients_per_round))]
-        sizes = range(self.smallest_round(self.max_clients), self.max_clients + 1)
-        return [self.probe_params(m) for m in sizes]  # none is None: see smallest_round
+        rounds = []
+        for size in range(self.smallest_round(self.max_clients), self.max_clients + 1):
+            params = self.probe_params(size)
+            assert params is not None  # smallest_round: every size from it up runs
+            rounds.append(params)
+        return rounds
 
     def probe_params(self, num_clients: int) -> SecAggParams | None:
         """The parameters a round of ``num_clients`` would get, or ``None`` if it cannot run.

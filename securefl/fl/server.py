@@ -102,8 +102,9 @@ class FederatedServer:
         that sent it is dropped from the rest of the round (the aggregation sees a dropout)."""
         try:
             message = decode(data)
-            if getattr(message, "client_id", client_id) != client_id:
-                raise RemoteProtocolError(f"a message for client {message.client_id} came from {client_id}")
+            addressed_to = getattr(message, "client_id", client_id)
+            if addressed_to != client_id:
+                raise RemoteProtocolError(f"a message for client {addressed_to} came from {client_id}")
             match message:
                 case Availability():
                     if client_id < self.num_clients:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 
 @dataclass(frozen=True)
@@ -177,3 +180,20 @@ class Aggregation(Protocol):
         round_index: int,
         contexts: Mapping[int, bytes] | None = None,
     ) -> Aggregate: ...
+
+
+@runtime_checkable
+class SignedAggregation(Aggregation, Protocol):
+    """An aggregation whose client halves sign what they send (secure aggregation against an
+    active server): each client half is made with its client's own Ed25519 signing key, and the
+    server half checks the signatures against the public keys the channel holds
+    (:meth:`with_verify_keys`).  Without a signing key a client half runs unsigned (passive mode).
+    """
+
+    def with_verify_keys(self, verify_keys: Mapping[int, Ed25519PublicKey]) -> SignedAggregation:
+        """This aggregation with another directory of the clients' public signing keys."""
+        ...
+
+    def client(
+        self, client_id: int, *, signing_key: Ed25519PrivateKey | None = None
+    ) -> AggregationClient: ...

@@ -94,6 +94,7 @@ import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -216,7 +217,7 @@ def conditional_round(x: np.ndarray, *, l2_bound: float, rng: np.random.Generato
     floor = np.floor(x)
     fraction = x - floor
     for _ in range(MAX_ROUNDING_DRAWS):
-        rounded = (floor + (rng.random(x.shape) < fraction)).astype(np.int64)
+        rounded: np.ndarray = (floor + (rng.random(x.shape) < fraction)).astype(np.int64)
         if squared_norm(rounded) <= l2_bound**2:
             return rounded
     raise ValueError(
@@ -409,7 +410,8 @@ class DistributedDPChannel:
         rotated = rotation.rotate(contribution.weighted_delta).numpy() * self.scale
         rounded = conditional_round(rotated, l2_bound=self.l2_bound, rng=rng)
         noised = rounded + skellam_noise(rotated.shape[0], share_variance, rng)
-        return np.mod(noised, 2**self.secure.config.bits).astype(np.uint64)
+        encoded: np.ndarray = np.mod(noised, 2**self.secure.config.bits).astype(np.uint64)
+        return encoded
 
     def decode(self, total: np.ndarray, *, rotation: RandomizedHadamard) -> torch.Tensor:
         """Server side: the ring sum as signed integers, unscaled and un-rotated."""
@@ -593,7 +595,7 @@ class DistributedDPServerUpdate:
             metrics["central_epsilon_at_target_noise"] = central
         return metrics
 
-    def ledger(self) -> dict:
+    def ledger(self) -> dict[str, Any]:
         scale2 = self.channel.scale**2
         epsilon = self._epsilons[-1] if self._epsilons else 0.0
         central = self._central_epsilon()
