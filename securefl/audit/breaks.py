@@ -38,9 +38,9 @@ class Break:
 
     def __post_init__(self) -> None:
         if self.variant not in BREAKS:
-            raise ConfigError(f"unknown break {self.variant!r}: choose one of {', '.join(BREAKS)}")
+            raise ConfigError(f"unknown break {self.variant!r}: set `weakness` to one of {', '.join(BREAKS)}")
         if not (0 < self.factor < 1 and math.isfinite(self.factor)):
-            raise ConfigError(f"break factor {self.factor} must be in (0, 1)")
+            raise ConfigError(f"break factor {self.factor} must be in (0, 1): change `weakness.factor`")
 
     def claimed_rate(self, sample_rate: float) -> float:
         """The sample rate the accountant is told."""

@@ -77,21 +77,24 @@ class AuditConfig:
     def __post_init__(self) -> None:
         run = self.run
         if run.dp is not None and run.central_dp is not None:
-            raise ConfigError("audit one DP mode at a time: give --dp or --central-dp, not both")
+            raise ConfigError("audit one DP mode at a time: set `dp` or `central_dp`, not both")
         if run.secagg is not None:
             raise ConfigError(
-                "the white-box audit reads updates the server sees in clear: run it without --secagg"
+                "the white-box audit reads updates the server sees in clear: run it without `secagg`"
             )
         if run.algorithm != "fedavg":
-            raise ConfigError(f"audits train with --algorithm fedavg, not {run.algorithm}")
+            raise ConfigError(f"audits train with `algorithm` fedavg, not {run.algorithm}")
         if not 2 <= self.canaries <= MAX_CANARIES:
-            raise ConfigError(f"canaries {self.canaries} outside 2..{MAX_CANARIES}: change --canaries")
+            raise ConfigError(f"canaries {self.canaries} outside 2..{MAX_CANARIES}: change `canaries`")
         if not 0 < self.confidence < 1:
-            raise ConfigError(f"confidence {self.confidence} outside (0, 1): use e.g. --confidence 0.95")
+            raise ConfigError(f"confidence {self.confidence} outside (0, 1): use e.g. `confidence` 0.95")
         if not (self.canary_scale >= 1 and math.isfinite(self.canary_scale)):
-            raise ConfigError(f"canary scale {self.canary_scale} < 1: canaries must reach the clip norm")
+            raise ConfigError(
+                f"canary scale {self.canary_scale} < 1: canaries must reach the clip norm, use "
+                "`canary_scale` 1 or more"
+            )
         if self.weakness is not None and self.mode == "none":
-            raise ConfigError("--break weakens a DP mechanism: give --dp or --central-dp with it")
+            raise ConfigError("`weakness` weakens a DP mechanism: set `dp` or `central_dp` with it")
         if (
             self.weakness is not None
             and self.weakness.variant == "sample-rate"
@@ -99,14 +102,14 @@ class AuditConfig:
             and run.central_dp.client_sampling == "fixed"
         ):
             raise ConfigError(
-                "--break sample-rate misreports the Poisson rate; the fixed-sampling bound does not use "
-                "it: use --client-sampling poisson"
+                "`weakness` sample-rate misreports the Poisson rate; the fixed-sampling bound does not use "
+                "it: set `central_dp.client_sampling` to poisson"
             )
         if self.black_box and self.mode == "central-dp":
-            raise ConfigError("--black-box canaries are examples: use --dp (or no DP), not --central-dp")
+            raise ConfigError("`black_box` canaries are examples: use `dp` (or no DP), not `central_dp`")
         if self.full_batch and (self.mode == "central-dp" or run.clients != 1):
             raise ConfigError(
-                "--full-batch is for sample-level audits of one client: use --dp (or no DP) with --clients 1"
+                "`full_batch` is for sample-level audits of one client: use `dp` (or no DP) with `clients` 1"
             )
 
     @property
@@ -189,11 +192,11 @@ def run_audit(
         dataclasses.replace(run, batch_size=1) if config.mode == "dp" else run, dataset=dataset
     )
     if config.black_box and fed.dataset.task != "classification":
-        raise ConfigError(f"--black-box canaries are mislabelled examples: {run.dataset} has no labels")
+        raise ConfigError(f"`black_box` canaries are mislabelled examples: {run.dataset} has no labels")
     if config.black_box and config.canaries >= len(fed.shards[CANARY_CLIENT]):
         raise ConfigError(
-            f"--black-box takes its {config.canaries} canaries from client {CANARY_CLIENT}'s "
-            f"{len(fed.shards[CANARY_CLIENT])} examples: use fewer --canaries or --clients"
+            f"`black_box` takes its {config.canaries} canaries from client {CANARY_CLIENT}'s "
+            f"{len(fed.shards[CANARY_CLIENT])} examples: use fewer `canaries` or `clients`"
         )
     audit = _AUDITS[config.mode](config, fed, layout, included)
     history = run_simulation(run, federation=audit.federation, on_round=on_round)

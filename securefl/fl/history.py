@@ -62,10 +62,10 @@ class History:
 def check_output_dir(out: Path, *, overwrite: bool) -> None:
     """Refuse an existing, non-empty output directory unless ``overwrite`` (before any work)."""
     if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output path {out} exists and is not a directory: choose another --out")
+        raise OutputExistsError(f"output path {out} exists and is not a directory: choose another `out`")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(
-            f"output directory {out} is not empty: choose another --out or pass --overwrite"
+            f"output directory {out} is not empty: choose another `out` or set `overwrite`"
         )
 
 

@@ -56,3 +56,37 @@ def test_bad_inputs_exit_2(tmp_path, capsys, args):
     assert main(["audit", *args, "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_audit_flag_table_matches_the_audit_commands_options():
+    """Every AuditConfig field has the audit option that sets it; the other options set run
+    fields (FIELD_TO_FLAG), the output directory (OUTPUT_FLAGS) or the break's factor."""
+    import typer
+
+    from securefl.cli.app import app
+    from securefl.cli.flags import AUDIT_FIELD_TO_FLAG, FIELD_TO_FLAG, OUTPUT_FLAGS
+
+    command = typer.main.get_command(app).commands["audit"]
+    options = {param.name: param.opts[0] for param in command.params}
+    assert set(AUDIT_FIELD_TO_FLAG.values()) <= set(options.values())
+    assert not set(AUDIT_FIELD_TO_FLAG) & (set(FIELD_TO_FLAG) | set(OUTPUT_FLAGS))
+    run_flags = set(FIELD_TO_FLAG.values()) | set(OUTPUT_FLAGS.values())
+    assert set(options.values()) <= set(AUDIT_FIELD_TO_FLAG.values()) | run_flags
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dp", "--central-dp"], "set --dp or --central-dp, not both"),
+        (["--canaries", "1"], "change --canaries"),
+        (["--confidence", "1.5"], "use e.g. --confidence 0.95"),
+        (["--break", "noise"], "--break weakens a DP mechanism: set --dp or --central-dp with it"),
+        (["--dp", "--break", "noise", "--break-factor", "2"], "change --break-factor"),
+        (["--central-dp", "--full-batch"], "--full-batch is for sample-level audits"),
+        (["--black-box", "--canaries", "5000"], "use fewer --canaries or --clients"),
+    ],
+)
+def test_audit_messages_name_its_flags(tmp_path, capsys, args, message):
+    assert main(["audit", *args, "--out", str(tmp_path / "x")]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert message in error and "`" not in error
