@@ -145,41 +145,41 @@ def prepare(config: ExperimentConfig, *, dataset: Dataset | None = None) -> Prep
     if config.precision != "auto" and config.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {config.precision!r}: choose auto, float32 or float64")
     if config.images < 1:
-        raise ConfigError(f"--images {config.images} < 1: attack at least one image")
+        raise ConfigError(f"`images` {config.images} < 1: attack at least one image")
     if config.batch_size < 1:
-        raise ConfigError(f"--batch-size {config.batch_size} < 1")
+        raise ConfigError(f"`batch_size` {config.batch_size} < 1: use 1 or more")
     if config.local_steps < 1:
-        raise ConfigError(f"--local-steps {config.local_steps} < 1")
+        raise ConfigError(f"`local_steps` {config.local_steps} < 1: use 1 or more")
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
-        raise ConfigError(f"--lr {config.learning_rate} must be positive")
+        raise ConfigError(f"`learning_rate` {config.learning_rate} must be positive")
     if config.restarts is not None and config.restarts < 1:
-        raise ConfigError(f"--restarts {config.restarts} < 1")
+        raise ConfigError(f"`restarts` {config.restarts} < 1: use 1 or more")
     if config.iterations is not None and config.iterations < 1:
-        raise ConfigError(f"--iterations {config.iterations} < 1")
+        raise ConfigError(f"`iterations` {config.iterations} < 1: use 1 or more")
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
     if dataset.task != "classification" or len(dataset.input_shape) != 3:
         raise ConfigError(
             f"data set {dataset.name!r} is not an image classification set: the attacks reconstruct "
-            "images, use --dataset mnist-sample, images or cifar10"
+            "images, set `dataset` to mnist-sample, images or cifar10"
         )
     victims_available = len(dataset.test_x)
     if config.batch_size > victims_available or config.images > victims_available:
         raise ConfigError(
-            f"--batch-size {config.batch_size} / --images {config.images} exceed the {victims_available} "
+            f"`batch_size` {config.batch_size} / `images` {config.images} exceed the {victims_available} "
             f"test images of {dataset.name!r}: lower them"
         )
     if config.images % config.batch_size:
         suggestion = config.batch_size * max(1, config.images // config.batch_size)
         raise ConfigError(
-            f"--images {config.images} is not a multiple of --batch-size {config.batch_size}: each attacked "
-            f"round holds one batch, so use a multiple such as --images {suggestion}"
+            f"`images` {config.images} is not a multiple of `batch_size` {config.batch_size}: each attacked "
+            f"round holds one batch, so use a multiple such as `images` {suggestion}"
         )
     others = config.defence.others_needed * config.batch_size
     if others > len(dataset.train_x):
         raise ConfigError(
-            f"secure aggregation with --clients {config.defence.others_needed + 1} needs {others} other "
-            f"clients' images, {dataset.name!r} has {len(dataset.train_x)}: lower --clients or --batch-size"
+            f"secure aggregation with `clients` {config.defence.others_needed + 1} needs {others} other "
+            f"clients' images, {dataset.name!r} has {len(dataset.train_x)}: lower `clients` or `batch_size`"
         )
     check_twice_differentiable(
         config.attack, config.model, input_shape=dataset.input_shape, num_classes=dataset.num_outputs

@@ -136,7 +136,7 @@ def imprint_model(
     if placement not in PLACEMENTS:
         raise ConfigError(f"unknown imprint placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
     if bins < 2:
-        raise ConfigError(f"--bins {bins} < 2: the imprint layer needs at least two bins")
+        raise ConfigError(f"`bins` {bins} < 2: the imprint layer needs at least two bins")
     if not prior.std > 0:
         raise ConfigError("the measurement's standard deviation must be positive")
     base = build_model(base_model, input_shape=input_shape, num_outputs=num_outputs, seed=seed)
@@ -153,7 +153,7 @@ def imprint_model(
         if first.out_features != bins:
             raise ConfigError(
                 f"the pinned mlp's first layer has {first.out_features} units: "
-                f"use --bins {first.out_features}"
+                f"use `bins` {first.out_features}"
             )
         following = second.weight
         spread_scale = 1.0 / math.sqrt(bins)

@@ -179,10 +179,10 @@ def check_twice_differentiable(
     operations = piecewise_linear_operations(model, input_shape)
     if operations:
         raise ConfigError(
-            f"--attack {attack} needs a twice-differentiable model (e.g. the sigmoid --model lenet), "
+            f"`attack` {attack} needs a twice-differentiable model (e.g. the sigmoid `model` lenet), "
             f"but model {model_name!r} uses {' and '.join(operations)}, whose second derivative is "
             "zero almost everywhere, so the gradient-matching L-BFGS of DLG gets no usable "
-            "curvature: use --attack ig (Inverting Gradients) or --model lenet"
+            "curvature: use `attack` ig (Inverting Gradients) or `model` lenet"
         )
 
 

@@ -198,19 +198,19 @@ def prepare_malicious(config: MaliciousConfig, *, dataset: Dataset | None = None
     if config.attack not in MALICIOUS_ATTACKS:
         raise ConfigError(f"unknown attack {config.attack!r}: choose one of {', '.join(MALICIOUS_ATTACKS)}")
     if config.placement not in PLACEMENTS:
-        raise ConfigError(f"unknown --placement {config.placement!r}: choose one of {', '.join(PLACEMENTS)}")
+        raise ConfigError(f"unknown `placement` {config.placement!r}: choose one of {', '.join(PLACEMENTS)}")
     if config.clients < 1 or config.batch_size < 1 or config.trials < 1:
-        raise ConfigError("--clients, --batch-size and --trials must be at least 1")
+        raise ConfigError("`clients`, `batch_size` and `trials` must be at least 1")
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
-        raise ConfigError(f"--lr {config.learning_rate} must be positive")
+        raise ConfigError(f"`learning_rate` {config.learning_rate} must be positive")
     if config.secagg and config.clients < 2:
-        raise ConfigError("--defence secagg needs --clients 2 or more")
+        raise ConfigError("`secagg` needs `clients` 2 or more")
     if not config.secagg and config.clients != 1:
-        raise ConfigError("--defence none observes one client's update: use --clients 1")
+        raise ConfigError("without `secagg` the server observes one client's update: use `clients` 1")
     if config.attack == "inconsistency" and not config.secagg:
-        raise ConfigError("model inconsistency attacks secure aggregation: use --defence secagg")
+        raise ConfigError("model inconsistency attacks secure aggregation: use `secagg`")
     if config.bins is not None and config.bins < 1:
-        raise ConfigError(f"--bins {config.bins} must be at least 1")
+        raise ConfigError(f"`bins` {config.bins} must be at least 1")
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
     if dataset.task != "classification" or len(dataset.input_shape) != 3:
@@ -218,8 +218,8 @@ def prepare_malicious(config: MaliciousConfig, *, dataset: Dataset | None = None
     features = math.prod(dataset.input_shape)
     if config.resolved_bins * features > MAX_BIN_WEIGHTS:
         raise ConfigError(
-            f"--bins {config.resolved_bins} x {features} input features exceeds {MAX_BIN_WEIGHTS} weights "
-            f"per imprint layer: use --bins {MAX_BIN_WEIGHTS // features} or fewer"
+            f"`bins` {config.resolved_bins} x {features} input features exceeds {MAX_BIN_WEIGHTS} weights "
+            f"per imprint layer: use `bins` {MAX_BIN_WEIGHTS // features} or fewer"
         )
     needed = config.clients * config.batch_size * config.trials
     if needed > len(dataset.train_x):

@@ -8,7 +8,9 @@ the tables.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -81,6 +83,8 @@ InitOpt = Annotated[
 DataDirOpt = Annotated[Path | None, Opt(help="Directory holding mnist / cifar10 files.")]
 ThreadsOpt = Annotated[int, Opt(help="torch intra-op threads.")]
 OverwriteOpt = Annotated[bool, Opt(help="Replace a non-empty --out directory.")]
+
+_BACKTICKED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 
 @attack_app.callback(invoke_without_command=True)
@@ -365,8 +369,11 @@ def _execute(
     """Validate everything, run with a progress bar, write the files, print the table."""
     out_dir = out or Path("runs") / dt.datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S")
     _check_threads(threads)
-    check_output_dir(out_dir, overwrite=overwrite)
-    prepared = prepare_with(config)
+    try:
+        check_output_dir(out_dir, overwrite=overwrite)
+        prepared = prepare_with(config)
+    except ConfigError as error:  # the library names its parameters (`images`), here flags
+        raise type(error)(render_attack(str(error))) from None
     torch.set_num_threads(threads)
     console = Console()
     with (bar or _progress_bar)(console) as on_progress:
@@ -396,10 +403,28 @@ def _defence(name: str, knobs: dict[str, float | int | None]) -> Defence:
     try:
         return DEFENCES[name](**given)
     except ConfigError as error:  # the library names its parameters (`max_grad_norm`), here flags
-        message = str(error)
-        for flag in knobs:
-            message = message.replace(f"`{flag.removeprefix('--').replace('-', '_')}`", flag)
-        raise ConfigError(message) from None
+        raise ConfigError(render_attack(str(error))) from None
+
+
+ATTACK_FIELD_FLAGS = {"learning_rate": "--lr", "secagg": "--defence secagg"}
+"""Parameters of the attack library whose flag is not their name with dashes: the configs'
+``learning_rate`` (``--lr``) and ``MaliciousConfig.secagg`` (``--defence secagg``)."""
+
+
+def attack_flags() -> dict[str, str]:
+    """Attack parameter -> flag: every option of ``securefl attack`` and ``attack compare`` (the
+    parameter ``x_y`` is set by ``--x-y``, a defence's knobs included), and
+    :data:`ATTACK_FIELD_FLAGS`."""
+    names = {name for command in (attack, compare) for name in inspect.signature(command).parameters}
+    table = {name: "--" + name.replace("_", "-") for name in sorted(names - {"ctx"})}
+    return {**table, **ATTACK_FIELD_FLAGS}
+
+
+def render_attack(message: str) -> str:
+    """``message`` with every backticked attack parameter (`` `images` ``, `` `learning_rate` ``)
+    replaced by its flag; other backticked text is left to :func:`securefl.cli.flags.render`."""
+    flags = attack_flags()
+    return _BACKTICKED.sub(lambda match: flags.get(match.group(1), match.group(0)), message)
 
 
 def _refuse_flags(attack: str, given: dict[str, object]) -> None:

@@ -72,7 +72,7 @@ def test_the_chosen_restart_is_the_one_with_the_lowest_objective(mnist):
 @pytest.mark.parametrize("model_name", ["cnn", "mlp", "resnet18"])
 @pytest.mark.parametrize("attack", ["dlg", "idlg"])
 def test_gradient_matching_refuses_piecewise_linear_models_and_says_why(model_name, attack):
-    with pytest.raises(ConfigError, match="twice-differentiable.*ReLU.*--attack ig"):
+    with pytest.raises(ConfigError, match="twice-differentiable.*ReLU.*`attack` ig"):
         check_twice_differentiable(attack, model_name, input_shape=(3, 32, 32), num_classes=10)
 
 

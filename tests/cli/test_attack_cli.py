@@ -213,3 +213,45 @@ def test_compare_gains_malicious_server_rows(tmp_path):
     assert recovered[0] >= 0.5 and recovered[1] >= 0.5
     assert recovered[2:] == [0.0, 0.0, 0.0]
     assert rows[-1]["summary"]["target_refused_share"] == 1
+
+
+def test_the_attack_flag_table_matches_the_attack_commands_options():
+    """Every parameter the attack library may name renders as an option the commands have."""
+    import typer
+
+    from securefl.cli.app import app
+    from securefl.cli.attack import ATTACK_FIELD_FLAGS, attack_flags
+
+    group = typer.main.get_command(app).commands["attack"]
+    options = {
+        opt
+        for command in (group, group.commands["compare"])
+        for param in command.params
+        for opt in [*param.opts, *param.secondary_opts]
+    }
+    table = attack_flags()
+    assert table["learning_rate"] == "--lr" and table["secagg"] == "--defence secagg"
+    assert {flag.split()[0] for flag in table.values()} <= options
+    assert set(table) - set(ATTACK_FIELD_FLAGS) >= {
+        "images",
+        "batch_size",
+        "bins",
+        "clients",
+        "max_grad_norm",
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--images", "3", "--batch-size", "2"], "--images 3 is not a multiple of --batch-size 2"),
+        (["--attack", "dlg", "--model", "mlp"], "use --attack ig (Inverting Gradients) or --model lenet"),
+        (["--attack", "imprint", "--clients", "3"], "without --defence secagg"),
+        (["--attack", "imprint", "--trials", "0"], "--clients, --batch-size and --trials must be at least 1"),
+        (["--attack", "imprint", "--bins", "0"], "--bins 0 must be at least 1"),
+    ],
+)
+def test_library_messages_name_attack_flags_at_the_cli(tmp_path, capsys, argv, message):
+    assert main(["attack", *argv, "--out", str(tmp_path / "x")]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert message in error and "`" not in error
