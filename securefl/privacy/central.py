@@ -76,6 +76,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+from typing import Any
 
 import torch
 
@@ -297,7 +298,7 @@ class DPFedAvgServerUpdate:
             "central_noise_std": self.noise_std,
         }
 
-    def ledger(self) -> dict:
+    def ledger(self) -> dict[str, Any]:
         epsilon = self._epsilons[-1] if self._epsilons else 0.0
         fixed = self.client_sampling == "fixed"
         return {

@@ -66,8 +66,9 @@ trainer is built, the seed never stored.  A seed in ``config.json`` would let th
 the noise, so runs under ``--dp`` are not bit-reproducible.  The generator the caller passes to
 :meth:`DPSGDTrainer.train` is the simulation's and is never used for DP-SGD; the constructor's
 ``seed`` is a hook for tests and for measurement experiments whose adversary never reads it (a
-seed known to the server voids the guarantee).  The Gaussian sampler is not Opacus' ``secure_mode`` (which needs ``torchcsprng`` and protects against
-floating-point attacks on the noise).
+seed known to the server voids the guarantee).  The Gaussian sampler is not Opacus'
+``secure_mode`` (which needs ``torchcsprng`` and protects against floating-point attacks on the
+noise).
 """
 
 from __future__ import annotations
@@ -317,14 +318,15 @@ class DPSGDEngine:
                 if indices:
                     batch = torch.as_tensor(indices, dtype=torch.long)
                     loss = self._loss_fn(self._module(shard.x[batch]), shard.y[batch])
-                    loss.backward()
+                    loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
                     loss_sum += float(loss.detach()) * len(indices)
                     seen += len(indices)
                 else:
                     # Opacus' DPDataLoader turns an empty Poisson batch into a zero-length batch
                     # whose per-sample gradients are empty: DPOptimizer then noises a zero sum.
                     for parameter in self._parameters:
-                        parameter.grad_sample = parameter.new_zeros((0, *parameter.shape))
+                        # grad_sample is Opacus' attribute, set on torch's Parameter at run time
+                        parameter.grad_sample = parameter.new_zeros((0, *parameter.shape))  # type: ignore[attr-defined]
                 optimizer.step()
         finally:
             optimizer.zero_grad(set_to_none=True)

@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
+from typing import Any
 
 from opacus.accountants import create_accountant
 
@@ -179,7 +180,7 @@ class ClientRecord:
     def history(self, *extra: SampledGaussianEvent) -> History:
         return compose_history((*self.events, *extra))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         mechanisms = sorted({event.mechanism for event in self.events})
         return {
             "num_samples": self.num_samples,
@@ -304,7 +305,7 @@ class PrivacyLedger:
             "epsilon_median": float(statistics.median(epsilons)) if epsilons else 0.0,
         }
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         summary = self.summary()
         return {
             "accountant": self.accountant,
