@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import math
 import typing
@@ -188,6 +190,25 @@ def test_training_settings_default_to_the_data_sets_and_are_recorded():
     given = RunConfig(dataset="boston", model="mlp", lr=0.5, batch_size=3)
     defaults = DATASETS["boston"].training_defaults("mlp")
     assert (given.lr, given.batch_size, given.momentum) == (0.5, 3, defaults.momentum)
+
+
+def test_the_constructor_takes_every_field_in_order_and_the_training_fields_are_plain_numbers():
+    """RunConfig writes its own constructor (the training settings may be left out for the data
+    set's defaults): it must take exactly the fields, in order, and store resolved numbers."""
+    parameters = list(inspect.signature(RunConfig).parameters)
+    assert parameters == [f.name for f in dataclasses.fields(RunConfig)]
+    hints = typing.get_type_hints(RunConfig)
+    assert (hints["lr"], hints["momentum"], hints["batch_size"], hints["local_epochs"]) == (
+        float,
+        float,
+        int,
+        int,
+    )
+    config = RunConfig.from_mapping({"dataset": "boston", "model": "mlp", "lr": None})
+    defaults = DATASETS["boston"].training_defaults("mlp")
+    assert config == RunConfig(dataset="boston", model="mlp")
+    assert (config.lr, config.batch_size) == (defaults.lr, defaults.batch_size)
+    assert dataclasses.replace(config, clients=2).lr == defaults.lr
 
 
 def test_a_model_the_data_set_cannot_take_is_refused_on_construction():
