@@ -330,6 +330,11 @@ class RunConfig:
         _require_positive(self.alpha, "alpha (the Dirichlet concentration, smaller = more skew)", "alpha")
         _require_at_least(self.seed, 0, "seed", "seed")
         _require_at_least(self.threads, 1, "threads", "threads")
+        _require(
+            self.dp is None or self.algorithm != "fedsgd",
+            "`dp` trains with Poisson-sampled mini-batches (DP-SGD); it does not combine with "
+            "`algorithm` fedsgd: use `algorithm` fedavg",
+        )
         if self.secagg is not None:
             count = self.secagg.threshold_count(self.sampled_clients)
             _require(

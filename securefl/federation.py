@@ -29,7 +29,6 @@ from torch import nn
 
 from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset, partition, partition_stats
-from securefl.errors import ConfigError
 from securefl.fl.client import FederatedClient
 from securefl.fl.evaluation import Evaluator
 from securefl.fl.fedavg import ClientSampler, PlainSum, WeightedMean, weight_by_samples
@@ -245,11 +244,6 @@ def _build_trainers(
     if config.dp is not None:
         from securefl.privacy import DPSGDEngine, DPSGDTrainer  # Opacus only when asked for
 
-        if fedsgd:
-            raise ConfigError(
-                "DP-SGD trains with Poisson-sampled mini-batches; it does not combine with "
-                "`algorithm` fedsgd: use fedavg"
-            )
         engine = DPSGDEngine(
             model=model,
             task=dataset.task,
