@@ -83,11 +83,11 @@ def test_black_box_canaries_flag_memorisation_and_stay_under_dp():
         ({"canaries": 1}, "canaries"),
         ({"confidence": 1.0}, "confidence"),
         ({"canary_scale": 0.5}, "canary scale"),
-        ({"weakness": Break("noise")}, "--break"),
-        ({"full_batch": True, "run": RunConfig(**{**BASE, "clients": 2})}, "--full-batch"),
+        ({"weakness": Break("noise")}, "`weakness`"),
+        ({"full_batch": True, "run": RunConfig(**{**BASE, "clients": 2})}, "`full_batch`"),
         ({"run": RunConfig(**BASE, dp=DPConfig(), central_dp=CentralDPConfig())}, "one DP mode"),
         ({"canaries": 20_001}, "canaries"),
-        ({"black_box": True, "run": RunConfig(**BASE, central_dp=CentralDPConfig())}, "--black-box"),
+        ({"black_box": True, "run": RunConfig(**BASE, central_dp=CentralDPConfig())}, "`black_box`"),
         (
             {
                 "run": RunConfig(**BASE, central_dp=CentralDPConfig(client_sampling="fixed")),
