@@ -31,6 +31,7 @@ from securefl.fl.messages import (
     Setting,
     TrainRequest,
 )
+from securefl.protocols.wire import ByteReader, ByteWriter
 
 MAGIC = b"SFLR"
 VERSION = 1
@@ -48,26 +49,14 @@ _FLOAT32 = 1
 _LITTLE_F32 = np.dtype("<f4")
 _SETTING_TAGS: dict[type, int] = {bool: 0, int: 1, float: 2, str: 3}
 
-_U8 = struct.Struct(">B")
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
 _F64 = struct.Struct(">d")
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def pack(self, form: struct.Struct, value: int | float) -> None:
-        try:
-            self.parts.append(form.pack(value))
-        except struct.error as error:
-            raise LocalProtocolError(f"cannot encode {value!r}: {error}") from None
-
+class _Writer(ByteWriter):
     def blob(self, data: bytes) -> None:
-        self.pack(_U32, len(data))
-        self.parts.append(bytes(data))
+        self.u32(len(data))
+        self.raw(data)
 
     def text(self, value: str) -> None:
         if not isinstance(value, str):
@@ -79,39 +68,12 @@ class _Writer:
 
     def vector(self, tensor: torch.Tensor) -> None:
         values = tensor.detach().cpu().contiguous().numpy().astype(_LITTLE_F32, copy=False)
-        self.pack(_U8, _FLOAT32)
-        self.pack(_U32, values.size)
-        self.parts.append(values.tobytes())
+        self.u8(_FLOAT32)
+        self.u32(values.size)
+        self.raw(values.tobytes())
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.offset = 0
-
-    def remaining(self) -> int:
-        return len(self.data) - self.offset
-
-    def raw(self, size: int) -> bytes:
-        if size > self.remaining():
-            raise DecodeError(f"message truncated: needed {size} more bytes, {self.remaining()} left")
-        chunk = bytes(self.data[self.offset : self.offset + size])
-        self.offset += size
-        return chunk
-
-    def unpack(self, form: struct.Struct) -> int | float:
-        value: int | float = form.unpack(self.raw(form.size))[0]
-        return value
-
-    def u8(self) -> int:
-        return int(self.unpack(_U8))
-
-    def u32(self) -> int:
-        return int(self.unpack(_U32))
-
-    def u64(self) -> int:
-        return int(self.unpack(_U64))
-
+class _Reader(ByteReader):
     def f64(self) -> float:
         return float(self.unpack(_F64))
 
@@ -145,36 +107,36 @@ def encode(message: Message) -> bytes:
     if code is None:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: not a round message")
     w = _Writer()
-    w.parts.append(MAGIC)
-    w.pack(_U8, VERSION)
-    w.pack(_U8, code)
+    w.raw(MAGIC)
+    w.u8(VERSION)
+    w.u8(code)
     match message:
         case Availability():
-            w.pack(_U32, message.client_id)
-            w.pack(_U8, int(message.can_train))
+            w.u32(message.client_id)
+            w.u8(int(message.can_train))
         case TrainRequest():
-            w.pack(_U64, message.round_index)
-            w.pack(_U32, message.client_id)
+            w.u64(message.round_index)
+            w.u32(message.client_id)
             w.vector(message.params)
-            w.pack(_U32, len(message.settings))
+            w.u32(len(message.settings))
             for name, value in message.settings:
                 w.text(name)
                 _write_setting(w, value)
             w.blob(message.aggregation)
         case AggregationMessage():
-            w.pack(_U64, message.round_index)
-            w.pack(_U32, message.client_id)
+            w.u64(message.round_index)
+            w.u32(message.client_id)
             w.blob(message.payload)
         case Decline():
-            w.pack(_U64, message.round_index)
-            w.pack(_U32, message.client_id)
+            w.u64(message.round_index)
+            w.u32(message.client_id)
             w.text(message.reason.value)
             w.text(message.detail)
         case PlainContribution():
             w.vector(message.weighted_delta)
             w.pack(_F64, message.weight)
             w.pack(_F64, message.train_loss)
-    return b"".join(w.parts)
+    return w.bytes()
 
 
 def decode(data: bytes) -> Message:
@@ -223,9 +185,9 @@ def _write_setting(w: _Writer, value: Setting) -> None:
     tag = _SETTING_TAGS.get(type(value))
     if tag is None:
         raise LocalProtocolError(f"setting {value!r} is not an int, float, str or bool")
-    w.pack(_U8, tag)
+    w.u8(tag)
     if isinstance(value, bool):
-        w.pack(_U8, int(value))
+        w.u8(int(value))
     elif isinstance(value, int):
         w.pack(_I64, value)
     elif isinstance(value, float):

@@ -12,8 +12,6 @@ succeeds.
 
 from __future__ import annotations
 
-import struct
-
 from securefl.errors import ConfigError, DecodeError, LocalProtocolError
 from securefl.protocols.crypto.keys import KEY_BYTES, SIGNATURE_BYTES
 from securefl.protocols.crypto.shamir import SHARE_BYTES
@@ -37,6 +35,7 @@ from securefl.protocols.secagg.messages import (
 )
 from securefl.protocols.secagg.params import RoundSetup
 from securefl.protocols.secagg.ring import packed_size, trailing_bits_are_zero
+from securefl.protocols.wire import ByteReader, ByteWriter
 
 MAGIC = b"SFSA"
 VERSION = 2
@@ -57,71 +56,24 @@ _TYPE_CODES: dict[type, int] = {
 }
 _TYPES_BY_CODE = {code: cls for cls, code in _TYPE_CODES.items()}
 
-_U8 = struct.Struct(">B")
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
 
-
-class _Writer:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def u8(self, value: int) -> None:
-        self.parts.append(_U8.pack(value))
-
-    def u32(self, value: int) -> None:
-        self.parts.append(_U32.pack(value))
-
-    def u64(self, value: int) -> None:
-        self.parts.append(_U64.pack(value))
-
-    def raw(self, data: bytes) -> None:
-        self.parts.append(data)
-
+class _Writer(ByteWriter):
     def optional_signature(self, signature: bytes) -> None:
         self.u8(len(signature))
         self.raw(signature)
 
     def ids(self, values: tuple[int, ...]) -> None:
         self.u32(len(values))
-        self.raw(b"".join(_U32.pack(v) for v in values))
+        for value in values:
+            self.u32(value)
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.offset = 0
-
-    def remaining(self) -> int:
-        return len(self.data) - self.offset
-
-    def raw(self, size: int) -> bytes:
-        if size > self.remaining():
-            raise DecodeError(f"message truncated: needed {size} more bytes, {self.remaining()} left")
-        chunk = bytes(self.data[self.offset : self.offset + size])
-        self.offset += size
-        return chunk
-
-    def u8(self) -> int:
-        return int(_U8.unpack(self.raw(1))[0])
-
-    def u32(self) -> int:
-        return int(_U32.unpack(self.raw(4))[0])
-
-    def u64(self) -> int:
-        return int(_U64.unpack(self.raw(8))[0])
-
+class _Reader(ByteReader):
     def optional_signature(self) -> bytes:
         size = self.u8()
         if size not in (0, SIGNATURE_BYTES):
             raise DecodeError(f"signature length {size} is neither 0 nor {SIGNATURE_BYTES}")
         return self.raw(size)
-
-    def count(self, item_size: int) -> int:
-        count = self.u32()
-        if count * item_size > self.remaining():
-            raise DecodeError(f"list of {count} items cannot fit in {self.remaining()} bytes")
-        return count
 
     def ids(self) -> tuple[int, ...]:
         return tuple(self.u32() for _ in range(self.count(4)))
@@ -190,7 +142,7 @@ def encode(message: Message) -> bytes:
             for signed in message.signatures:
                 w.u32(signed.client_id)
                 w.raw(signed.signature)
-    return b"".join(w.parts)
+    return w.bytes()
 
 
 SETUP_CODE = 32
@@ -209,7 +161,7 @@ def encode_setup(setup: RoundSetup) -> bytes:
     w.raw(setup.graph_seed)
     w.u32(len(setup.context))
     w.raw(setup.context)
-    return b"".join(w.parts)
+    return w.bytes()
 
 
 def decode_setup(data: bytes) -> RoundSetup:
