@@ -81,8 +81,8 @@ def main() -> None:
         task=dataset.task,
         local_epochs=args.local_epochs,
         batch_size=args.batch_size,
-        lr=config.lr,
-        momentum=config.momentum,
+        lr=config.training.lr,
+        momentum=config.training.momentum,
     )
     union = ClientShard(
         -1, torch.cat([s.x for s in federation.shards]), torch.cat([s.y for s in federation.shards])

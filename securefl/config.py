@@ -6,14 +6,17 @@ configuration keep only the invariants they need as a library.  A violated const
 (`` `lr` ``, `` `dp.delta` ``, `` `secagg.bits` ``); the CLI renders those paths as its flags
 (:mod:`securefl.cli.flags`).
 
-``lr``, ``batch_size``, ``local_epochs`` and ``momentum`` not given to :class:`RunConfig` (or
-given as ``None``) take the data set's training defaults for the model
-(:meth:`securefl.data.DatasetInfo.training_defaults`), resolved by the constructor: the fields
-themselves are plain numbers, so a written configuration records the numbers the run used.
+``lr``, ``batch_size``, ``local_epochs`` and ``momentum`` hold the user's choice; ``None`` (the
+default) takes the data set's training default for the model
+(:meth:`securefl.data.DatasetInfo.training_defaults`). :attr:`RunConfig.training` holds the numbers
+the run uses, resolved on construction (and again by ``dataclasses.replace``), and a written
+configuration records those numbers.
 
 The keys of a TOML file are the setting names of :data:`SETTINGS` (``clients-per-round`` or
 ``clients_per_round``, the CLI's flags without the dashes); sections are optional: a flat file is
-read the same as one with ``[dp]``, ``[central-dp]`` and ``[secagg]`` tables.
+read the same as one with ``[dp]``, ``[central-dp]`` and ``[secagg]`` tables.  Inside a table a key
+is the field's name (``[secagg] bits``) or its setting name (``[secagg] secagg-bits``), plus
+``enabled``; a section's switch (``dp = true``, ``enabled = false``) must be a boolean.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import os
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +70,10 @@ def _require_at_least(value: int, least: int, what: str, path: str) -> None:
     _require(value >= least, f"{what} {value} < {least}: use `{path}` {least} or more")
 
 
+def _require_at_most(value: float, most: float, what: str, path: str) -> None:
+    _require(value <= most, f"{what} {value:g} > {most:g}: use a smaller `{path}`")
+
+
 @dataclass(frozen=True)
 class DPConfig:
     """Sample-level DP-SGD on every client through Opacus (`` `dp` ``)."""
@@ -77,6 +85,7 @@ class DPConfig:
     target_epsilon: float | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.noise_multiplier is not None:
             _require_non_negative(self.noise_multiplier, "noise multiplier", "dp.noise_multiplier")
         _require_positive(self.max_grad_norm, "max grad norm", "dp.max_grad_norm")
@@ -116,6 +125,7 @@ class CentralDPConfig:
     distributed: bool = False
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _require_non_negative(
             self.noise_multiplier, "central noise multiplier", "central_dp.noise_multiplier"
         )
@@ -161,6 +171,7 @@ class SecAggConfig:
     max_colluders: int | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _require(8 <= self.bits <= 62, f"secagg bits {self.bits} outside 8..62: set `secagg.bits`")
         if self.clip is not None:
             _require_positive(self.clip, "secagg clip", "secagg.clip")
@@ -226,75 +237,63 @@ def _training_defaults(dataset: str, model: str) -> TrainingDefaults:
     return info.training_defaults(model)
 
 
-# RunConfig's fields whose constructor argument may be left out for the data set's default.
-_TRAINING_FIELDS = ("lr", "batch_size", "local_epochs", "momentum")
+# RunConfig's fields that hold the user's training choice, ``None`` for the data set's default.
+_TRAINING_FIELDS = ("lr", "momentum", "batch_size", "local_epochs")
+
+SEED_LIMIT = 2**63
+"""Seeds are in ``[0, SEED_LIMIT)``: torch's generators take a signed 64-bit seed."""
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest learning rate or weight decay: SGD applies them in the model's float32."""
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a federated run needs; validated on construction.
 
-    The constructor's ``lr``, ``batch_size``, ``local_epochs`` and ``momentum`` may be left out
-    (or ``None``): they then take the data set's training defaults for the model
-    (:meth:`securefl.data.DatasetInfo.training_defaults`). The fields are always the resolved
-    numbers: ``RunConfig(dataset="boston", model="mlp").lr`` is boston's learning rate. The
-    constructor takes the fields in this order, with the defaults its signature gives.
+    ``lr``, ``momentum``, ``batch_size`` and ``local_epochs`` are the user's choice: ``None``
+    (the default) takes the data set's training default for the model
+    (:meth:`securefl.data.DatasetInfo.training_defaults`). :attr:`training` holds the numbers the
+    run uses, resolved on construction: ``RunConfig(dataset="boston", model="mlp").training.lr``
+    is boston's learning rate, and ``dataclasses.replace`` with another data set or model
+    resolves them again while keeping the settings the user chose. :meth:`to_json` records the
+    resolved numbers, so a run is reproducible from its ``config.json``.
     """
 
-    dataset: str
-    model: str
-    clients: int
-    clients_per_round: int | None
-    fraction: float | None
-    rounds: int
-    local_epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    partition: str
-    alpha: float
-    seed: int
-    algorithm: str
-    data_dir: str | None
-    download: bool
-    threads: int
-    dp: DPConfig | None
-    central_dp: CentralDPConfig | None
-    secagg: SecAggConfig | None
+    dataset: str = "mnist-sample"
+    model: str = "cnn"
+    clients: int = 10
+    clients_per_round: int | None = None
+    fraction: float | None = None
+    rounds: int = 10
+    local_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float = 0.0
+    partition: str = "iid"
+    alpha: float = 0.5
+    seed: int = 0
+    algorithm: str = "fedavg"
+    data_dir: str | None = None
+    download: bool = False
+    threads: int = 1
+    dp: DPConfig | None = None
+    central_dp: CentralDPConfig | None = None
+    secagg: SecAggConfig | None = None
+    training: TrainingDefaults = field(init=False)
+    """The training settings the run uses: the user's choices, the data set's defaults for the
+    rest. Every consumer reads these (``config.training.lr``), never the fields above."""
 
-    def __init__(
-        self,
-        dataset: str = "mnist-sample",
-        model: str = "cnn",
-        clients: int = 10,
-        clients_per_round: int | None = None,
-        fraction: float | None = None,
-        rounds: int = 10,
-        local_epochs: int | None = None,
-        batch_size: int | None = None,
-        lr: float | None = None,
-        momentum: float | None = None,
-        weight_decay: float = 0.0,
-        partition: str = "iid",
-        alpha: float = 0.5,
-        seed: int = 0,
-        algorithm: str = "fedavg",
-        data_dir: str | None = None,
-        download: bool = False,
-        threads: int = 1,
-        dp: DPConfig | None = None,
-        central_dp: CentralDPConfig | None = None,
-        secagg: SecAggConfig | None = None,
-    ) -> None:
-        given = dict(locals())  # first: exactly the arguments, one per field
-        del given["self"]
-        defaults = _training_defaults(dataset, model)
-        for name in _TRAINING_FIELDS:
-            if given[name] is None:
-                given[name] = getattr(defaults, name)
-        for name, value in given.items():
-            object.__setattr__(self, name, value)
+    def __post_init__(self) -> None:
+        if isinstance(self.data_dir, os.PathLike):  # a Path is welcome; the field holds its text
+            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+        _check_types(self)
+        defaults = _training_defaults(self.dataset, self.model)
+        chosen = {name: getattr(self, name) for name in _TRAINING_FIELDS}
+        resolved = {
+            name: getattr(defaults, name) if value is None else value for name, value in chosen.items()
+        }
+        object.__setattr__(self, "training", dataclasses.replace(defaults, **resolved))
         self._validate()
 
     def _validate(self) -> None:
@@ -322,13 +321,19 @@ class RunConfig:
         if self.fraction is not None:
             _require(0 < self.fraction <= 1, f"fraction {self.fraction} is outside (0, 1]: change `fraction`")
         _require_at_least(self.rounds, 1, "rounds", "rounds")
-        _require_at_least(self.local_epochs, 1, "local epochs", "local_epochs")
-        _require_at_least(self.batch_size, 1, "batch size", "batch_size")
-        _require_positive(self.lr, "learning rate", "lr")
-        _require(0 <= self.momentum < 1, f"momentum {self.momentum} outside [0, 1): change `momentum`")
+        training = self.training
+        _require_at_least(training.local_epochs, 1, "local epochs", "local_epochs")
+        _require_at_least(training.batch_size, 1, "batch size", "batch_size")
+        _require_positive(training.lr, "learning rate", "lr")
+        _require_at_most(training.lr, FLOAT32_MAX, "learning rate", "lr")
+        _require(
+            0 <= training.momentum < 1, f"momentum {training.momentum} outside [0, 1): change `momentum`"
+        )
         _require_non_negative(self.weight_decay, "weight decay", "weight_decay")
+        _require_at_most(self.weight_decay, FLOAT32_MAX, "weight decay", "weight_decay")
         _require_positive(self.alpha, "alpha (the Dirichlet concentration, smaller = more skew)", "alpha")
         _require_at_least(self.seed, 0, "seed", "seed")
+        _require(self.seed < SEED_LIMIT, f"seed {self.seed} >= 2**63: use a `seed` below {SEED_LIMIT}")
         _require_at_least(self.threads, 1, "threads", "threads")
         _require(
             self.dp is None or self.algorithm != "fedsgd",
@@ -383,31 +388,34 @@ class RunConfig:
 
     # ---- serialisation -------------------------------------------------------------------------
 
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON values, the training settings as the numbers the run uses (so
+        :meth:`from_mapping` of it builds the same run, with those settings chosen explicitly)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        for name, value in values.items():
+            if dataclasses.is_dataclass(value):
+                values[name] = dataclasses.asdict(value)  # type: ignore[arg-type]
+        values.update({name: getattr(self.training, name) for name in _TRAINING_FIELDS})
+        return values
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> RunConfig:
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
         """Build from setting names (:data:`SETTINGS`), flat or in ``dp`` / ``central-dp`` /
-        ``secagg`` tables.
+        ``secagg`` tables (the keys the module docstring describes).
 
-        Sub-configurations are switched on by ``dp = true`` (etc.) or by having a table.
+        A section is switched on by ``dp = true`` (etc.) or by having a table, off by
+        ``dp = false`` or ``enabled = false`` in its table; a value ``None`` counts as not given.
         """
-        flat: dict[str, Any] = {}
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if isinstance(value, dict):
-                flat[name] = bool(value.get("enabled", True))
-                for sub_key, sub_value in value.items():
-                    if sub_key != "enabled":
-                        flat[f"{name}.{sub_key.replace('-', '_')}"] = sub_value
-            else:
-                flat[name] = value
-        return _build(flat)
+        return _build(_flatten(values))
 
     @classmethod
-    def from_toml(cls, path: Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-        """Read ``path`` and apply ``overrides`` (the flags the user gave) on top."""
+    def from_toml(cls, path: Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+        """Read ``path`` and apply ``overrides`` (the flags the user gave) on top: an override wins
+        over the file's value of the same field, and an override switching a section off
+        (``--no-dp``) drops the file's settings of that section."""
         try:
             values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -416,12 +424,16 @@ class RunConfig:
             raise ConfigError(f"cannot read config file {path}: {error}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-        merged = {key.replace("-", "_"): value for key, value in values.items()}
-        merged.update({key.replace("-", "_"): value for key, value in (overrides or {}).items()})
-        return cls.from_mapping(merged)
+        settings = _flatten(values)
+        flags = _flatten(overrides or {})
+        for section in _SECTIONS:
+            if flags.get(section) is False:
+                settings = {k: v for k, v in settings.items() if k.partition(".")[0] != section}
+        return _build({**settings, **flags})
 
 
-_SECTIONS = {"dp": DPConfig, "central_dp": CentralDPConfig, "secagg": SecAggConfig}
+_SECTIONS: dict[str, type] = {"dp": DPConfig, "central_dp": CentralDPConfig, "secagg": SecAggConfig}
+_PREFIXES: dict[type, str] = {kind: f"{name}." for name, kind in _SECTIONS.items()}
 # Flat setting names of the sub-configurations' fields where they differ from the field's own
 # name: both sections have a ``delta`` and an ``accountant``.
 _SECTION_SETTINGS: dict[str, dict[str, str]] = {
@@ -442,7 +454,7 @@ _SECTION_SETTINGS: dict[str, dict[str, str]] = {
 }
 
 SETTINGS: dict[str, str] = {
-    **{f.name: f.name for f in fields(RunConfig)},
+    **{f.name: f.name for f in fields(RunConfig) if f.init},
     **{
         _SECTION_SETTINGS[section].get(f.name, f.name): f"{section}.{f.name}"
         for section, kind in _SECTIONS.items()
@@ -453,91 +465,145 @@ SETTINGS: dict[str, str] = {
 :class:`RunConfig`, e.g. ``secagg_bits`` -> ``secagg.bits``; a section's own name switches it on.
 ``central_dp.distributed`` (``distributed_dp``) switches ``central_dp`` on as well."""
 
-# Settings that switch a section on and set one of its fields.
-_SECTION_SWITCHES = {"distributed_dp": ("central_dp", "distributed")}
+# Fields whose value true switches their section on as well.
+_SECTION_SWITCHES = frozenset({"central_dp.distributed"})
+_PATHS = frozenset(SETTINGS.values())
+
+
+def _switch(path: str, value: Any) -> bool:
+    _require(isinstance(value, bool), f"`{path}` must be true or false, not {value!r}")
+    return bool(value)
+
+
+def _flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Setting names (flat, or in a section's table) -> field paths, with each section's switch
+    under the section's name; ``None`` values are left out (not given)."""
+    flat: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        if value is None:
+            return
+        _require(path not in flat, f"`{path}` is given twice (flat and in its table?): give it once")
+        flat[path] = _switch(path, value) if path in _SECTIONS else value
+
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name in _SECTIONS and isinstance(value, Mapping):
+            enabled = value.get("enabled", True)
+            _require(
+                isinstance(enabled, bool),
+                f"`{name}` (`enabled` in its table) must be true or false, not {enabled!r}",
+            )
+            put(name, enabled)
+            for sub_key, sub_value in value.items():
+                if sub_key != "enabled":
+                    put(_table_path(name, key, sub_key), sub_value)
+        elif name in SETTINGS or name in _PATHS:
+            put(SETTINGS.get(name, name), value)
+        else:
+            raise ConfigError(
+                f"unknown setting {key!r}: valid settings are "
+                f"{', '.join(sorted(name.replace('_', '-') for name in SETTINGS))}"
+            )
+    return flat
+
+
+def _table_path(section: str, table: str, key: str) -> str:
+    """The field path of ``key`` in the ``[table]`` of ``section``: a field's name
+    (``[secagg] bits``) or its flat setting name (``[secagg] secagg-bits``)."""
+    name = key.replace("-", "_")
+    names = [f.name for f in fields(_SECTIONS[section])]
+    if name in names:
+        return f"{section}.{name}"
+    path = SETTINGS.get(name, "")
+    if path.startswith(f"{section}."):
+        return path
+    valid = ["enabled", *(n.replace("_", "-") for n in names)]
+    flat = sorted(s.replace("_", "-") for s in _SECTION_SETTINGS[section].values())
+    also = f" (or the flat names {', '.join(flat)})" if flat else ""
+    raise ConfigError(f"unknown key {key!r} in the [{table}] table: valid keys are {', '.join(valid)}{also}")
 
 
 def _build(flat: dict[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from :func:`_flatten`'s field paths."""
     top: dict[str, Any] = {}
     section_values: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
-    given: dict[str, list[str]] = {name: [] for name in _SECTIONS}
-    enabled = {name: bool(flat.get(name, False)) for name in _SECTIONS}
-    for switch, (section, field) in _SECTION_SWITCHES.items():
-        if flat.get(switch, False):
-            enabled[section] = True
-            section_values[section][field] = True
-    for key, value in flat.items():
-        if key in _SECTIONS or key in _SECTION_SWITCHES:
-            continue
-        path = key if key.partition(".")[0] in _SECTIONS else SETTINGS.get(key)
-        if path is None:
-            raise ConfigError(
-                f"unknown setting {key.replace('_', '-')!r}: valid settings are "
-                f"{', '.join(sorted(name.replace('_', '-') for name in SETTINGS))}"
-            )
+    enabled: dict[str, bool | None] = {name: flat.get(name) for name in _SECTIONS}
+    for path, value in flat.items():
         section, _, sub_key = path.partition(".")
-        if sub_key:
-            section_values[section][sub_key] = value
-            given[section].append(path)
-        else:
-            top[key] = value
+        if not sub_key:
+            if path not in _SECTIONS:
+                top[path] = value
+            continue
+        if path in _SECTION_SWITCHES:
+            if not _switch(path, value) and not enabled[section]:
+                continue  # switching off a mode of a section that is off
+            if value and enabled[section] is None:
+                enabled[section] = True
+        section_values[section][sub_key] = value
     sections: dict[str, Any] = {}
     for name, values in section_values.items():
-        if given[name] and not enabled[name]:
-            knobs = ", ".join(f"`{path}`" for path in given[name])
+        if values and not enabled[name]:
+            knobs = ", ".join(f"`{name}.{key}`" for key in values)
             raise ConfigError(f"{knobs} given without `{name}`: set `{name}` or drop them")
         if enabled[name]:
-            sections[name] = _construct(_SECTIONS[name], values, prefix=f"{name}.")
-    return _construct(RunConfig, {**top, **sections})
+            sections[name] = _SECTIONS[name](**values)
+    return RunConfig(**top, **sections)
 
 
-def _construct(kind: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """``kind(**values)``, after checking each value against its constructor parameter's type (a
-    TOML string where a number is expected would otherwise fail deep inside with a raw TypeError);
-    ``prefix`` is the field path of ``kind`` inside :class:`RunConfig` (``"dp."``)."""
-    parameters = inspect.signature(kind, eval_str=True).parameters
-    for field_name, value in values.items():
-        expected = parameters[field_name].annotation if field_name in parameters else None
-        if expected is not None and not _accepts(value, expected):
-            raise ConfigError(f"`{prefix}{field_name}` must be {_describe(expected)}, not {value!r}")
-    try:
-        return kind(**values)
-    except TypeError as error:
-        raise ConfigError(f"invalid settings for {kind.__name__}: {error}") from None
+def _check_types(config: object) -> None:
+    """Refuse a constructor argument of the wrong type, naming its field path: a TOML string where
+    a number is expected would otherwise fail deep inside with a raw TypeError, and a float batch
+    size would slip through every range check."""
+    prefix = _PREFIXES.get(type(config), "")
+    for name, annotation in _init_types(type(config)).items():
+        value = getattr(config, name)
+        if not _accepts(value, annotation):
+            raise ConfigError(f"`{prefix}{name}` must be {_describe(annotation)}, not {value!r}")
+
+
+_INIT_TYPES: dict[type, dict[str, Any]] = {}
+
+
+def _init_types(kind: type) -> dict[str, Any]:
+    """The constructor parameters of ``kind`` and their types (computed once per class)."""
+    if kind not in _INIT_TYPES:
+        parameters = inspect.signature(kind, eval_str=True).parameters
+        _INIT_TYPES[kind] = {name: parameter.annotation for name, parameter in parameters.items()}
+    return _INIT_TYPES[kind]
 
 
 _SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
-def _scalar_types(annotation: Any) -> list[Any] | None:
-    """The scalar types (and None) of ``annotation``, or None if it is anything else."""
-    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else [annotation]
-    if all(member in _SCALARS or member is type(None) for member in members):
-        return list(members)
-    return None
+def _members(annotation: Any) -> tuple[Any, ...]:
+    return typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
 
 
 def _accepts(value: Any, annotation: Any) -> bool:
-    members = _scalar_types(annotation)
-    if members is None:  # paths, literals, ...: the class checks them itself
-        return True
-    for member in members:
-        if member is type(None) and value is None:
-            return True
-        if member is bool and isinstance(value, bool):
-            return True
-        if member is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if member is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return True
-        if member is str and isinstance(value, str | os.PathLike):
+    for member in _members(annotation):
+        if member is type(None):
+            accepted = value is None
+        elif member is bool:
+            accepted = isinstance(value, bool)
+        elif member is int:
+            accepted = isinstance(value, int) and not isinstance(value, bool)
+        elif member is float:
+            accepted = isinstance(value, int | float) and not isinstance(value, bool)
+        elif isinstance(member, type):
+            accepted = isinstance(value, member)
+        else:  # a type this check does not know: the class checks the value itself
+            accepted = True
+        if accepted:
             return True
     return False
 
 
 def _describe(annotation: Any) -> str:
-    members = _scalar_types(annotation) or []
-    described = " or ".join(_SCALARS[m] for m in members if m is not type(None))
+    members = _members(annotation)
+    described = " or ".join(
+        _SCALARS.get(m, f"a {getattr(m, '__name__', m)}") for m in members if m is not type(None)
+    )
     return described + (" (or left out)" if type(None) in members else "")
 
 

@@ -97,10 +97,10 @@ class Federation:
         c = self.config
         return {
             "algorithm": c.algorithm,
-            "local_epochs": c.local_epochs,
-            "batch_size": c.batch_size,
-            "lr": c.lr,
-            "momentum": c.momentum,
+            "local_epochs": c.training.local_epochs,
+            "batch_size": c.training.batch_size,
+            "lr": c.training.lr,
+            "momentum": c.training.momentum,
             "weight_decay": c.weight_decay,
         }
 
@@ -247,10 +247,10 @@ def _build_trainers(
         engine = DPSGDEngine(
             model=model,
             task=dataset.task,
-            lr=config.lr,
+            lr=config.training.lr,
             max_grad_norm=config.dp.max_grad_norm,
-            batch_size=config.batch_size,
-            momentum=config.momentum,
+            batch_size=config.training.batch_size,
+            momentum=config.training.momentum,
             weight_decay=config.weight_decay,
         )
         return {
@@ -258,8 +258,8 @@ def _build_trainers(
                 config=config.dp,
                 client_sizes={s.client_id: len(s)},
                 rounds=config.rounds,
-                local_epochs=config.local_epochs,
-                batch_size=config.batch_size,
+                local_epochs=config.training.local_epochs,
+                batch_size=config.training.batch_size,
                 engine=engine,
             )
             for s in shards
@@ -267,10 +267,10 @@ def _build_trainers(
     shared = LocalSGDTrainer(
         model=model,
         task=dataset.task,
-        local_epochs=1 if fedsgd else config.local_epochs,
-        batch_size=None if fedsgd else config.batch_size,
-        lr=config.lr,
-        momentum=0.0 if fedsgd else config.momentum,
+        local_epochs=1 if fedsgd else config.training.local_epochs,
+        batch_size=None if fedsgd else config.training.batch_size,
+        lr=config.training.lr,
+        momentum=0.0 if fedsgd else config.training.momentum,
         weight_decay=config.weight_decay,
     )
     return dict.fromkeys((s.client_id for s in shards), shared)
@@ -396,7 +396,8 @@ def run_simulation(
 def _divergence_message(record: RoundRecord, config: RunConfig) -> str:
     return (
         f"training diverged in round {record.round}: {record.divergence}; lower `lr` (now "
-        f"{config.lr:g}) or `batch_size`, or clip the updates (DP-FedAvg's `central_dp.clip_norm`)"
+        f"{config.training.lr:g}) or `batch_size`, or clip the updates "
+        "(DP-FedAvg's `central_dp.clip_norm`)"
     )
 
 

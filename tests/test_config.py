@@ -11,7 +11,7 @@ import typing
 import pytest
 
 from securefl.config import CentralDPConfig, DPConfig, RunConfig, SecAggConfig
-from securefl.data import DATASETS
+from securefl.data import DATASETS, TrainingDefaults
 from securefl.errors import ConfigError
 from securefl.models import MODELS
 
@@ -148,13 +148,13 @@ def test_central_dp_secagg_dropouts_need_fixed_client_sampling():
 
 
 def _float_fields() -> list[str]:
-    """Every field path of RunConfig whose value is a float (or an optional float)."""
+    """Every field path of RunConfig a user sets whose value is a float (or an optional float)."""
     kinds = {"": RunConfig, "dp.": DPConfig, "central_dp.": CentralDPConfig, "secagg.": SecAggConfig}
     return [
         prefix + name
         for prefix, kind in kinds.items()
-        for name, hint in typing.get_type_hints(kind).items()
-        if hint is float or float in typing.get_args(hint)
+        for name, parameter in inspect.signature(kind, eval_str=True).parameters.items()
+        if parameter.annotation is float or float in typing.get_args(parameter.annotation)
     ]
 
 
@@ -175,40 +175,202 @@ def test_negative_seed_is_refused():
         RunConfig(seed=-1)
 
 
+def _expected_training(dataset: str, model: str, **chosen) -> TrainingDefaults:
+    """The reference: the registry's defaults for ``model`` on ``dataset``, with ``chosen`` on top."""
+    return dataclasses.replace(DATASETS[dataset].training_defaults(model), **chosen)
+
+
 def test_training_settings_default_to_the_data_sets_and_are_recorded():
-    for dataset, info in DATASETS.items():
+    for dataset in DATASETS:
         for model in MODELS:
             try:
                 config = RunConfig(dataset=dataset, model=model)
             except ConfigError:
                 continue  # a model the data set does not take (checked below)
-            expected = info.training_defaults(model)
-            resolved = (config.lr, config.momentum, config.batch_size, config.local_epochs)
-            assert resolved == (expected.lr, expected.momentum, expected.batch_size, expected.local_epochs)
+            expected = _expected_training(dataset, model)
+            assert config.training == expected
+            assert (config.lr, config.momentum, config.batch_size, config.local_epochs) == (None,) * 4
             written = json.loads(config.to_json())
-            assert (written["lr"], written["batch_size"]) == (expected.lr, expected.batch_size)
+            assert {name: written[name] for name in TRAINING} == dataclasses.asdict(expected)
+            assert "training" not in written
     given = RunConfig(dataset="boston", model="mlp", lr=0.5, batch_size=3)
-    defaults = DATASETS["boston"].training_defaults("mlp")
-    assert (given.lr, given.batch_size, given.momentum) == (0.5, 3, defaults.momentum)
+    assert given.training == _expected_training("boston", "mlp", lr=0.5, batch_size=3)
 
 
-def test_the_constructor_takes_every_field_in_order_and_the_training_fields_are_plain_numbers():
-    """RunConfig writes its own constructor (the training settings may be left out for the data
-    set's defaults): it must take exactly the fields, in order, and store resolved numbers."""
+TRAINING = ("lr", "momentum", "batch_size", "local_epochs")
+
+
+def test_the_constructor_is_the_dataclass_one_and_training_is_derived():
+    """The fields a user sets are the constructor's parameters, in order; ``training`` is not one
+    of them (it is derived) and cannot be given."""
     parameters = list(inspect.signature(RunConfig).parameters)
-    assert parameters == [f.name for f in dataclasses.fields(RunConfig)]
-    hints = typing.get_type_hints(RunConfig)
-    assert (hints["lr"], hints["momentum"], hints["batch_size"], hints["local_epochs"]) == (
-        float,
-        float,
-        int,
-        int,
-    )
+    assert parameters == [f.name for f in dataclasses.fields(RunConfig) if f.name != "training"]
+    assert not next(f for f in dataclasses.fields(RunConfig) if f.name == "training").init
+    with pytest.raises(TypeError):
+        RunConfig(training=_expected_training("boston", "mlp"))  # type: ignore[call-arg]
     config = RunConfig.from_mapping({"dataset": "boston", "model": "mlp", "lr": None})
-    defaults = DATASETS["boston"].training_defaults("mlp")
     assert config == RunConfig(dataset="boston", model="mlp")
-    assert (config.lr, config.batch_size) == (defaults.lr, defaults.batch_size)
-    assert dataclasses.replace(config, clients=2).lr == defaults.lr
+    assert config.training == _expected_training("boston", "mlp")
+
+
+@pytest.mark.parametrize(
+    "chosen", [{}, {"lr": 0.02}, {"batch_size": 5, "momentum": 0.0}, {"local_epochs": 3}]
+)
+def test_replace_resolves_the_training_settings_again_and_keeps_the_choices(chosen):
+    """`dataclasses.replace` to another data set or model gives the config built directly with
+    those settings (the reviewer's case: mnist-sample's lr 0.05 / batch 16 must not follow the
+    config to boston), and an explicit choice survives a replace of anything else."""
+    first = RunConfig(clients=2, rounds=3, **chosen)
+    assert first.training == _expected_training("mnist-sample", "cnn", **chosen)
+    moved = dataclasses.replace(first, dataset="boston", model="mlp")
+    direct = RunConfig(clients=2, rounds=3, dataset="boston", model="mlp", **chosen)
+    assert moved == direct
+    assert moved.training == direct.training == _expected_training("boston", "mlp", **chosen)
+    again = dataclasses.replace(moved, rounds=7)
+    assert again.training == moved.training
+    assert {name: getattr(again, name) for name in chosen} == chosen
+    assert dataclasses.replace(again, dataset="digits").training == _expected_training(
+        "digits", "mlp", **chosen
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        RunConfig(),
+        RunConfig(dataset="boston", model="mlp", lr=0.002, rounds=2),
+        RunConfig(clients=4, dp=DPConfig(noise_multiplier=0.7), batch_size=4),
+        RunConfig(
+            clients=4, secagg=SecAggConfig(bits=24), central_dp=CentralDPConfig(client_sampling="fixed")
+        ),
+    ],
+)
+def test_config_json_round_trip_builds_the_same_run(config):
+    """config.json records the resolved training settings: loading it gives them as explicit
+    choices, and the same run (every other field equal, the same training numbers)."""
+    loaded = RunConfig.from_mapping(json.loads(config.to_json()))
+    assert loaded.training == config.training
+    assert {name: getattr(loaded, name) for name in TRAINING} == dataclasses.asdict(config.training)
+    assert dataclasses.replace(loaded, **dict.fromkeys(TRAINING)) == dataclasses.replace(
+        config, **dict.fromkeys(TRAINING)
+    )
+    assert loaded.to_json() == config.to_json()
+
+
+def test_toml_with_and_without_training_settings(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('dataset = "boston"\nmodel = "mlp"\n')
+    config = RunConfig.from_toml(path)
+    assert (config.lr, config.training) == (None, _expected_training("boston", "mlp"))
+    path.write_text('dataset = "boston"\nmodel = "mlp"\nlr = 0.01\nbatch-size = 4\n')
+    config = RunConfig.from_toml(path, {"local_epochs": 1})
+    assert config.training == _expected_training("boston", "mlp", lr=0.01, batch_size=4, local_epochs=1)
+    assert RunConfig.from_mapping({"dataset": "boston", "model": "mlp", "momentum": 0.9}).training == (
+        _expected_training("boston", "mlp", momentum=0.9)
+    )
+
+
+def test_a_path_data_dir_is_stored_as_text_and_written(tmp_path):
+    config = RunConfig(data_dir=tmp_path)
+    assert config.data_dir == str(tmp_path)
+    assert json.loads(config.to_json())["data_dir"] == str(tmp_path)
+    assert config == RunConfig(data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"clients": "3"}, "`clients` must be an integer, not '3'"),
+        ({"batch_size": 2.5}, "`batch_size` must be an integer (or left out), not 2.5"),
+        ({"local_epochs": True}, "`local_epochs` must be an integer (or left out), not True"),
+        ({"lr": "0.1"}, "`lr` must be a number (or left out), not '0.1'"),
+        ({"download": 1}, "`download` must be true or false, not 1"),
+        ({"dataset": 3}, "`dataset` must be a string, not 3"),
+        ({"dp": True}, "`dp` must be a DPConfig (or left out), not True"),
+        ({"seed": 2**63}, "use a `seed` below 9223372036854775808"),
+        ({"lr": 1e308}, "learning rate 1e+308 > 3.40282e+38: use a smaller `lr`"),
+        ({"weight_decay": 1e39}, "weight decay 1e+39 > 3.40282e+38: use a smaller `weight_decay`"),
+    ],
+)
+def test_the_constructor_checks_types_and_ranges_naming_the_field(values, fragment):
+    with pytest.raises(ConfigError) as error:
+        RunConfig(**values)
+    assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "values", "fragment"),
+    [
+        (DPConfig, {"noise_multiplier": "1"}, "`dp.noise_multiplier` must be a number (or left out)"),
+        (CentralDPConfig, {"distributed": "no"}, "`central_dp.distributed` must be true or false"),
+        (SecAggConfig, {"bits": 16.0}, "`secagg.bits` must be an integer, not 16.0"),
+    ],
+)
+def test_sections_check_types_naming_the_field_path(kind, values, fragment):
+    with pytest.raises(ConfigError) as error:
+        kind(**values)
+    assert fragment in str(error.value)
+
+
+def test_the_largest_seed_and_learning_rate_are_accepted():
+    assert RunConfig(seed=2**63 - 1, lr=3.4e38).seed == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('dp = "false"', "`dp` must be true or false, not 'false'"),
+        ('dp = "no"', "`dp` must be true or false, not 'no'"),
+        ("dp = 1", "`dp` must be true or false, not 1"),
+        (
+            '[secagg]\nenabled = "false"',
+            "`secagg` (`enabled` in its table) must be true or false, not 'false'",
+        ),
+        ('distributed-dp = "false"', "`central_dp.distributed` must be true or false, not 'false'"),
+        (
+            "[dp]\nbogus = 1",
+            "unknown key 'bogus' in the [dp] table: valid keys are enabled, noise-multiplier, max-grad-norm, "
+            "delta, accountant, target-epsilon",
+        ),
+        ("[secagg]\ncentral-delta = 1e-6", "unknown key 'central-delta' in the [secagg] table"),
+        ("secagg-bits = 16\n[secagg]\nbits = 20", "`secagg.bits` is given twice"),
+    ],
+)
+def test_toml_switches_are_booleans_and_table_keys_are_known(tmp_path, text, fragment):
+    path = tmp_path / "run.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_toml(path)
+    assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("dp = false", None),
+        ("[dp]\nenabled = false", None),
+        ("[dp]\nenabled = true\ndelta = 1e-6", DPConfig(delta=1e-6)),
+        ("[secagg]\nsecagg-bits = 24", SecAggConfig(bits=24)),  # a flat name inside its table
+        ("[secagg]\nbits = 24", SecAggConfig(bits=24)),
+        ("[central-dp]\ncentral-delta = 1e-6", CentralDPConfig(delta=1e-6)),
+        ("distributed-dp = true\nsecagg = true", CentralDPConfig(distributed=True)),
+    ],
+)
+def test_toml_tables_take_field_and_setting_names(tmp_path, text, expected):
+    path = tmp_path / "run.toml"
+    path.write_text(text + "\n")
+    config = RunConfig.from_toml(path, {"clients": 4})
+    section = {DPConfig: config.dp, SecAggConfig: config.secagg, CentralDPConfig: config.central_dp}
+    assert section[type(expected)] == expected if expected is not None else config.dp is None
+
+
+def test_a_flag_switching_a_section_overrides_the_files_table(tmp_path):
+    """`--secagg` with a file's [secagg] table keeps the table's settings; `--no-dp` with a file's
+    [dp] table turns DP off (the file's DP settings are then unused, not an error)."""
+    path = tmp_path / "run.toml"
+    path.write_text("clients = 4\n[secagg]\nbits = 24\n[dp]\ndelta = 1e-6\n")
+    config = RunConfig.from_toml(path, {"secagg": True, "dp": False, "secagg_bits": 20})
+    assert (config.secagg, config.dp) == (SecAggConfig(bits=20), None)
 
 
 def test_a_model_the_data_set_cannot_take_is_refused_on_construction():

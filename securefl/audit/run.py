@@ -145,7 +145,7 @@ class AuditConfig:
             "canary_scale": self.canary_scale,
             "full_batch": self.full_batch,
             "black_box": self.black_box,
-            "run": dataclasses.asdict(self.run),
+            "run": self.run.to_dict(),
         }
 
 
@@ -298,10 +298,10 @@ def _plain_trainer(
     return LocalSGDTrainer(
         model=_new_model(fed, layout),
         task=fed.dataset.task,
-        local_epochs=run.local_epochs,
-        batch_size=None if full_batch else run.batch_size,
-        lr=run.lr,
-        momentum=run.momentum,
+        local_epochs=run.training.local_epochs,
+        batch_size=None if full_batch else run.training.batch_size,
+        lr=run.training.lr,
+        momentum=run.training.momentum,
         weight_decay=run.weight_decay,
     )
 
@@ -322,7 +322,7 @@ def _audit_dp(config: AuditConfig, fed: Federation, layout: CanaryLayout, includ
     assert run.dp is not None
     shards, probe = _with_canary_examples(config, fed, layout, included)
     sizes = {s.client_id: len(s) for s in shards}
-    batch_size = sizes[CANARY_CLIENT] if config.full_batch else run.batch_size
+    batch_size = sizes[CANARY_CLIENT] if config.full_batch else run.training.batch_size
 
     def trainer_for(dp: Any) -> DPSGDTrainer:
         return DPSGDTrainer(
@@ -331,10 +331,10 @@ def _audit_dp(config: AuditConfig, fed: Federation, layout: CanaryLayout, includ
             config=dp,
             client_sizes=sizes,
             rounds=run.rounds,
-            local_epochs=run.local_epochs,
+            local_epochs=run.training.local_epochs,
             batch_size=batch_size,
-            lr=run.lr,
-            momentum=run.momentum,
+            lr=run.training.lr,
+            momentum=run.training.momentum,
             weight_decay=run.weight_decay,
         )
 

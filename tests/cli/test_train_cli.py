@@ -303,9 +303,9 @@ def _train_options() -> dict[str, list[str]]:
 
 
 def _field_paths() -> set[str]:
-    """Every field of RunConfig and of its sections, as a path (``secagg.bits``)."""
+    """Every field of RunConfig and of its sections a user sets, as a path (``secagg.bits``)."""
     sections = {"dp": DPConfig, "central_dp": CentralDPConfig, "secagg": SecAggConfig}
-    paths = {f.name for f in dataclasses.fields(RunConfig)}
+    paths = {f.name for f in dataclasses.fields(RunConfig) if f.init}
     return paths | {f"{name}.{f.name}" for name, kind in sections.items() for f in dataclasses.fields(kind)}
 
 

@@ -98,9 +98,9 @@ def test_securefl_train_binds_what_each_client_received_into_secure_aggregation(
             "round": 1,
             "algorithm": "fedavg",
             "local_epochs": 1,
-            "batch_size": config.batch_size,
-            "lr": config.lr,
-            "momentum": config.momentum,
+            "batch_size": config.training.batch_size,
+            "lr": config.training.lr,
+            "momentum": config.training.momentum,
             "weight_decay": config.weight_decay,
         },
     )
