@@ -58,6 +58,9 @@ SERVER_INITS = ("auto", "uniform", "default")
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_RESTARTS = {"dlg": 8, "idlg": 8, "ig": 2}
 LEAKED_PSNR = 40.0
+SEED_LIMIT = 2**32
+"""Attack seeds are in ``[0, SEED_LIMIT)``: each round's seed is ``seed`` times a prime of up to
+six digits plus the round, and must stay a non-negative seed of torch's and numpy's generators."""
 """A reconstruction at or above this PSNR is counted as recovered (the DLG/iDLG target)."""
 
 COMPARISON_DEFENCES: tuple[Defence, ...] = (
@@ -132,6 +135,12 @@ class Prepared:
         return self.config.images // self.config.batch_size
 
 
+def check_seed(seed: int) -> None:
+    """Refuse a seed outside ``[0, SEED_LIMIT)`` (``-1`` would crash numpy's generator later)."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"`seed` {seed} outside 0..{SEED_LIMIT - 1}: use a `seed` in that range")
+
+
 def prepare(config: ExperimentConfig, *, dataset: Dataset | None = None) -> Prepared:
     """Check every input (raising :class:`ConfigError`) and choose the victims; no attack runs."""
     if config.attack not in ATTACKS:
@@ -144,6 +153,7 @@ def prepare(config: ExperimentConfig, *, dataset: Dataset | None = None) -> Prep
         )
     if config.precision != "auto" and config.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {config.precision!r}: choose auto, float32 or float64")
+    check_seed(config.seed)
     if config.images < 1:
         raise ConfigError(f"`images` {config.images} < 1: attack at least one image")
     if config.batch_size < 1:

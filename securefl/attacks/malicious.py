@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from securefl.attacks.defences import aggregate_observation, client_observation
+from securefl.attacks.experiment import check_seed
 from securefl.attacks.imprint import (
     PLACEMENTS,
     ImprintLayout,
@@ -201,6 +202,7 @@ def prepare_malicious(config: MaliciousConfig, *, dataset: Dataset | None = None
         raise ConfigError(f"unknown `placement` {config.placement!r}: choose one of {', '.join(PLACEMENTS)}")
     if config.clients < 1 or config.batch_size < 1 or config.trials < 1:
         raise ConfigError("`clients`, `batch_size` and `trials` must be at least 1")
+    check_seed(config.seed)
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
         raise ConfigError(f"`learning_rate` {config.learning_rate} must be positive")
     if config.secagg and config.clients < 2:

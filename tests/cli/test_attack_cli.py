@@ -98,6 +98,9 @@ def test_compare_writes_one_row_per_defence(tmp_path, capsys):
         (["--defence", "prune", "--prune-ratio", "1"], "--prune-ratio 1.0 outside [0, 1)"),
         (["--lr", "0"], "--lr 0"),
         (["--server-init", "zeros"], "unknown server init"),
+        (["--seed", "-1"], "--seed -1 outside 0..4294967295"),
+        (["--seed", "4294967296"], "--seed 4294967296 outside 0..4294967295"),
+        (["--attack", "imprint", "--seed", "-1"], "--seed -1 outside 0..4294967295"),
     ],
 )
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, argv, message):
@@ -249,6 +252,7 @@ def test_the_attack_flag_table_matches_the_attack_commands_options():
         (["--attack", "imprint", "--clients", "3"], "without --defence secagg"),
         (["--attack", "imprint", "--trials", "0"], "--clients, --batch-size and --trials must be at least 1"),
         (["--attack", "imprint", "--bins", "0"], "--bins 0 must be at least 1"),
+        (["--attack", "imprint", "--seed", "-1"], "use a --seed in that range"),
     ],
 )
 def test_library_messages_name_attack_flags_at_the_cli(tmp_path, capsys, argv, message):
