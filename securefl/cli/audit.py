@@ -20,6 +20,7 @@ from securefl.audit import AuditConfig, AuditResult, Break, run_audit
 from securefl.audit.report import FIGURE_FILE, write_audit
 from securefl.cli.progress import round_progress
 from securefl.config import RunConfig
+from securefl.errors import ConfigError
 from securefl.fl.history import check_output_dir
 from securefl.fl.record import RoundRecord
 
@@ -35,8 +36,8 @@ def audit(
         str | None, Opt("--break", help="Research: weaken the mechanism: noise | clip | sample-rate.")
     ] = None,
     break_factor: Annotated[
-        float, Opt(help="--break noise / sample-rate: the factor in (0, 1) applied.")
-    ] = 0.1,
+        float | None, Opt(help="--break noise / sample-rate: the factor in (0, 1) applied. (default 0.1)")
+    ] = None,
     canaries: Annotated[int, Opt(help="Canaries m, each included with probability 1/2.")] = 1000,
     confidence: Annotated[float, Opt(help="Confidence 1-β of the lower bound.")] = 0.95,
     canary_scale: Annotated[float, Opt(help="Crafted canary norm before clipping, in clip norms.")] = 10.0,
@@ -59,15 +60,17 @@ def audit(
     momentum: Annotated[float, Opt(help="Client SGD momentum.")] = 0.0,
     seed: Annotated[int, Opt(help="Seed of model, partition and client sampling (not of canaries).")] = 0,
     noise_multiplier: Annotated[float | None, Opt(help="DP-SGD noise multiplier. (default 1.0)")] = None,
-    max_grad_norm: Annotated[float, Opt(help="DP-SGD per-sample clip norm.")] = 1.0,
-    delta: Annotated[float, Opt(help="DP-SGD δ.")] = 1e-5,
-    accountant: Annotated[str, Opt(help="rdp | prv | gdp.")] = "rdp",
+    max_grad_norm: Annotated[float | None, Opt(help="DP-SGD per-sample clip norm. (default 1.0)")] = None,
+    delta: Annotated[float | None, Opt(help="DP-SGD δ. (default 1e-5)")] = None,
+    accountant: Annotated[str | None, Opt(help="rdp | prv | gdp. (default rdp)")] = None,
     target_epsilon: Annotated[float | None, Opt(help="DP-SGD: pick the noise to end at this ε.")] = None,
-    central_noise_multiplier: Annotated[float, Opt(help="DP-FedAvg noise z.")] = 1.0,
-    clip_norm: Annotated[float, Opt(help="DP-FedAvg client update clip.")] = 1.0,
-    central_delta: Annotated[float, Opt(help="User-level δ, below 1/(N + m).")] = 1e-5,
-    client_sampling: Annotated[str, Opt(help="poisson | fixed.")] = "poisson",
-    central_accountant: Annotated[str, Opt(help="User-level ε: rdp | prv | gdp.")] = "rdp",
+    central_noise_multiplier: Annotated[float | None, Opt(help="DP-FedAvg noise z. (default 1.0)")] = None,
+    clip_norm: Annotated[float | None, Opt(help="DP-FedAvg client update clip. (default 1.0)")] = None,
+    central_delta: Annotated[float | None, Opt(help="User-level δ, below 1/(N + m). (default 1e-5)")] = None,
+    client_sampling: Annotated[str | None, Opt(help="poisson | fixed. (default poisson)")] = None,
+    central_accountant: Annotated[
+        str | None, Opt(help="User-level ε: rdp | prv | gdp. (default rdp)")
+    ] = None,
     data_dir: Annotated[Path | None, Opt(help="Directory holding mnist / cifar10 files.")] = None,
     threads: Annotated[int, Opt(help="torch intra-op threads.")] = 1,
     out: Annotated[Path | None, Opt(help="Run directory. (default runs/audit-<timestamp>)")] = None,
@@ -87,31 +90,31 @@ def audit(
         "seed": seed,
         "threads": threads,
         "data_dir": None if data_dir is None else str(data_dir),
+        # A mode's knobs given without the mode are refused (as `securefl train` does), not ignored.
+        "dp": dp,
+        "noise_multiplier": noise_multiplier,
+        "max_grad_norm": max_grad_norm,
+        "delta": delta,
+        "accountant": accountant,
+        "target_epsilon": target_epsilon,
+        "central_dp": central_dp,
+        "central_noise_multiplier": central_noise_multiplier,
+        "clip_norm": clip_norm,
+        "central_delta": central_delta,
+        "client_sampling": client_sampling,
+        "central_accountant": central_accountant,
     }
-    if dp:
-        flags.update(
-            dp=True,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            delta=delta,
-            accountant=accountant,
-            target_epsilon=target_epsilon,
-        )
-    if central_dp:
-        flags.update(
-            central_dp=True,
-            central_noise_multiplier=central_noise_multiplier,
-            clip_norm=clip_norm,
-            central_delta=central_delta,
-            client_sampling=client_sampling,
-            central_accountant=central_accountant,
-        )
     run = RunConfig.from_mapping({k: v for k, v in flags.items() if v is not None})
+    if weakness is None and break_factor is not None:
+        raise ConfigError("`weakness.factor` given without `weakness`: set `weakness` or drop it")
+    broken = None
+    if weakness is not None:
+        broken = Break(weakness) if break_factor is None else Break(weakness, break_factor)
     config = AuditConfig(
         run=run,
         canaries=canaries,
         confidence=confidence,
-        weakness=None if weakness is None else Break(weakness, break_factor),
+        weakness=broken,
         canary_scale=canary_scale,
         full_batch=full_batch,
         black_box=black_box,

@@ -84,6 +84,25 @@ def test_the_audit_flag_table_matches_the_audit_commands_options():
         (["--dp", "--break", "noise", "--break-factor", "2"], "change --break-factor"),
         (["--central-dp", "--full-batch"], "--full-batch is for sample-level audits"),
         (["--black-box", "--canaries", "5000"], "use fewer --canaries or --clients"),
+        (
+            [
+                "--delta",
+                "0.5",
+                "--noise-multiplier",
+                "3",
+                "--break-factor",
+                "0.7",
+                "--rounds",
+                "1",
+                "--canaries",
+                "2",
+            ],
+            "--noise-multiplier, --delta given without --dp: set --dp or drop them",
+        ),
+        (["--max-grad-norm", "2", "--accountant", "prv"], "--max-grad-norm, --accountant given without --dp"),
+        (["--dp", "--clip-norm", "2"], "--clip-norm given without --central-dp"),
+        (["--central-delta", "1e-6", "--client-sampling", "fixed"], "given without --central-dp"),
+        (["--dp", "--break-factor", "0.5"], "--break-factor given without --break: set --break or drop it"),
     ],
 )
 def test_audit_messages_name_its_flags(tmp_path, capsys, args, message):
