@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch.nn.utils import parameters_to_vector
 
@@ -29,7 +31,7 @@ def test_same_seed_gives_bit_identical_weights_and_other_seed_does_not():
     assert torch.equal(_params(first), _params(second))
     assert first.records[-1].evaluation == second.records[-1].evaluation
     assert first.metric("test_loss") == second.metric("test_loss")
-    other = run_simulation(RunConfig(**{**config.__dict__, "seed": 4}))
+    other = run_simulation(dataclasses.replace(config, seed=4))
     assert not torch.equal(_params(first), _params(other))
 
 

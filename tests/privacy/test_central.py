@@ -277,5 +277,5 @@ def test_poisson_central_dp_sensitivity_follows_the_smallest_round_secagg_comple
             pass
     assert completes == list(range(smallest, 9))
     assert federation.server_update.sensitivity_multiplier == smallest
-    fixed = RunConfig(**{**config.__dict__, "central_dp": CentralDPConfig(client_sampling="fixed")})
+    fixed = dataclasses.replace(config, central_dp=CentralDPConfig(client_sampling="fixed"))
     assert build_federation(fixed).server_update.sensitivity_multiplier == 2  # substitution bound
