@@ -19,6 +19,7 @@ from securefl.data import plot_label_histograms
 from securefl.federation import Federation, build_federation, run_simulation
 from securefl.fl.history import History, check_output_dir, write_run
 from securefl.fl.record import RoundRecord, RoundStatus
+from securefl.fl.secure_channel import in_config_text
 from securefl.protocols.secagg import assess_parameters
 
 Opt = typer.Option
@@ -111,7 +112,7 @@ def train(
     console = Console()
     federation = build_federation(run_config)
     if run_config.secagg is not None:
-        console.print(_collusion_bound(run_config, federation))
+        console.print(escape(render(_collusion_bound(run_config, federation))), highlight=False)
     if run_config.central_dp is not None and run_config.central_dp.distributed:
         console.print(_noise_shares(run_config, federation))
     history = _run_with_progress(run_config, federation, console)
@@ -160,7 +161,7 @@ def _collusion_bound(config: RunConfig, federation: Federation) -> str:
         if broken:
             return (
                 f"{head}not secure for c = {round_params.colluders_tolerated} colluding client(s) "
-                f"in a round of {round_params.num_clients} ({sizes}): {broken[0]}"
+                f"in a round of {round_params.num_clients} ({sizes}): {in_config_text(broken[0])}"
             )
     weakest = min(rounds, key=lambda p: p.colluders_tolerated)
     if params.active_adversary:

@@ -88,19 +88,37 @@ PARAMS_TO_CONFIG = {
     "threshold": "secagg.threshold",
     "neighbors": "secagg.neighbors",
     "max_colluders": "secagg.max_colluders",
+    "num_clients": "clients_per_round",
+    "active_adversary": "secagg.active_adversary",
+    "dropout_rate": "secagg.dropout_rate",
+    "input_bound": "secagg.clip",
 }
-""":class:`~securefl.protocols.secagg.SecAggParams` parameter -> the :class:`SecAggConfig` field
-path that sets it: ``protocols/`` knows no configuration and names its own parameters."""
+""":class:`~securefl.protocols.secagg.SecAggParams` parameter (and the dropout rate of its rules)
+-> the :class:`~securefl.config.RunConfig` field path that sets it: ``protocols/`` knows no
+configuration and names its own parameters.  ``input_bound`` is what ``secagg.clip`` bounds
+(each coordinate's bound is the clip times the largest client weight)."""
+
+COMPLETE_GRAPH = ("`neighbors` None", "drop `secagg.neighbors`")
+"""How the protocol names the complete graph, and how a run asks for it (no ``secagg.neighbors``)."""
+
+
+def in_config_text(message: str) -> str:
+    """``message`` (from :class:`~securefl.protocols.secagg.SecAggParams` or its rules) with each
+    backticked protocol parameter named by its field path, `` `bits` `` -> `` `secagg.bits` ``,
+    which the CLI shows as its flag; "`` `neighbors` `` None" becomes "drop `` `secagg.neighbors` ``"."""
+    message = message.replace(*COMPLETE_GRAPH)
+    for name, path in PARAMS_TO_CONFIG.items():
+        message = message.replace(f"`{name}`", f"`{path}`")
+    return message
 
 
 def in_config_terms(error: ConfigError) -> ConfigError:
-    """``error`` (from :class:`~securefl.protocols.secagg.SecAggParams` or its rules) with each
-    backticked protocol parameter named by its field path, `` `bits` `` -> `` `secagg.bits` ``,
-    which the CLI shows as its flag."""
-    message = str(error)
-    for name, path in PARAMS_TO_CONFIG.items():
-        message = message.replace(f"`{name}`", f"`{path}`")
-    return type(error)(message)
+    """``error`` with its message :func:`in_config_text`."""
+    return type(error)(in_config_text(str(error)))
+
+
+def _ignore(message: str) -> None:
+    """A probe's rule warnings: only whether the round runs matters."""
 
 
 class RingEncoding(Protocol):
@@ -176,6 +194,7 @@ class SecureAggregationChannel:
         self.verify_keys = dict(verify_keys) if verify_keys is not None else None
         self.clients_per_round = clients_per_round
         self.max_clients = max(max_clients or clients_per_round, clients_per_round)
+        self._warned: set[str] = set()  # shared by this channel's copies (with_verify_keys)
         if clients_per_round < 2:
             raise ConfigError(
                 f"secure aggregation needs at least 2 clients per round, got "
@@ -212,10 +231,13 @@ class SecureAggregationChannel:
         )
         return FixedPointCodec(bounds=bounds, level=level)
 
-    def params_for(self, num_clients: int, codec: FixedPointCodec | None) -> SecAggParams:
+    def params_for(
+        self, num_clients: int, codec: FixedPointCodec | None, *, quiet: bool = False
+    ) -> SecAggParams:
         """The protocol parameters of a round with ``num_clients`` clients, checked against the
         rules of ``choose_parameters`` at the configured dropout rate: refused against an active
-        server, a loud warning otherwise (``enforce_parameter_rules``).
+        server, a loud warning otherwise (``enforce_parameter_rules``; :meth:`warn_once`, none
+        when ``quiet``), both in the configuration's terms.
 
         ``codec=None``: the inputs are already ring elements and the sum is taken modulo
         ``2^bits``; the caller bounds the probability that it wraps (distributed DP)."""
@@ -229,10 +251,23 @@ class SecureAggregationChannel:
                 active_adversary=self.config.active_adversary,
                 max_colluders=self.config.max_colluders,
             )
-            enforce_parameter_rules(params, dropout_rate=self.config.dropout_rate)
+            enforce_parameter_rules(
+                params, dropout_rate=self.config.dropout_rate, warn=_ignore if quiet else self.warn_once
+            )
         except ConfigError as error:
             raise in_config_terms(error) from error
         return params
+
+    def warn_once(self, message: str) -> None:
+        """Warn (a :class:`UserWarning` and a logged warning) in the configuration's terms, once
+        per distinct message for this channel: every client and the server compute each round's
+        parameters, and a run's rounds share them."""
+        message = in_config_text(message)
+        if message in self._warned:
+            return
+        self._warned.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+        log.warning(message)
 
     def smallest_round(self, max_clients: int) -> int:
         """The fewest clients a round can start with and complete when nobody drops out.
@@ -269,16 +304,10 @@ class SecureAggregationChannel:
         """The parameters a round of ``num_clients`` would get, or ``None`` if it cannot run.
         Only the answer matters here: the passive-mode rule warnings are silenced for the probe
         (a round that runs still warns)."""
-        rules_log = logging.getLogger(enforce_parameter_rules.__module__)
-        was_disabled, rules_log.disabled = rules_log.disabled, True
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                return self.params_for(num_clients, self.codec_for(num_clients))
+            return self.params_for(num_clients, self.codec_for(num_clients), quiet=True)
         except ConfigError:
             return None
-        finally:
-            rules_log.disabled = was_disabled
 
     def with_verify_keys(self, verify_keys: Mapping[int, Ed25519PublicKey]) -> SecureAggregationChannel:
         """This channel with another directory of the clients' public signing keys."""

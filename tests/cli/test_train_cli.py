@@ -103,7 +103,7 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         (["--secagg", "--clients-per-round", "1"], "at least 2 clients per round"),
         (["--secagg-bits", "16"], "--secagg-bits given without --secagg"),
         (["--dropout-rate", "0.1"], "--dropout-rate given without --secagg"),
-        (["--secagg", "--secagg-colluders", "6"], "raise the threshold to at least 7"),
+        (["--secagg", "--secagg-colluders", "6"], "raise --secagg-threshold to at least 7"),
         (["--secagg", "--secagg-colluders", "-1"], "secagg colluders -1 < 0"),
         (["--secagg", "--active-adversary", "--dropout-rate", "0.3"], "refused against an active server"),
         (

@@ -154,11 +154,11 @@ def test_collusion_bound_and_signature_threshold_against_brute_force(n):
             assert active.colluders_tolerated == brute_force_colluders(n, t)
         for c in range(0, n - 1):
             if c >= t:
-                with pytest.raises(ConfigError, match=f"raise the threshold to at least {c + 1}"):
+                with pytest.raises(ConfigError, match=f"raise `threshold` to at least {c + 1}"):
                     SecAggParams(num_clients=n, threshold=t, active_adversary=True, max_colluders=c)
                 continue
             if 2 * t <= n + c:
-                with pytest.raises(ConfigError, match=f"threshold >= {(n + c) // 2 + 1}, not {t}"):
+                with pytest.raises(ConfigError, match=f"`threshold` >= {(n + c) // 2 + 1}, not {t}"):
                     SecAggParams(num_clients=n, threshold=t, active_adversary=True, max_colluders=c)
                 continue
             s = SecAggParams(
@@ -171,12 +171,12 @@ def test_collusion_bound_and_signature_threshold_against_brute_force(n):
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"num_clients": 7, "threshold": 4, "max_colluders": 4}, "raise the threshold to at least 5"),
-        ({"num_clients": 7, "threshold": 4, "max_colluders": 6}, "max_colluders 6 must be"),
-        ({"num_clients": 7, "threshold": 4, "max_colluders": -1}, "max_colluders -1 must be"),
+        ({"num_clients": 7, "threshold": 4, "max_colluders": 4}, "raise `threshold` to at least 5"),
+        ({"num_clients": 7, "threshold": 4, "max_colluders": 6}, "`max_colluders` 6 must be"),
+        ({"num_clients": 7, "threshold": 4, "max_colluders": -1}, "`max_colluders` -1 must be"),
         (
             {"num_clients": 12, "threshold": 3, "neighbors": 4, "active_adversary": True, "max_colluders": 1},
-            "use the complete graph",
+            "use the complete graph \\(`neighbors` None\\)",
         ),
     ],
 )

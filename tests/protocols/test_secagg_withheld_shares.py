@@ -98,7 +98,7 @@ def test_review_configurations_are_refused_in_active_mode(kwargs, colluders):
 def test_isolation_on_secagg_plus_fails_at_the_smallest_accepted_threshold():
     """n=20, k=6: active mode needs t >= 5; the target's holders outside its 4 dropped partners
     and itself are 2, fewer than t, so its self-mask seed stays hidden."""
-    with pytest.raises(ConfigError, match="threshold >= 5, not 4"):
+    with pytest.raises(ConfigError, match="`threshold` >= 5, not 4"):
         SecAggParams(num_clients=20, threshold=4, neighbors=6, active_adversary=True)
     params = SecAggParams(num_clients=20, threshold=5, neighbors=6, active_adversary=True)
     _, recovered = isolation_attack(params, label="isolate sparse")

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,96 +91,103 @@ class SecAggParams:
         n, t, k = self.num_clients, self.threshold, self.neighbors
         if not _is_int(n) or n < 2:
             raise ConfigError(
-                f"num_clients {n!r} must be an integer >= 2: secure aggregation needs at least two clients"
+                f"`num_clients` {n!r} must be an integer >= 2: secure aggregation needs at least two clients"
             )
         if not _is_int(self.bits) or not MIN_BITS <= self.bits <= MAX_BITS:
             raise ConfigError(
-                f"bits {self.bits!r} is outside {MIN_BITS}..{MAX_BITS}: choose a ring size in that "
+                f"`bits` {self.bits!r} is outside {MIN_BITS}..{MAX_BITS}: choose a ring size in that "
                 "range (e.g. `bits` 32)"
             )
         if k is not None:
             if not _is_int(k) or k < 2:
                 raise ConfigError(
-                    f"neighbors {k!r} must be an even integer >= 2 (or None for the complete graph)"
+                    f"`neighbors` {k!r} must be an even integer >= 2, or `neighbors` None for the "
+                    "complete graph"
                 )
             if k >= n:
                 raise ConfigError(
-                    f"neighbors {k} >= clients {n}: use fewer neighbours than "
-                    "clients, or neighbors=None for the complete graph"
+                    f"`neighbors` {k} >= `num_clients` {n}: use fewer neighbours than "
+                    "clients, or `neighbors` None for the complete graph"
                 )
             if k % 2:
                 raise ConfigError(
-                    f"neighbors {k} is odd: a Harary graph links k/2 peers on each "
-                    f"side, use {k + 1} or {k - 1}"
+                    f"`neighbors` {k} is odd: a Harary graph links k/2 peers on each "
+                    f"side, set `neighbors` to {k + 1} or {k - 1}"
                 )
         if not _is_int(t) or t < MIN_THRESHOLD:
             raise ConfigError(
-                f"threshold {t!r} must be an integer >= {MIN_THRESHOLD}: with "
-                "threshold 1 every share is the secret itself, so one share holder "
+                f"`threshold` {t!r} must be an integer >= {MIN_THRESHOLD}: with "
+                "a threshold of 1 every share is the secret itself, so one share holder "
                 "and the server could unmask a client"
             )
         if t > n:
-            raise ConfigError(f"threshold {t} > clients {n}: lower `threshold` or add clients")
+            raise ConfigError(
+                f"`threshold` {t} > `num_clients` {n}: lower `threshold` or raise `num_clients`"
+            )
         if k is not None and t > k + 1:
             raise ConfigError(
-                f"threshold {t} > neighbors + 1 = {k + 1} share holders per client:"
-                " lower the threshold or raise neighbors"
+                f"`threshold` {t} > {k + 1} share holders per client (`neighbors` {k} + 1):"
+                " lower `threshold` or raise `neighbors`"
             )
         if self.input_bound is not None:
             bound = self.input_bound
             if not _is_int(bound) or bound < 0:
-                raise ConfigError(f"input_bound {bound!r} must be a non-negative integer")
+                raise ConfigError(f"`input_bound` {bound!r} must be a non-negative integer")
             if n * bound >= 2**self.bits:
                 raise ConfigError(
-                    f"num_clients {n} * input_bound {bound} = {n * bound} >= 2^{self.bits}: the "
-                    "sum could wrap; raise bits, lower input_bound (clip harder) or use fewer "
-                    "clients per round"
+                    f"`num_clients` {n} * `input_bound` {bound} = {n * bound} >= 2^{self.bits}: the "
+                    "sum could wrap; raise `bits`, lower `input_bound` (clip harder) or lower "
+                    "`num_clients`"
                 )
         if not isinstance(self.active_adversary, bool):
-            raise ConfigError("active_adversary must be True or False")
+            raise ConfigError("`active_adversary` must be True or False")
         self._check_colluders()
 
     def _check_colluders(self) -> None:
         n, t, c = self.num_clients, self.threshold, self.max_colluders
         if c is not None and (not _is_int(c) or not 0 <= c <= n - 2):
             raise ConfigError(
-                f"max_colluders {c!r} must be an integer in [0, {n - 2}]: at least "
-                "two honest clients are needed for a sum to hide anything"
+                f"`max_colluders` {c!r} must be an integer in [0, {n - 2}] with `num_clients` {n}: at "
+                "least two honest clients are needed for a sum to hide anything"
             )
         if c is not None and self.complete_graph and t <= c:
             raise ConfigError(
-                f"threshold {t} <= max_colluders {c}: {c} colluding clients would hold enough "
-                f"shares to unmask an honest client; raise the threshold to at least {c + 1} "
-                "or lower max_colluders"
+                f"`threshold` {t} <= `max_colluders` {c}: {c} colluding clients would hold enough "
+                f"shares to unmask an honest client; raise `threshold` to at least {c + 1} "
+                "or lower `max_colluders`"
             )
         if not self.active_adversary:
             return
         if self.complete_graph and 2 * t <= n + (c or 0):
-            bound = f"n + max_colluders = {n} + {c}" if c is not None else f"n = {n} (no c >= 0 fits)"
+            bound = (
+                f"n + c = {n} + {c} (`num_clients` + `max_colluders`)"
+                if c is not None
+                else f"n = {n} `num_clients` (no c >= 0 fits)"
+            )
             raise ConfigError(
-                f"active_adversary needs 2 * threshold > {bound}, so threshold >= "
+                f"`active_adversary` needs 2 * threshold > {bound}, so `threshold` >= "
                 f"{(n + (c or 0)) // 2 + 1}, not {t}: the threshold must exceed half the share "
                 "holders plus the colluders, or a server that withholds shares from one client "
                 "and declares its partners dropped unmasks it alone (proof in "
-                "securefl.protocols.secagg); raise the threshold" + (" or lower max_colluders" if c else "")
+                "securefl.protocols.secagg); raise `threshold`" + (" or lower `max_colluders`" if c else "")
             )
         if self.complete_graph:
             return
         k = self.degree
         if c:
             raise ConfigError(
-                f"active_adversary with SecAgg+ (neighbors {k}) is secure only for "
-                f"max_colluders 0, not {c}: a colluder inside a band of clients the server "
+                f"`active_adversary` with SecAgg+ (`neighbors` {k}) is secure only for "
+                f"`max_colluders` 0, not {c}: a colluder inside a band of clients the server "
                 "declares dropped bridges the survivors' graph, which no client can detect; use "
-                "the complete graph (neighbors None), which tolerates c < 2t - n colluders"
+                "the complete graph (`neighbors` None), which tolerates c < 2t - n colluders"
             )
         if 2 * t <= k + 2:
             raise ConfigError(
-                f"active_adversary with SecAgg+ (neighbors {k}) needs 2 * threshold > k + 2, so "
-                f"threshold >= {k // 2 + 2}, not {t}: the threshold must exceed half of each "
+                f"`active_adversary` with SecAgg+ (`neighbors` {k}) needs 2 * threshold > k + 2, so "
+                f"`threshold` >= {k // 2 + 2}, not {t}: the threshold must exceed half of each "
                 f"client's {k + 1} share holders by more than one, or a server that withholds "
                 "shares unmasks one client, or a band of clients, alone (proof in "
-                "securefl.protocols.secagg); raise the threshold or lower neighbors"
+                "securefl.protocols.secagg); raise `threshold` or lower `neighbors`"
             )
 
     @property
@@ -421,21 +429,21 @@ def assess_parameters(
             f"connectivity: with dropout rate {dropout_rate} and {c} colluders, the survivors' "
             f"graph of degree {k} can be cut (bound n^2 (δ + c/n)^k = "
             f"{n * n * min(1.0, dropout_rate + c / n) ** k:.2g} > 2^-{security_bits}); raise "
-            "neighbors, lower the dropout rate or max_colluders"
+            "`neighbors`, lower `dropout_rate` or `max_colluders`"
         )
     if n * hypergeometric_tail_at_least(n - 1, c, k, t) > security:
         violated.append(
             f"share privacy: {c} colluders hold {t} of some client's {k + 1} shares with "
             f"probability up to {n * hypergeometric_tail_at_least(n - 1, c, k, t):.2g} > "
-            f"2^-{security_bits}; raise the threshold or neighbors, or lower max_colluders"
+            f"2^-{security_bits}; raise `threshold` or `neighbors`, or lower `max_colluders`"
         )
     unrecoverable = n * (1.0 - binomial_tail_at_least(k + 1, 1.0 - dropout_rate, t))
     if unrecoverable > correctness:
         violated.append(
-            f"correctness: with dropout rate {dropout_rate}, fewer than threshold {t} of some "
+            f"correctness: with dropout rate {dropout_rate}, fewer than `threshold` {t} of some "
             f"client's {k + 1} share holders survive with probability up to "
-            f"{unrecoverable:.2g} > 2^-{correctness_bits}; lower the threshold, raise neighbors "
-            "or lower the dropout rate"
+            f"{unrecoverable:.2g} > 2^-{correctness_bits}; lower `threshold`, raise `neighbors` "
+            "or lower `dropout_rate`"
         )
     if params.active_adversary:
         unsigned = 1.0 - binomial_tail_at_least(n, 1.0 - dropout_rate, params.signature_threshold)
@@ -443,18 +451,21 @@ def assess_parameters(
             violated.append(
                 f"correctness: with dropout rate {dropout_rate}, fewer than the "
                 f"{params.signature_threshold} survivor-set signatures needed for {c} colluders "
-                f"arrive with probability {unsigned:.2g} > 2^-{correctness_bits}; add clients, "
-                "lower max_colluders or lower the dropout rate"
+                f"arrive with probability {unsigned:.2g} > 2^-{correctness_bits}; raise `num_clients`, "
+                "lower `max_colluders` or lower `dropout_rate`"
             )
     return tuple(violated)
 
 
-def enforce_parameter_rules(params: SecAggParams, *, dropout_rate: float) -> tuple[str, ...]:
+def enforce_parameter_rules(
+    params: SecAggParams, *, dropout_rate: float, warn: Callable[[str], None] | None = None
+) -> tuple[str, ...]:
     """Refuse (active mode) or warn loudly about (passive mode) rules ``params`` break.
 
     Active mode raises :class:`ConfigError` listing every violated rule of
-    :func:`assess_parameters`; passive mode issues a :class:`UserWarning` and logs a warning per
-    rule.  Returns the violated rules.
+    :func:`assess_parameters`; passive mode calls ``warn`` with a message per rule -- by default
+    it issues a :class:`UserWarning` and logs a warning; a caller that names the parameters
+    otherwise, or warns once per message, passes its own.  Returns the violated rules.
     """
     violated = assess_parameters(params, dropout_rate=dropout_rate)
     if violated and params.active_adversary:
@@ -463,6 +474,9 @@ def enforce_parameter_rules(params: SecAggParams, *, dropout_rate: float) -> tup
         )
     for rule in violated:
         message = f"secure-aggregation parameters break a rule of choose_parameters: {rule}"
+        if warn is not None:
+            warn(message)
+            continue
         warnings.warn(message, UserWarning, stacklevel=2)
         logger.warning(message)
     return violated
@@ -470,7 +484,7 @@ def enforce_parameter_rules(params: SecAggParams, *, dropout_rate: float) -> tup
 
 def _check_rate(name: str, rate: object) -> None:
     if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
-        raise ConfigError(f"{name} {rate!r} must be in [0, 1)")
+        raise ConfigError(f"`{name}` {rate!r} must be in [0, 1)")
 
 
 def choose_parameters(
@@ -516,11 +530,11 @@ def choose_parameters(
     """
     n = num_clients
     if not _is_int(n) or n < 2:
-        raise ConfigError(f"num_clients {n!r} must be an integer >= 2")
+        raise ConfigError(f"`num_clients` {n!r} must be an integer >= 2")
     _check_rate("dropout_rate", dropout_rate)
     _check_rate("corruption_rate", corruption_rate)
     if dropout_rate + corruption_rate >= 1.0:
-        raise ConfigError("dropout_rate + corruption_rate must be below 1: no honest survivors")
+        raise ConfigError("`dropout_rate` + `corruption_rate` must be below 1: no honest survivors")
     security = 2.0**-security_bits
     corrupted = math.ceil(corruption_rate * n)
     sparse_allowed = not (active_adversary and corrupted > 0)
