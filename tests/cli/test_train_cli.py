@@ -158,6 +158,29 @@ def test_invalid_toml_exits_2(tmp_path, capsys, text):
     assert "not valid TOML" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('dp = "false"', "--dp must be true or false, not 'false'"),
+        ('dp = "no"', "--dp must be true or false, not 'no'"),
+        ('[secagg]\nenabled = "false"', "--secagg (`enabled` in its table) must be true or false"),
+        (
+            "[dp]\nbogus = 1",
+            "unknown key 'bogus' in the [dp] table: valid keys are enabled, noise-multiplier",
+        ),
+        ('clients = "3"', "--clients must be an integer, not '3'"),
+        ("batch-size = 2.5", "--batch-size must be an integer (or left out), not 2.5"),
+    ],
+)
+def test_toml_values_of_the_wrong_kind_exit_2(tmp_path, capsys, text, fragment):
+    path = tmp_path / "run.toml"
+    path.write_text(text + "\n")
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert fragment in " ".join(err.split()) and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_missing_toml_exits_2(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "nope.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
