@@ -35,6 +35,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from securefl.errors import ConfigError
+from securefl.validation import require as _require
+from securefl.validation import require_at_least as _require_at_least
+from securefl.validation import require_at_most as _require_at_most
+from securefl.validation import require_finite as _require_finite
+from securefl.validation import require_non_negative as _require_non_negative
+from securefl.validation import require_positive as _require_positive
 
 if TYPE_CHECKING:
     from securefl.data import TrainingDefaults
@@ -42,36 +48,6 @@ if TYPE_CHECKING:
 ALGORITHMS = ("fedavg", "fedsgd")
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 CLIENT_SAMPLING = ("fixed", "poisson")
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _require_finite(value: float, what: str, remedy: str) -> None:
-    """Refuse NaN and ±inf before any comparison (``nan < 0`` and ``inf > 0`` would mislead)."""
-    _require(math.isfinite(value), f"{what} {value} is not a finite number: {remedy}")
-
-
-def _require_positive(value: float, what: str, path: str) -> None:
-    remedy = f"use a positive `{path}`"
-    _require_finite(value, what, remedy)
-    _require(value > 0, f"{what} {value} <= 0: {remedy}")
-
-
-def _require_non_negative(value: float, what: str, path: str) -> None:
-    remedy = f"use `{path}` 0 or more"
-    _require_finite(value, what, remedy)
-    _require(value >= 0, f"{what} {value} < 0: {remedy}")
-
-
-def _require_at_least(value: int, least: int, what: str, path: str) -> None:
-    _require(value >= least, f"{what} {value} < {least}: use `{path}` {least} or more")
-
-
-def _require_at_most(value: float, most: float, what: str, path: str) -> None:
-    _require(value <= most, f"{what} {value:g} > {most:g}: use a smaller `{path}`")
 
 
 @dataclass(frozen=True)
