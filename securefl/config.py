@@ -216,8 +216,11 @@ def _training_defaults(dataset: str, model: str) -> TrainingDefaults:
 # RunConfig's fields that hold the user's training choice, ``None`` for the data set's default.
 _TRAINING_FIELDS = ("lr", "momentum", "batch_size", "local_epochs")
 
-SEED_LIMIT = 2**63
-"""Seeds are in ``[0, SEED_LIMIT)``: torch's generators take a signed 64-bit seed."""
+INT_LIMIT = 2**63
+"""Every integer setting is below this: torch's generators take a signed 64-bit seed, and the round
+messages carry the training settings as signed 64-bit integers."""
+THREADS_LIMIT = 2**31
+"""``threads`` is below this: torch takes a C ``int``."""
 FLOAT32_MAX = 3.4028234663852886e38
 """The largest learning rate or weight decay: SGD applies them in the model's float32."""
 
@@ -309,8 +312,11 @@ class RunConfig:
         _require_at_most(self.weight_decay, FLOAT32_MAX, "weight decay", "weight_decay")
         _require_positive(self.alpha, "alpha (the Dirichlet concentration, smaller = more skew)", "alpha")
         _require_at_least(self.seed, 0, "seed", "seed")
-        _require(self.seed < SEED_LIMIT, f"seed {self.seed} >= 2**63: use a `seed` below {SEED_LIMIT}")
         _require_at_least(self.threads, 1, "threads", "threads")
+        _require(
+            self.threads < THREADS_LIMIT,
+            f"threads {self.threads} >= 2**31: use a `threads` below {THREADS_LIMIT}",
+        )
         _require(
             self.dp is None or self.algorithm != "fedsgd",
             "`dp` trains with Poisson-sampled mini-batches (DP-SGD); it does not combine with "
@@ -536,6 +542,9 @@ def _check_types(config: object) -> None:
         value = getattr(config, name)
         if not _accepts(value, annotation):
             raise ConfigError(f"`{prefix}{name}` must be {_describe(annotation)}, not {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= INT_LIMIT:
+            path = prefix + name
+            raise ConfigError(f"`{path}` {value} >= 2**63: use a `{path}` below {INT_LIMIT}")
 
 
 _INIT_TYPES: dict[type, dict[str, Any]] = {}

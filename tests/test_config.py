@@ -288,6 +288,10 @@ def test_a_path_data_dir_is_stored_as_text_and_written(tmp_path):
         ({"dataset": 3}, "`dataset` must be a string, not 3"),
         ({"dp": True}, "`dp` must be a DPConfig (or left out), not True"),
         ({"seed": 2**63}, "use a `seed` below 9223372036854775808"),
+        ({"local_epochs": 10**20}, "`local_epochs` 100000000000000000000 >= 2**63"),
+        ({"batch_size": 2**63}, "use a `batch_size` below 9223372036854775808"),
+        ({"lr": 10**400}, "`lr` 1000"),  # an int too large for a float: refused, not OverflowError
+        ({"threads": 2**31}, "threads 2147483648 >= 2**31: use a `threads` below 2147483648"),
         ({"lr": 1e308}, "learning rate 1e+308 > 3.40282e+38: use a smaller `lr`"),
         ({"weight_decay": 1e39}, "weight decay 1e+39 > 3.40282e+38: use a smaller `weight_decay`"),
     ],
@@ -313,7 +317,7 @@ def test_sections_check_types_naming_the_field_path(kind, values, fragment):
 
 
 def test_the_largest_seed_and_learning_rate_are_accepted():
-    assert RunConfig(seed=2**63 - 1, lr=3.4e38).seed == 2**63 - 1
+    assert RunConfig(seed=2**63 - 1, lr=3.4e38, threads=2**31 - 1).seed == 2**63 - 1
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,8 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         (["--weight-decay", "1e39"], "use a smaller --weight-decay"),
         (["--seed", "99999999999999999999999"], ">= 2**63: use a --seed below 9223372036854775808"),
         (["--seed", "-1"], "seed -1 < 0: use --seed 0 or more"),
+        (["--threads", "99999999999999999999"], "use a --threads below"),
+        (["--local-epochs", "99999999999999999999"], "use a --local-epochs below 9223372036854775808"),
         (["--dataset", "mnist"], "--data-dir"),
         (["--dataset", "boston", "--model", "cnn"], "--model mlp"),
         (["--secagg", "--secagg-threshold", "11"], "threshold 11 > clients per round 10"),
