@@ -57,6 +57,7 @@ from securefl.fl.vectors import to_vector
 from securefl.privacy.central import ClipUpdate
 from securefl.privacy.distributed import DistributedDPChannel
 from securefl.privacy.dp_client import DPSGDTrainer
+from securefl.validation import require_non_negative, require_positive
 
 DEFAULT_DP_DELTA = 1e-5
 SECAGG_BITS = 48
@@ -357,7 +358,8 @@ class DistributedDPDefence(Defence):
     clients: int = 16
 
     def __post_init__(self) -> None:
-        _check_non_negative("noise_multiplier", self.noise_multiplier)
+        # distributed DP's noise is its point: each client's Skellam share needs z > 0
+        _check_positive("noise_multiplier", self.noise_multiplier)
         _check_positive("max_grad_norm", self.max_grad_norm)
         _check_clients(self.clients)
 
@@ -481,15 +483,11 @@ def aggregate_observation(
 
 
 def _check_positive(parameter: str, value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(
-            f"`{parameter}` {value} is not a positive finite number: use e.g. `{parameter}` 1.0"
-        )
+    require_positive(value, f"`{parameter}`", parameter)
 
 
 def _check_non_negative(parameter: str, value: float) -> None:
-    if not (value >= 0 and math.isfinite(value)):
-        raise ConfigError(f"`{parameter}` {value} is not a finite number >= 0: use `{parameter}` 0 or more")
+    require_non_negative(value, f"`{parameter}`", parameter)
 
 
 def _check_fraction(parameter: str, value: float) -> None:

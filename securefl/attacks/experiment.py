@@ -144,7 +144,12 @@ def check_seed(seed: int) -> None:
 def prepare(config: ExperimentConfig, *, dataset: Dataset | None = None) -> Prepared:
     """Check every input (raising :class:`ConfigError`) and choose the victims; no attack runs."""
     if config.attack not in ATTACKS:
-        raise ConfigError(f"unknown attack {config.attack!r}: choose one of {', '.join(ATTACKS)}")
+        from securefl.attacks.malicious import MALICIOUS_ATTACKS  # it imports this module
+
+        raise ConfigError(
+            f"unknown attack {config.attack!r}: choose one of {', '.join(ATTACKS)} (gradient inversion) "
+            f"or {', '.join(MALICIOUS_ATTACKS)} (a malicious server)"
+        )
     if config.model not in MODELS:
         raise ConfigError(f"unknown model {config.model!r}: choose one of {', '.join(MODELS)}")
     if config.server_init not in SERVER_INITS:

@@ -206,7 +206,7 @@ def prepare_malicious(config: MaliciousConfig, *, dataset: Dataset | None = None
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
         raise ConfigError(f"`learning_rate` {config.learning_rate} must be positive")
     if config.secagg and config.clients < 2:
-        raise ConfigError("`secagg` needs `clients` 2 or more")
+        raise ConfigError("secure aggregation needs `clients` 2 or more: one client's sum is its update")
     if not config.secagg and config.clients != 1:
         raise ConfigError("without `secagg` the server observes one client's update: use `clients` 1")
     if config.attack == "inconsistency" and not config.secagg:

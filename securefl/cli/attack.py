@@ -50,6 +50,7 @@ from securefl.attacks.report import (
 )
 from securefl.errors import ConfigError
 from securefl.fl.history import check_output_dir
+from securefl.validation import require_at_least
 
 Opt = typer.Option
 
@@ -368,8 +369,8 @@ def _execute(
 ) -> None:
     """Validate everything, run with a progress bar, write the files, print the table."""
     out_dir = out or Path("runs") / dt.datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S")
-    _check_threads(threads)
     try:
+        require_at_least(threads, 1, "`threads`", "threads")  # the same check as RunConfig's
         check_output_dir(out_dir, overwrite=overwrite)
         prepared = prepare_with(config)
     except ConfigError as error:  # the library names its parameters (`images`), here flags
@@ -433,11 +434,6 @@ def _refuse_flags(attack: str, given: dict[str, object]) -> None:
     if stray:
         verb, pronoun = ("does", "it") if len(stray) == 1 else ("do", "them")
         raise ConfigError(f"{', '.join(stray)} {verb} not apply to --attack {attack}: leave {pronoun} out")
-
-
-def _check_threads(threads: int) -> None:
-    if threads < 1:
-        raise ConfigError(f"--threads {threads} < 1")
 
 
 class _progress_bar:

@@ -238,12 +238,17 @@ def test_the_registry_is_the_command_lines_vocabulary_and_defences_are_frozen():
 @pytest.mark.parametrize(
     ("kind", "knobs", "message"),
     [
-        (ClipDefence, {"max_grad_norm": 0.0}, "`max_grad_norm` 0.0 is not a positive finite number"),
-        (DPSGDDefence, {"max_grad_norm": math.inf}, "`max_grad_norm` inf is not a positive finite number"),
-        (DistributedDPDefence, {"max_grad_norm": -1.0}, "`max_grad_norm` -1.0 is not a positive"),
-        (DPSGDDefence, {"noise_multiplier": -0.5}, "`noise_multiplier` -0.5 is not a finite number >= 0"),
+        (ClipDefence, {"max_grad_norm": 0.0}, "`max_grad_norm` 0.0 <= 0: use a positive `max_grad_norm`"),
+        (DPSGDDefence, {"max_grad_norm": math.inf}, "`max_grad_norm` inf is not a finite number"),
+        (DistributedDPDefence, {"max_grad_norm": -1.0}, "`max_grad_norm` -1.0 <= 0"),
+        (
+            DPSGDDefence,
+            {"noise_multiplier": -0.5},
+            "`noise_multiplier` -0.5 < 0: use `noise_multiplier` 0 or more",
+        ),
         (DistributedDPDefence, {"noise_multiplier": math.nan}, "`noise_multiplier` nan is not a finite"),
-        (NoiseDefence, {"noise_std": math.inf}, "`noise_std` inf is not a finite number >= 0"),
+        (DistributedDPDefence, {"noise_multiplier": 0.0}, "`noise_multiplier` 0.0 <= 0: use a positive"),
+        (NoiseDefence, {"noise_std": math.inf}, "`noise_std` inf is not a finite number"),
         (PruneDefence, {"prune_ratio": 1.0}, r"`prune_ratio` 1.0 outside \[0, 1\)"),
         (PruneDefence, {"prune_ratio": -0.1}, r"`prune_ratio` -0.1 outside \[0, 1\)"),
         (SecAggDefence, {"clients": 1}, "`clients` 2 or more"),

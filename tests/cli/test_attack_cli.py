@@ -93,8 +93,16 @@ def test_compare_writes_one_row_per_defence(tmp_path, capsys):
         (["--dataset", "boston"], "not an image classification set"),
         (["--dataset", "cifar10"], "cifar10"),
         (["--defence", "secagg", "--clients", "1"], "--clients 2 or more"),
-        (["--defence", "dp", "--max-grad-norm", "0"], "--max-grad-norm 0.0 is not a positive finite number"),
-        (["--defence", "noise", "--noise-std", "-1"], "--noise-std -1.0 is not a finite number >= 0"),
+        (
+            ["--defence", "dp", "--max-grad-norm", "0"],
+            "--max-grad-norm 0.0 <= 0: use a positive --max-grad-norm",
+        ),
+        (["--defence", "noise", "--noise-std", "-1"], "--noise-std -1.0 < 0"),
+        (
+            ["--defence", "distributed-dp", "--noise-multiplier", "0"],
+            "--noise-multiplier 0.0 <= 0: use a positive --noise-multiplier",
+        ),
+        (["--attack", "nope"], "dlg, idlg, ig (gradient inversion) or imprint, inconsistency"),
         (["--defence", "prune", "--prune-ratio", "1"], "--prune-ratio 1.0 outside [0, 1)"),
         (["--lr", "0"], "--lr 0"),
         (["--server-init", "zeros"], "unknown server init"),
@@ -115,6 +123,13 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, a
 def test_compare_bad_input_and_existing_output_exit_2(tmp_path, capsys):
     assert main(["attack", "compare", "--attack", "dlg", "--model", "mlp", "--out", str(tmp_path / "x")]) == 2
     assert "twice-differentiable" in " ".join(capsys.readouterr().err.split())
+    # compare has no --defence: its secure-aggregation rows need two clients, said as such
+    assert (
+        main(["attack", "compare", "--attack", "imprint", "--clients", "1", "--out", str(tmp_path / "y")])
+        == 2
+    )
+    error = " ".join(capsys.readouterr().err.split())
+    assert "secure aggregation needs --clients 2 or more" in error and "--defence" not in error
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
