@@ -19,7 +19,7 @@ and round, on the client side (:meth:`DistributedDPChannel.encode`):
    threshold and ``c`` the clients that may collude with the server (the protocol's
    :attr:`~securefl.protocols.secagg.SecAggParams.colluders_tolerated`, ``secagg.max_colluders``);
 5. reduce modulo ``2^bits`` and hand the vector to the secure-aggregation protocol
-   (:meth:`~securefl.fl.secure_channel.SecureAggregationChannel.run_protocol`, the same run as
+   (the halves of :class:`~securefl.fl.secure_channel.SecureAggregationChannel`, the same run as
    plain secure aggregation).
 
 The server side gets the protocol's sum, maps it to signed integers, divides by ``s``, un-rotates
@@ -321,7 +321,8 @@ NOTHING_RELEASED = Release(released=False, survivors=0, colluders=0, variance=0.
 class DistributedDPChannel:
     """Secure aggregation of clipped updates that each client noises with its Skellam share.
 
-    Implements :class:`~securefl.fl.types.AggregationChannel`; ``secure`` runs the protocol.
+    Implements :class:`~securefl.fl.types.SignedAggregation` (an
+    :class:`~securefl.fl.types.Aggregation` whose client halves sign); ``secure`` runs the protocol.
     After each call :meth:`take_release` says what the round's sum carried (survivors, noise
     variance), for :class:`DistributedDPServerUpdate` to account.
     """
