@@ -340,7 +340,8 @@ def run_simulation(
 
     ``on_round`` is called with each round's record as soon as it is complete (progress bars).
     A round whose model or test loss is NaN or infinite stops the run: the history keeps the
-    rounds before it and that round, and says why in :attr:`History.diverged`.
+    rounds before it and that round, says why in :attr:`History.diverged`, and its model is the
+    last finite one (the model that round started from).
     """
     torch.set_num_threads(config.threads)
     fed = federation or build_federation(config)
@@ -354,6 +355,7 @@ def run_simulation(
         partition=partition_stats(fed.parts, fed.dataset.train_y, num_classes=fed.dataset.num_outputs),
     )
     client_accountants = _client_accountants(fed.trainers)
+    final = server.params
     for round_index in range(1, config.rounds + 1):
         if not server.eligible:
             history.stopped_early = (
@@ -362,6 +364,7 @@ def run_simulation(
             log.info(history.stopped_early)
             break
         started = time.perf_counter()
+        before = server.params
         traffic = transport.run_round(server, clients)
         record = server.records[-1]
         model_bytes = server.params.numel() * server.params.element_size()
@@ -379,9 +382,11 @@ def run_simulation(
             on_round(record)
         if record.status is RoundStatus.DIVERGED:
             history.diverged = _divergence_message(record, config)
-            log.warning(history.diverged)
+            log.info(history.diverged)
+            final = before  # the last finite model: the one the diverged round started from
             break
-    load_vector(fed.eval_model.parameters(), server.params)
+        final = server.params
+    load_vector(fed.eval_model.parameters(), final)
     history.model = fed.eval_model
     accountants = [*client_accountants, *server.accountants]
     if accountants:

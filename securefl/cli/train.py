@@ -131,7 +131,9 @@ def train(
         console.print(f"[yellow]stopped early:[/] {history.stopped_early}")
     console.print(f"results written to [bold]{out_dir}[/]")
     if history.diverged:  # the rounds before are kept, the run directory says "diverged"
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(render(history.diverged))}", highlight=False)
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {escape(render(history.diverged))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(code=2)
 
 

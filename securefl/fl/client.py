@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from securefl.defences.consistency import model_context
-from securefl.errors import DecodeError, NonFiniteUpdateError, ProtocolError
+from securefl.errors import DecodeError, NonFiniteUpdateError, ProtocolError, RemoteProtocolError
 from securefl.fl.codec import decode, encode
 from securefl.fl.messages import AggregationMessage, Availability, Decline, DeclineReason, TrainRequest
 from securefl.fl.types import AggregationClient, ClientShard, ClientTrainer, UpdateTransform
@@ -52,7 +52,9 @@ class FederatedClient:
         self.aggregation = aggregation
         self.architecture = architecture
         self.generator_for = generator_for
+        self._num_params = sum(p.numel() for p in architecture.parameters())
         self._round: int | None = None
+        self._last_round: int | None = None
 
     def join(self) -> bytes:
         """The message that enrols this client: whether it can train."""
@@ -93,6 +95,12 @@ class FederatedClient:
                 ),
                 encode(Availability(self.client_id, False)),
             ]
+        try:
+            self._check(request)
+        except ProtocolError as error:  # refused before training: it costs the client nothing
+            log.warning("client %d refuses round %d: %s", self.client_id, round_index, error)
+            return [encode(Decline(round_index, self.client_id, DeclineReason.REFUSED, str(error)))]
+        self._last_round = round_index
         context = model_context(
             model=self.architecture, settings=request.settings_dict, params=request.params
         )
@@ -120,3 +128,20 @@ class FederatedClient:
         if not self.trainer.can_train(self.client_id):
             replies.append(encode(Availability(self.client_id, False)))
         return replies
+
+    def _check(self, request: TrainRequest) -> None:
+        """What a client refuses before it trains: a model of another size than its pinned
+        architecture, a round not after the last one it trained (a replay: DP-SGD would record
+        that round twice), and a setup its aggregation half refuses."""
+        expected = self._num_params
+        if request.params.numel() != expected:
+            raise RemoteProtocolError(
+                f"the model has {request.params.numel()} parameters, this client's architecture "
+                f"{expected}: refused"
+            )
+        if self._last_round is not None and request.round_index <= self._last_round:
+            raise RemoteProtocolError(
+                f"round {request.round_index} is not after round {self._last_round}, which this "
+                "client already trained: refused"
+            )
+        self.aggregation.check_setup(round_index=request.round_index, setup=request.aggregation)

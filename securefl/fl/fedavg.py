@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from securefl.errors import RemoteProtocolError, RoundAbortedError
+from securefl.errors import NonFiniteUpdateError, RemoteProtocolError, RoundAbortedError
 from securefl.fl.codec import decode, encode
 from securefl.fl.messages import PlainContribution
 from securefl.fl.turns import aggregate_in_process
@@ -116,11 +116,22 @@ class PlainSum:
 class PlainSumClient:
     """A client's half of a plain sum: it sends its contribution in clear, once."""
 
+    def check_setup(self, *, round_index: int, setup: bytes) -> None:
+        if setup:
+            raise RemoteProtocolError("a plain sum has no setup: refused")
+
     def start(
         self, contribution: Contribution, *, round_index: int, setup: bytes, context: bytes
     ) -> list[bytes]:
-        if setup:
-            raise RemoteProtocolError("a plain sum has no setup: refused")
+        """The contribution in clear; :class:`~securefl.errors.NonFiniteUpdateError` for a NaN or
+        infinite update (the client declines the round, as under secure aggregation, instead of
+        turning the global model into NaN)."""
+        self.check_setup(round_index=round_index, setup=setup)
+        if not bool(torch.isfinite(contribution.weighted_delta).all()):
+            raise NonFiniteUpdateError(
+                "the update holds NaN or inf entries: the client's training diverged (lower `lr`); "
+                "it sends nothing this round"
+            )
         message = PlainContribution(
             weighted_delta=contribution.weighted_delta.to(torch.float32),
             weight=contribution.weight,
@@ -157,6 +168,10 @@ class PlainSumRound:
         message = decode(payload)
         if not isinstance(message, PlainContribution):
             raise RemoteProtocolError(f"a plain sum expects contributions, got a {type(message).__name__}")
+        if not bool(torch.isfinite(message.weighted_delta).all()):
+            raise RemoteProtocolError(f"client {client_id} sent NaN or infinite entries: refused")
+        if message.weight == 0 and bool(message.weighted_delta.any()):
+            raise RemoteProtocolError(f"client {client_id} sent an update with weight 0: refused")
         length = message.weighted_delta.numel()
         if self.vector_length is None:
             self.vector_length = length

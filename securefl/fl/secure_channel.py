@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import warnings
@@ -130,6 +131,11 @@ class RingEncoding(Protocol):
 
     @property
     def vector_length(self) -> int: ...
+
+    @property
+    def round_sizes(self) -> frozenset[int]:
+        """The round sizes the configuration can produce; a client refuses any other."""
+        ...
 
     def round_parameters(self, num_clients: int) -> SecAggParams:
         """The protocol parameters of a round of ``num_clients``; :class:`RoundAbortedError` when
@@ -299,6 +305,13 @@ class SecureAggregationChannel:
             assert params is not None  # smallest_round: every size from it up runs
             rounds.append(params)
         return rounds
+
+    @functools.cached_property
+    def round_sizes(self) -> frozenset[int]:
+        """The sizes a round of this configuration can have (:meth:`round_params`): exactly the
+        planned one under fixed-size sampling, every runnable size under Poisson sampling.  A
+        client refuses any other."""
+        return frozenset(params.num_clients for params in self.round_params())
 
     def probe_params(self, num_clients: int) -> SecAggParams | None:
         """The parameters a round of ``num_clients`` would get, or ``None`` if it cannot run.
@@ -594,26 +607,47 @@ class SecureAggregationClient:
         self._protocol: ClientProtocol | None = None
         self.declined_non_finite = 0
 
-    def start(
-        self, contribution: Contribution, *, round_index: int, setup: bytes, context: bytes
-    ) -> list[bytes]:
-        self._protocol = None
+    def check_setup(self, *, round_index: int, setup: bytes) -> tuple[RoundSetup, SecAggParams]:
+        """The announced round and the parameters this client computes for it from the public
+        configuration, before it trains; :class:`RemoteProtocolError` for a setup it refuses: one
+        for another round or a round id it has seen, one that does not list it, a round size the
+        configuration cannot produce (a server shrinking the round to isolate a client lowers the
+        threshold), a participant without a known signing key (active mode), another vector length."""
         announced = decode_setup(setup)
         if announced.round_id != round_index:
             raise RemoteProtocolError(
                 f"the setup is for round {announced.round_id}, the model for round {round_index}: refused"
             )
+        if round_index in self.guard.seen:
+            raise RemoteProtocolError(f"client {self.client_id} has seen round id {round_index}: refused")
         if self.client_id not in announced.participants:
             raise RemoteProtocolError(
                 f"the setup of round {round_index} does not list client {self.client_id}: refused"
             )
-        # The parameters come from the public configuration, never from the server.
-        params = self.encoding.round_parameters(len(announced.participants))
+        size = len(announced.participants)
+        allowed = self.encoding.round_sizes
+        if size not in allowed:
+            raise RemoteProtocolError(
+                f"the setup of round {round_index} lists {size} clients; the configuration's rounds have "
+                f"{_sizes(allowed)}: refused (a smaller round has a lower threshold)"
+            )
+        if self._verify_keys is not None and set(announced.participants) - set(self._verify_keys):
+            raise RemoteProtocolError(
+                f"the setup of round {round_index} lists clients without an enrolled signing key: refused"
+            )
         if announced.vector_length != self.encoding.vector_length:
             raise RemoteProtocolError(
                 f"the setup announces vectors of {announced.vector_length} values, this channel "
                 f"sends {self.encoding.vector_length}: refused"
             )
+        # The parameters come from the public configuration, never from the server.
+        return announced, self.encoding.round_parameters(size)
+
+    def start(
+        self, contribution: Contribution, *, round_index: int, setup: bytes, context: bytes
+    ) -> list[bytes]:
+        self._protocol = None
+        announced, params = self.check_setup(round_index=round_index, setup=setup)
         try:
             vector = self.encoding.encode_input(contribution, params=params, round_index=round_index)
         except NonFiniteUpdateError:
@@ -637,3 +671,8 @@ class SecureAggregationClient:
         if self._protocol is None:
             raise RemoteProtocolError(f"client {self.client_id} is in no secure-aggregation round: refused")
         return [encode(message) for message in self._protocol.receive(decode(payload))]
+
+
+def _sizes(allowed: frozenset[int]) -> str:
+    low, high = min(allowed), max(allowed)
+    return f"{low} clients" if low == high else f"{low} to {high} clients"

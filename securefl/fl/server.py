@@ -32,7 +32,14 @@ from torch import nn
 from securefl.defences.consistency import model_context
 from securefl.errors import DecodeError, RemoteProtocolError, RoundAbortedError
 from securefl.fl.codec import decode, encode
-from securefl.fl.messages import AggregationMessage, Availability, Decline, Setting, TrainRequest
+from securefl.fl.messages import (
+    AggregationMessage,
+    Availability,
+    Decline,
+    DeclineReason,
+    Setting,
+    TrainRequest,
+)
 from securefl.fl.record import Evaluation, RoundRecord, RoundStatus
 from securefl.fl.types import Aggregate, Aggregation, AggregationRound, PrivacyAccounting, ServerUpdate
 
@@ -118,6 +125,7 @@ class FederatedServer:
                 case Decline():
                     self._current(message.round_index, client_id)
                     self._declined[message.reason.value] += 1
+                    self._dropped.add(client_id)  # binding: nothing more from it this round
                     log.info(
                         "client %d declines round %d: %s", client_id, message.round_index, message.detail
                     )
@@ -206,7 +214,9 @@ class FederatedServer:
         if self.train_loss_reported and aggregate.weight_sum > 0:
             train_loss = aggregate.train_loss_sum / aggregate.weight_sum
         divergence = None
-        if not bool(torch.isfinite(self.params).all()):
+        if self._declined.get(DeclineReason.NON_FINITE_UPDATE.value, 0) == len(self._participants) > 0:
+            divergence = "every sampled client's update was NaN or infinite (their training diverged)"
+        elif not bool(torch.isfinite(self.params).all()):
             divergence = "the global model's weights became NaN or infinite"
         elif not evaluation.finite:
             divergence = "the test loss became NaN or infinite"

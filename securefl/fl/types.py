@@ -147,6 +147,11 @@ class AggregationRound(Protocol):
 class AggregationClient(Protocol):
     """The client half of an aggregation: one per client, kept across its rounds."""
 
+    def check_setup(self, *, round_index: int, setup: bytes) -> object:
+        """Refuse (:class:`~securefl.errors.ProtocolError`) a setup this client would not join,
+        before it trains: a refused round must cost it nothing, privacy budget included."""
+        ...
+
     def start(
         self, contribution: Contribution, *, round_index: int, setup: bytes, context: bytes
     ) -> list[bytes]:

@@ -431,6 +431,11 @@ class DistributedDPChannel:
         """The rotated update, zero-padded to a power of two."""
         return self.padded
 
+    @property
+    def round_sizes(self) -> frozenset[int]:
+        """The round sizes of the secure channel's configuration."""
+        return self.secure.round_sizes
+
     def round_parameters(self, num_clients: int) -> SecAggParams:
         """The protocol parameters of a round of ``num_clients`` (inputs are ring elements
         already: no fixed-point codec); :class:`RoundAbortedError` when it cannot run."""

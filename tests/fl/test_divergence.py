@@ -43,6 +43,13 @@ def test_a_non_finite_model_stops_the_run_at_that_round_and_keeps_the_rounds_bef
     assert history.status == "diverged"
     assert "round 3" in history.diverged and "weights became NaN" in history.diverged
     assert "`lr`" in history.diverged  # what to try, in the library's own terms
+    # The model kept is the last finite one: the model after round 2, which round 3 started from.
+    kept = torch.cat([p.detach().reshape(-1) for p in history.model.parameters()])
+    assert bool(torch.isfinite(kept).all())
+    two_rounds = dataclasses.replace(build_federation(config), server_update=_PoisonedFrom(99))
+    reference = run_simulation(dataclasses.replace(config, rounds=2), federation=two_rounds)
+    expected = torch.cat([p.detach().reshape(-1) for p in reference.model.parameters()])
+    assert torch.equal(kept, expected)
 
 
 def test_a_finite_run_is_finished():
@@ -60,6 +67,7 @@ def test_the_cli_exits_2_with_one_line_and_marks_the_run_as_diverged(tmp_path, c
     assert code == 2
     err = capsys.readouterr().err
     assert "diverged in round 1" in err and "--lr" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
     assert json.loads((out / "status.json").read_text())["status"] == "diverged"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["status"] for row in rows] == ["diverged"]

@@ -2,14 +2,16 @@
 object graph of real federations (issue 10: "nothing on the server side can import or reach a
 client object").
 
-The object-graph walk follows what an object holds (attributes, slots, container items, closure
-cells, bound ``self``), never module globals: what the server could reach by import is covered by
-the import-graph test.
+The object-graph walk follows what an object holds (the garbage collector's referents: attributes,
+slots, containers, closures, bound ``self``), never module globals or classes: what the server could
+reach by import is covered by the import-graph test.  Tensors are compared by storage, so a view of
+training data counts as training data.
 """
 
 from __future__ import annotations
 
 import ast
+import gc
 import types
 from pathlib import Path
 
@@ -91,11 +93,12 @@ def test_the_import_walk_sees_a_known_import() -> None:
 # ---- the object graph -----------------------------------------------------------------------
 
 ATOMS = (str, bytes, bytearray, int, float, complex, bool, type(None), torch.dtype, torch.device)
-OPAQUE = (type, types.ModuleType, torch.Tensor, torch.Generator)
 
 
 def _reachable(root: object) -> list[object]:
-    """Every object ``root`` holds, transitively (not through module globals)."""
+    """Every object ``root`` holds, transitively, through the garbage collector's referents
+    (attributes, slots, containers of any kind, partials, bound methods, closures), but never
+    through a module or class or a function's globals."""
     seen: set[int] = set()
     stack, found = [root], []
     while stack:
@@ -104,23 +107,17 @@ def _reachable(root: object) -> list[object]:
             continue
         seen.add(id(obj))
         found.append(obj)
-        if isinstance(obj, OPAQUE):
+        if isinstance(obj, type | types.ModuleType):
             continue
-        if isinstance(obj, dict | types.MappingProxyType):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, list | tuple | set | frozenset):
-            stack.extend(obj)
-        elif isinstance(obj, types.FunctionType):
+        if isinstance(obj, torch.Tensor):
+            stack.extend(t for t in (obj.grad, obj._base) if t is not None)
+            continue
+        if isinstance(obj, types.FunctionType):
             stack.extend(cell.cell_contents for cell in obj.__closure__ or () if _filled(cell))
             stack.extend(obj.__defaults__ or ())
-        elif isinstance(obj, types.MethodType):
-            stack.extend((obj.__self__, obj.__func__))
-        if hasattr(obj, "__dict__") and not isinstance(obj, types.FunctionType):
-            stack.extend(vars(obj).values())
-        for slot in getattr(type(obj), "__slots__", ()):
-            if hasattr(obj, slot):
-                stack.append(getattr(obj, slot))
+            stack.extend((obj.__kwdefaults__ or {}).values())
+            continue
+        stack.extend(gc.get_referents(obj))
     return found
 
 
@@ -130,6 +127,10 @@ def _filled(cell: types.CellType) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()
 
 
 CLIENT_SIDE = (
@@ -172,14 +173,14 @@ def test_the_server_object_reaches_no_client_object(name: str) -> None:
     assert not client_side, f"the server reaches {sorted(set(client_side))}"
     trainers = {id(t) for t in fed.trainers.values()}
     assert not [obj for obj in reached if id(obj) in trainers]
-    private = {fed.dataset.train_x.data_ptr(), fed.dataset.train_y.data_ptr()}
-    private |= {t.data_ptr() for shard in fed.shards for t in (shard.x, shard.y)}
+    private = {_storage(fed.dataset.train_x), _storage(fed.dataset.train_y)}
+    private |= {_storage(t) for shard in fed.shards for t in (shard.x, shard.y)}
     tensors = [obj for obj in reached if isinstance(obj, torch.Tensor)]
-    assert not [t for t in tensors if t.data_ptr() in private], "the server reaches training data"
+    assert not [t for t in tensors if _storage(t) in private], "the server reaches training data"
 
     # The walk is not vacuous: from a client, its own shard, trainer and aggregation half are reached.
     client = programs.clients[0]
     from_client = _reachable(client)
     assert any(obj is client.shard for obj in from_client)
     assert any(isinstance(obj, PlainSumClient | SecureAggregationClient) for obj in from_client)
-    assert any(isinstance(obj, torch.Tensor) and obj.data_ptr() in private for obj in from_client)
+    assert any(isinstance(obj, torch.Tensor) and _storage(obj) in private for obj in from_client)

@@ -3,10 +3,14 @@ and that a peer's bad message drops that peer, never the other program."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
 from securefl.config import RunConfig, SecAggConfig
+from securefl.defences.consistency import model_context
 from securefl.federation import build_federation, build_programs
 from securefl.fl import codec
 from securefl.fl.messages import AggregationMessage, Availability, PlainContribution, TrainRequest
@@ -123,3 +127,101 @@ def test_traffic_is_the_encoded_messages(overrides):
     assert traffic.total_down >= len(clients) * model_bytes  # every client got the whole model
     assert sum(len(data) for _, data in first) <= traffic.total_down
     assert traffic.total_up >= len(clients) * model_bytes  # every update came back, masked or not
+
+
+def _request(fed, client_id: int, round_index: int, aggregation: bytes, params=None) -> bytes:
+    params = to_vector(fed.eval_model.parameters()) if params is None else params
+    settings = tuple(sorted({"round": round_index, **fed.round_settings}.items()))
+    return codec.encode(TrainRequest(round_index, client_id, params, settings, aggregation))
+
+
+def _replies(client, data: bytes) -> list:
+    return [codec.decode(reply) for reply in client.receive(data)]
+
+
+@pytest.mark.parametrize("active", [False, True], ids=["passive", "active"])
+def test_a_client_refuses_a_round_shrunk_below_the_configured_size_before_training(active):
+    """A server listing [victim, accomplice] would learn the victim's update from a 2-client sum."""
+    fed, programs = _programs(clients=6, secagg=SecAggConfig(bits=40, active_adversary=active))
+    client = programs.clients[0]
+    length = to_vector(fed.eval_model.parameters()).numel() + 3
+    shrunk = RoundSetup.create([0, 1], vector_length=length, round_id=1)
+    replies = _replies(client, _request(fed, 0, 1, encode_setup(shrunk)))
+    assert [type(r).__name__ for r in replies] == ["Decline"]
+    assert replies[0].reason.value == "refused" and "lists 2 clients" in replies[0].detail
+    # ... and the planned size is accepted: the refusal is about the size, not the client.
+    context = model_context(
+        model=fed.eval_model,
+        settings={"round": 1, **fed.round_settings},
+        params=to_vector(fed.eval_model.parameters()),
+    )
+    planned = RoundSetup.create(list(range(6)), vector_length=length, round_id=1, context=context)
+    accepted = _replies(client, _request(fed, 0, 1, encode_setup(planned)))
+    assert any(isinstance(r, AggregationMessage) for r in accepted)
+
+
+def test_an_active_client_refuses_a_participant_without_an_enrolled_key():
+    fed, programs = _programs(clients=6, secagg=SecAggConfig(bits=40, active_adversary=True))
+    length = to_vector(fed.eval_model.parameters()).numel() + 3
+    stranger = RoundSetup.create([0, 1, 2, 3, 4, 99], vector_length=length, round_id=1)
+    replies = _replies(programs.clients[0], _request(fed, 0, 1, encode_setup(stranger)))
+    assert [type(r).__name__ for r in replies] == ["Decline"]
+
+
+def test_a_dp_client_refuses_a_replayed_round_and_a_model_of_another_size_without_spending_budget():
+    from securefl.config import DPConfig
+
+    fed, programs = _programs(dp=DPConfig(noise_multiplier=1.0))
+    client = programs.clients[0]
+    trainer = fed.trainers[0]
+    assert any(isinstance(r, AggregationMessage) for r in _replies(client, _request(fed, 0, 3, b"")))
+    spent = trainer.epsilon(0)
+    assert spent > 0
+    params = to_vector(fed.eval_model.parameters())
+    for data in (
+        _request(fed, 0, 3, b""),  # the same round again
+        _request(fed, 0, 2, b""),  # an earlier one
+        _request(fed, 0, 4, b"", params=params[:-1]),  # a model of another size
+    ):
+        replies = _replies(client, data)
+        assert [type(r).__name__ for r in replies] == ["Decline"]
+        assert trainer.epsilon(0) == spent  # refused before training: nothing recorded
+
+
+def test_a_decline_is_binding_and_counted_once():
+    fed, programs = _programs()
+    server, clients = programs.server, programs.clients
+    from securefl.fl.messages import Decline, DeclineReason
+
+    def declines_then_contributes(data: bytes) -> list[bytes]:
+        decline = codec.encode(Decline(1, 3, DeclineReason.REFUSED, "no"))
+        return [decline, decline] + clients[3].receive(data)
+
+    sides = {c: clients[c].receive for c in (0, 1, 2)} | {3: declines_then_contributes}
+    run_turns(server, sides, server.start_round())
+    record = server.records[-1]
+    assert record.declined == {"refused": 1}
+    assert record.survivors == 3
+
+
+def test_a_plain_client_with_a_non_finite_update_declines_and_the_others_are_summed():
+    fed, programs = _programs()
+    server, clients = programs.server, programs.clients
+    start = server.params.clone()
+    poisoned = fed.trainers[0]
+
+    class _Diverging:
+        def can_train(self, client_id: int) -> bool:
+            return True
+
+        def train(self, **kwargs):
+            update = poisoned.train(**kwargs)
+            if kwargs["shard"].client_id == 2:
+                update = dataclasses.replace(update, delta=torch.full_like(update.delta, math.nan))
+            return update
+
+    clients[2].trainer = _Diverging()
+    run_turns(server, {c: clients[c].receive for c in clients}, server.start_round())
+    record = server.records[-1]
+    assert record.status is RoundStatus.OK and record.declined == {"non_finite_update": 1}
+    assert torch.allclose(server.params, _reference_mean(fed, programs, start, [0, 1, 3]), atol=1e-6)
