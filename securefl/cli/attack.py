@@ -48,9 +48,10 @@ from securefl.attacks.report import (
     write_malicious_outcome,
     write_outcome,
 )
+from securefl.config import THREADS_LIMIT
 from securefl.errors import ConfigError
 from securefl.fl.history import check_output_dir
-from securefl.validation import require_at_least
+from securefl.validation import require, require_at_least
 
 Opt = typer.Option
 
@@ -370,7 +371,10 @@ def _execute(
     """Validate everything, run with a progress bar, write the files, print the table."""
     out_dir = out or Path("runs") / dt.datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S")
     try:
-        require_at_least(threads, 1, "`threads`", "threads")  # the same check as RunConfig's
+        require_at_least(threads, 1, "`threads`", "threads")  # the same checks as RunConfig's
+        require(
+            threads < THREADS_LIMIT, f"`threads` {threads} >= 2**31: use a `threads` below {THREADS_LIMIT}"
+        )
         check_output_dir(out_dir, overwrite=overwrite)
         prepared = prepare_with(config)
     except ConfigError as error:  # the library names its parameters (`images`), here flags

@@ -108,6 +108,7 @@ def test_compare_writes_one_row_per_defence(tmp_path, capsys):
         (["--server-init", "zeros"], "unknown server init"),
         (["--seed", "-1"], "--seed -1 outside 0..4294967295"),
         (["--seed", "4294967296"], "--seed 4294967296 outside 0..4294967295"),
+        (["--threads", "99999999999999999999"], "use a --threads below 2147483648"),
         (["--attack", "imprint", "--seed", "-1"], "--seed -1 outside 0..4294967295"),
     ],
 )
