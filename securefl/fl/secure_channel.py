@@ -525,6 +525,12 @@ class SecureAggregationRound:
     ) -> None:
         self.encoding = encoding
         self.params = encoding.round_parameters(len(participants))  # RoundAbortedError: reveal nothing
+        if len(participants) not in encoding.round_sizes:  # every client would refuse it
+            raise RoundAbortedError(
+                f"{len(participants)} clients sampled; the configuration's rounds have "
+                f"{_sizes(encoding.round_sizes)} (fewer can still train?): the round does not start",
+                details={"survivors": 0},
+            )
         self.setup = RoundSetup.create(
             sorted(participants), vector_length=encoding.vector_length, round_id=round_index, context=context
         )

@@ -69,13 +69,20 @@ class ChannelCase:
         return self.kind != "distributed"
 
 
+MIN_PLANNED = 3
+"""The planned round of the secure channels; with ``max_clients`` they run every size from the
+smallest runnable one up to ``MAX_CLIENTS`` (Poisson-sampled rounds), and a client refuses any
+other size (a server shrinking a round to isolate a client)."""
+
+
 def secure(**config) -> Callable[[], SecureAggregationChannel]:
     def build() -> SecureAggregationChannel:
         return SecureAggregationChannel(
             config=SecAggConfig(**config),
             num_params=NUM_PARAMS,
             weight_bound=WEIGHT_BOUND,
-            clients_per_round=MAX_CLIENTS,
+            clients_per_round=MIN_PLANNED,
+            max_clients=MAX_CLIENTS,  # rounds of every runnable size up to MAX_CLIENTS
             seed=3,
         )
 
@@ -88,7 +95,8 @@ def distributed() -> DistributedDPChannel:
         config=SecAggConfig(bits=40),
         num_params=NUM_PARAMS,
         weight_bound=1,
-        clients_per_round=MAX_CLIENTS,
+        clients_per_round=MIN_PLANNED,
+        max_clients=MAX_CLIENTS,
         seed=3,
     )
     return DistributedDPChannel(

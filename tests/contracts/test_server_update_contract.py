@@ -97,7 +97,8 @@ def distributed() -> DistributedDPServerUpdate:
         config=SecAggConfig(bits=32, max_colluders=0),
         num_params=NUM_PARAMS,
         weight_bound=1,
-        clients_per_round=6,
+        clients_per_round=2,
+        max_clients=6,  # rounds of 2 to 6 clients
         seed=5,
     )
     channel = DistributedDPChannel(
