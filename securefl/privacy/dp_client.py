@@ -99,6 +99,7 @@ from securefl.fl.types import ClientShard, Update
 from securefl.fl.vectors import load_vector, to_vector
 from securefl.privacy.central import dp_generator
 from securefl.privacy.ledger import ClientRecord, PrivacyLedger, SampledGaussianEvent
+from securefl.validation import require_at_least, require_positive
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +135,9 @@ def plan_clients(
     """Sample rate, steps and noise multiplier of every client; bad input raises ConfigError."""
     if not client_sizes:
         raise ConfigError("DP-SGD needs at least one client")
-    if rounds < 1:
-        raise ConfigError(f"rounds {rounds} < 1: use `rounds` 1 or more")
-    if local_epochs < 1:
-        raise ConfigError(f"local epochs {local_epochs} < 1: use `local_epochs` 1 or more")
-    if batch_size < 1:
-        raise ConfigError(f"batch size {batch_size} < 1: use `batch_size` 1 or more")
+    require_at_least(rounds, 1, "rounds", "rounds")
+    require_at_least(local_epochs, 1, "local epochs", "local_epochs")
+    require_at_least(batch_size, 1, "batch size", "batch_size")
     for client_id, size in sorted(client_sizes.items()):
         if batch_size > size:
             raise ConfigError(
@@ -243,12 +241,9 @@ class DPSGDEngine:
             raise ConfigError(
                 f"unknown grad sample mode {grad_sample_mode!r}: choose one of {', '.join(GRAD_SAMPLE_MODES)}"
             )
-        if not lr > 0:
-            raise ConfigError(f"learning rate {lr} <= 0: use a positive `lr`")
-        if not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
-            raise ConfigError(f"max grad norm {max_grad_norm} <= 0: use a positive `dp.max_grad_norm`")
-        if batch_size < 1:
-            raise ConfigError(f"batch size {batch_size} < 1: use `batch_size` 1 or more")
+        require_positive(lr, "learning rate", "lr")
+        require_positive(max_grad_norm, "max grad norm", "dp.max_grad_norm")
+        require_at_least(batch_size, 1, "batch size", "batch_size")
         validate_model(model)
         self.max_grad_norm = float(max_grad_norm)
         self.batch_size = int(batch_size)
