@@ -25,6 +25,8 @@ import dataclasses
 import inspect
 import json
 import math
+import numbers
+import operator
 import os
 import tomllib
 import types
@@ -389,15 +391,17 @@ class RunConfig:
         ``secagg`` tables (the keys the module docstring describes).
 
         A section is switched on by ``dp = true`` (etc.) or by having a table, off by
-        ``dp = false`` or ``enabled = false`` in its table; a value ``None`` counts as not given.
+        ``dp = false`` or ``enabled = false`` in its table (which drops the table's other keys);
+        a value ``None`` counts as not given.
         """
         return _build(_flatten(values))
 
     @classmethod
     def from_toml(cls, path: Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
         """Read ``path`` and apply ``overrides`` (the flags the user gave) on top: an override wins
-        over the file's value of the same field, and an override switching a section off
-        (``--no-dp``) drops the file's settings of that section."""
+        over the file's value of the same field, an override of ``clients_per_round`` or
+        ``fraction`` drops the file's other one (they are alternatives), and an override switching
+        a section off (``--no-dp``) drops the file's settings of that section."""
         try:
             values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -411,6 +415,9 @@ class RunConfig:
         for section in _SECTIONS:
             if flags.get(section) is False:
                 settings = {k: v for k, v in settings.items() if k.partition(".")[0] != section}
+        for alternatives in _ALTERNATIVES:
+            if any(path in flags for path in alternatives):
+                settings = {k: v for k, v in settings.items() if k not in alternatives}
         return _build({**settings, **flags})
 
 
@@ -447,6 +454,9 @@ SETTINGS: dict[str, str] = {
 :class:`RunConfig`, e.g. ``secagg_bits`` -> ``secagg.bits``; a section's own name switches it on.
 ``central_dp.distributed`` (``distributed_dp``) switches ``central_dp`` on as well."""
 
+# Settings that are alternatives to each other: a flag for one drops the file's others.
+_ALTERNATIVES = (frozenset({"clients_per_round", "fraction"}),)
+
 # Fields whose value true switches their section on as well.
 _SECTION_SWITCHES = frozenset({"central_dp.distributed"})
 _PATHS = frozenset(SETTINGS.values())
@@ -479,7 +489,9 @@ def _flatten(values: Mapping[str, Any]) -> dict[str, Any]:
             put(name, enabled)
             for sub_key, sub_value in value.items():
                 if sub_key != "enabled":
-                    put(_table_path(name, key, sub_key), sub_value)
+                    path = _table_path(name, key, sub_key)  # a typo is refused even when off
+                    if enabled:  # `enabled = false` switches the table off, its keys with it
+                        put(path, sub_value)
         elif name in SETTINGS or name in _PATHS:
             put(SETTINGS.get(name, name), value)
         else:
@@ -536,12 +548,17 @@ def _build(flat: dict[str, Any]) -> RunConfig:
 def _check_types(config: object) -> None:
     """Refuse a constructor argument of the wrong type, naming its field path: a TOML string where
     a number is expected would otherwise fail deep inside with a raw TypeError, and a float batch
-    size would slip through every range check."""
+    size would slip through every range check.  A NumPy number is welcome and stored as the
+    built-in one (:func:`_accepts`)."""
     prefix = _PREFIXES.get(type(config), "")
     for name, annotation in _init_types(type(config)).items():
         value = getattr(config, name)
-        if not _accepts(value, annotation):
+        accepted, converted = _accepts(value, annotation)
+        if not accepted:
             raise ConfigError(f"`{prefix}{name}` must be {_describe(annotation)}, not {value!r}")
+        if converted is not value:  # a NumPy number: the field holds the built-in one
+            object.__setattr__(config, name, converted)
+            value = converted
         if isinstance(value, int) and not isinstance(value, bool) and value >= INT_LIMIT:
             path = prefix + name
             raise ConfigError(f"`{path}` {value} >= 2**63: use a `{path}` below {INT_LIMIT}")
@@ -565,23 +582,40 @@ def _members(annotation: Any) -> tuple[Any, ...]:
     return typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
 
 
-def _accepts(value: Any, annotation: Any) -> bool:
+def _accepts(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """Whether ``value`` fits ``annotation``, and the value the field holds: an integer-like value
+    (``operator.index``, e.g. ``np.int64``) as an ``int``, a real number (``numbers.Real``, e.g.
+    ``np.float32``) as a ``float``; a bool is never a number, a string never one either."""
     for member in _members(annotation):
         if member is type(None):
             accepted = value is None
         elif member is bool:
             accepted = isinstance(value, bool)
         elif member is int:
-            accepted = isinstance(value, int) and not isinstance(value, bool)
+            if type(value) is int:
+                return True, value
+            if not isinstance(value, bool):
+                try:
+                    return True, operator.index(value)
+                except TypeError:
+                    pass
+            accepted = False
         elif member is float:
-            accepted = isinstance(value, int | float) and not isinstance(value, bool)
+            if type(value) in (int, float):  # a huge int stays one: its range check names it
+                return True, value
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                try:
+                    return True, float(value)
+                except (OverflowError, TypeError, ValueError):
+                    pass
+            accepted = False
         elif isinstance(member, type):
             accepted = isinstance(value, member)
         else:  # a type this check does not know: the class checks the value itself
             accepted = True
         if accepted:
-            return True
-    return False
+            return True, value
+    return False, value
 
 
 def _describe(annotation: Any) -> str:

@@ -6,8 +6,10 @@ import dataclasses
 import inspect
 import json
 import math
+import tomllib
 import typing
 
+import numpy as np
 import pytest
 
 from securefl.config import CentralDPConfig, DPConfig, RunConfig, SecAggConfig
@@ -380,3 +382,93 @@ def test_a_flag_switching_a_section_overrides_the_files_table(tmp_path):
 def test_a_model_the_data_set_cannot_take_is_refused_on_construction():
     with pytest.raises(ConfigError, match="needs image input.*use `model` mlp"):
         RunConfig(dataset="boston", model="cnn")
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "expected"),
+    [
+        ("clients_per_round = 5", {"fraction": 0.5}, (None, 0.5)),
+        ("fraction = 0.5", {"clients_per_round": 5}, (5, None)),
+        ("clients-per-round = 5", {"clients_per_round": 3}, (3, None)),
+        ("clients_per_round = 5", {"rounds": 2}, (5, None)),
+    ],
+)
+def test_a_flag_for_one_of_clients_per_round_and_fraction_drops_the_files_other(
+    tmp_path, text, flags, expected
+):
+    path = tmp_path / "run.toml"
+    path.write_text(f"clients = 10\n{text}\n")
+    config = RunConfig.from_toml(path, flags)
+    assert (config.clients_per_round, config.fraction) == expected
+
+
+def test_both_alternatives_as_flags_or_in_the_file_are_still_refused(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("clients = 10\n")
+    with pytest.raises(ConfigError, match="either `clients_per_round` or `fraction`"):
+        RunConfig.from_toml(path, {"clients_per_round": 5, "fraction": 0.5})
+    path.write_text("clients = 10\nclients_per_round = 5\nfraction = 0.5\n")
+    with pytest.raises(ConfigError, match="either `clients_per_round` or `fraction`"):
+        RunConfig.from_toml(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[dp]\nenabled = false\nnoise_multiplier = 1.1",
+        "[central-dp]\nenabled = false\nclip-norm = 2.0\ndistributed = true",
+        "[secagg]\nenabled = false\nbits = 24\nthreshold = 0.9",
+    ],
+)
+def test_a_table_switched_off_by_enabled_false_drops_its_keys(tmp_path, text):
+    path = tmp_path / "run.toml"
+    path.write_text(text + "\n")
+    config = RunConfig.from_toml(path, {"clients": 4})
+    assert (config.dp, config.central_dp, config.secagg) == (None, None, None)
+    assert RunConfig.from_mapping({"clients": 4, **tomllib.loads(text)}).secagg is None
+
+
+def test_a_table_switched_off_still_refuses_an_unknown_key(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[dp]\nenabled = false\nbogus = 1\n")
+    with pytest.raises(ConfigError, match="unknown key 'bogus' in the \\[dp\\] table"):
+        RunConfig.from_toml(path)
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_built_in_numbers():
+    config = RunConfig(
+        clients=np.int64(4),
+        clients_per_round=np.int32(3),
+        lr=np.float32(0.25),
+        momentum=np.float64(0.5),
+        alpha=np.int64(2),
+        seed=np.uint8(3),
+        secagg=SecAggConfig(bits=np.int64(24), threshold=np.float32(0.75), neighbors=None),
+        dp=DPConfig(noise_multiplier=np.float32(1.5)),
+    )
+    stored = (config.clients, config.clients_per_round, config.seed, config.secagg.bits)
+    assert stored == (4, 3, 3, 24) and {type(v) for v in stored} == {int}
+    floats = (config.lr, config.momentum, config.alpha, config.secagg.threshold, config.dp.noise_multiplier)
+    assert floats == (0.25, 0.5, 2.0, 0.75, 1.5) and {type(v) for v in floats} == {float}
+    assert config.training.lr == 0.25 and type(config.training.lr) is float
+    assert json.loads(config.to_json())["clients"] == 4
+    assert dataclasses.replace(config, rounds=np.int16(3)).rounds == 3
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"clients": np.float64(4.0)}, "`clients` must be an integer"),
+        ({"clients": np.True_}, "`clients` must be an integer"),
+        ({"clients": True}, "`clients` must be an integer"),
+        ({"lr": np.True_}, "`lr` must be a number"),
+        ({"lr": "0.1"}, "`lr` must be a number"),
+        ({"clients": "4"}, "`clients` must be an integer"),
+        ({"seed": np.uint64(2**63)}, "`seed` 9223372036854775808 >= 2**63"),
+        ({"lr": np.float32(-1)}, "learning rate -1.0 <= 0"),
+    ],
+)
+def test_numpy_values_of_the_wrong_kind_or_range_are_refused(values, fragment):
+    with pytest.raises(ConfigError) as error:
+        RunConfig(**values)
+    assert fragment in str(error.value)
