@@ -92,7 +92,11 @@ def train(
     secagg_clip: Annotated[float | None, Opt(help="Per-coordinate update clip. (default 1.0)")] = None,
     dropout_rate: Annotated[float | None, Opt(help="Simulated dropout per client and round.")] = None,
     active_adversary: Annotated[
-        bool | None, Opt("--active-adversary", help="Signed consistency check against a lying server.")
+        bool | None,
+        Opt(
+            "--active-adversary/--no-active-adversary",
+            help="Signed consistency check against a lying server. (default off)",
+        ),
     ] = None,
     secagg_colluders: Annotated[
         int | None,

@@ -426,3 +426,28 @@ def test_boston_mlp_trains_with_its_data_set_defaults(tmp_path):
     assert records[-1]["test_r2"] > 0.8
     config = json.loads((out / "config.json").read_text())
     assert (config["lr"], config["batch_size"]) == (0.001, 8)
+
+
+def test_every_switch_of_a_file_can_be_flipped_by_a_flag():
+    """Each boolean flag has its --no- form, so a file's `true` can be switched off."""
+    command = typer.main.get_command(app).commands["train"]
+    switches = [p for p in command.params if p.is_flag and p.name != "overwrite"]
+    assert "active_adversary" in {p.name for p in switches}
+    for param in switches:
+        assert param.secondary_opts == [param.opts[0].replace("--", "--no-", 1)], param.name
+
+
+def test_no_active_adversary_overrides_the_files_active_adversary(tmp_path, capsys):
+    """A round of 4 with threshold 2 is refused against an active server (2t > n fails) and
+    runs against a passive one."""
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'dataset = "digits"\nmodel = "mlp"\nclients = 4\nrounds = 1\nlocal-epochs = 1\n'
+        "[secagg]\nactive_adversary = true\nthreshold = 2\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--out", str(out)]) == 2
+    assert "--active-adversary needs 2 * threshold" in " ".join(capsys.readouterr().err.split())
+    assert main(["train", "--config", str(path), "--no-active-adversary", "--out", str(out)]) == 0
+    secagg = json.loads((out / "config.json").read_text())["secagg"]
+    assert (secagg["active_adversary"], secagg["threshold"]) == (False, 2)
