@@ -89,7 +89,6 @@ PARAMS_TO_CONFIG = {
     "threshold": "secagg.threshold",
     "neighbors": "secagg.neighbors",
     "max_colluders": "secagg.max_colluders",
-    "num_clients": "clients_per_round",
     "active_adversary": "secagg.active_adversary",
     "dropout_rate": "secagg.dropout_rate",
     "input_bound": "secagg.clip",
@@ -97,7 +96,9 @@ PARAMS_TO_CONFIG = {
 """:class:`~securefl.protocols.secagg.SecAggParams` parameter (and the dropout rate of its rules)
 -> the :class:`~securefl.config.RunConfig` field path that sets it: ``protocols/`` knows no
 configuration and names its own parameters.  ``input_bound`` is what ``secagg.clip`` bounds
-(each coordinate's bound is the clip times the largest client weight)."""
+(each coordinate's bound is the clip times the largest client weight).  A round's size is no
+setting (``clients_per_round``, ``fraction`` or sampling and dropouts make it): the protocol
+words it as "a round of n clients"."""
 
 COMPLETE_GRAPH = ("`neighbors` None", "drop `secagg.neighbors`")
 """How the protocol names the complete graph, and how a run asks for it (no ``secagg.neighbors``)."""

@@ -48,6 +48,17 @@ CASES = [
         "lower --secagg-threshold, raise --secagg-neighbors or lower --dropout-rate",
     ),
     (["--secagg-neighbors", "2", "--secagg-colluders", "4"], 0, "raise --secagg-neighbors"),
+    # the round's size reads as a size, not as a flag the user did not give (--fraction here)
+    (
+        ["--fraction", "0.6", "--secagg-colluders", "9"],
+        2,
+        "--secagg-colluders 9 must be an integer in [0, 4] in a round of 6 clients",
+    ),
+    (
+        ["--fraction", "0.6", "--active-adversary", "--secagg-threshold", "3"],
+        2,
+        "n = 6 (a round of 6 clients; no c >= 0 fits)",
+    ),
 ]
 
 
@@ -59,4 +70,5 @@ def test_rule_breaking_secagg_parameters_are_shown_as_flags(tmp_path, capsys, ca
     flat = " ".join(shown.split())  # rich wraps long lines
     assert expected in flat
     assert "`" not in shown
+    assert "--clients-per-round" not in flat  # a round's size is not the flag
     assert not PROTOCOL_NAMES.search(flat), PROTOCOL_NAMES.search(flat)

@@ -16,9 +16,15 @@ from securefl.protocols.secagg.params import binomial_tail_at_least, hypergeomet
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"num_clients": 5, "threshold": 7}, "`threshold` 7 > `num_clients` 5"),
-        ({"num_clients": 10, "threshold": 3, "neighbors": 10}, "`neighbors` 10 >= `num_clients` 10"),
-        ({"num_clients": 10, "threshold": 3, "neighbors": 12}, "`neighbors` 12 >= `num_clients` 10"),
+        ({"num_clients": 5, "threshold": 7}, "`threshold` 7 exceeds a round of 5 clients"),
+        (
+            {"num_clients": 10, "threshold": 3, "neighbors": 10},
+            "`neighbors` 10 > the 9 peers of a client in a round of 10 clients",
+        ),
+        (
+            {"num_clients": 10, "threshold": 3, "neighbors": 12},
+            "`neighbors` 12 > the 9 peers of a client in a round of 10 clients",
+        ),
         ({"num_clients": 10, "threshold": 3, "neighbors": 5}, "`neighbors` 5 is odd"),
         (
             {"num_clients": 10, "threshold": 6, "neighbors": 4},
@@ -27,10 +33,10 @@ from securefl.protocols.secagg.params import binomial_tail_at_least, hypergeomet
         ({"num_clients": 5, "threshold": 3, "bits": 7}, "`bits` 7 is outside 8..62"),
         ({"num_clients": 5, "threshold": 3, "bits": 63}, "`bits` 63 is outside 8..62"),
         ({"num_clients": 5, "threshold": 0}, "`threshold` 0"),
-        ({"num_clients": 1, "threshold": 1}, "`num_clients` 1"),
+        ({"num_clients": 1, "threshold": 1}, "a round of 1 client(s) cannot run"),
         (
             {"num_clients": 4, "threshold": 3, "bits": 8, "input_bound": 64},
-            "`num_clients` 4 * `input_bound` 64 = 256 >= 2^8: the sum could wrap",
+            "a round of 4 clients * `input_bound` 64 = 256 >= 2^8: the sum could wrap",
         ),
     ],
 )

@@ -91,7 +91,8 @@ class SecAggParams:
         n, t, k = self.num_clients, self.threshold, self.neighbors
         if not _is_int(n) or n < 2:
             raise ConfigError(
-                f"`num_clients` {n!r} must be an integer >= 2: secure aggregation needs at least two clients"
+                f"a round of {n!r} client(s) cannot run: secure aggregation needs a whole number of at "
+                "least two clients"
             )
         if not _is_int(self.bits) or not MIN_BITS <= self.bits <= MAX_BITS:
             raise ConfigError(
@@ -106,8 +107,8 @@ class SecAggParams:
                 )
             if k >= n:
                 raise ConfigError(
-                    f"`neighbors` {k} >= `num_clients` {n}: use fewer neighbours than "
-                    "clients, or `neighbors` None for the complete graph"
+                    f"`neighbors` {k} > the {n - 1} peers of a client in a round of {n} clients: use "
+                    "fewer neighbours than clients, or `neighbors` None for the complete graph"
                 )
             if k % 2:
                 raise ConfigError(
@@ -122,7 +123,8 @@ class SecAggParams:
             )
         if t > n:
             raise ConfigError(
-                f"`threshold` {t} > `num_clients` {n}: lower `threshold` or raise `num_clients`"
+                f"`threshold` {t} exceeds a round of {n} clients: lower `threshold` or sample more "
+                "clients per round"
             )
         if k is not None and t > k + 1:
             raise ConfigError(
@@ -135,9 +137,9 @@ class SecAggParams:
                 raise ConfigError(f"`input_bound` {bound!r} must be a non-negative integer")
             if n * bound >= 2**self.bits:
                 raise ConfigError(
-                    f"`num_clients` {n} * `input_bound` {bound} = {n * bound} >= 2^{self.bits}: the "
-                    "sum could wrap; raise `bits`, lower `input_bound` (clip harder) or lower "
-                    "`num_clients`"
+                    f"a round of {n} clients * `input_bound` {bound} = {n * bound} >= 2^{self.bits}: "
+                    "the sum could wrap; raise `bits`, lower `input_bound` (clip harder) or sample "
+                    "fewer clients per round"
                 )
         if not isinstance(self.active_adversary, bool):
             raise ConfigError("`active_adversary` must be True or False")
@@ -147,7 +149,7 @@ class SecAggParams:
         n, t, c = self.num_clients, self.threshold, self.max_colluders
         if c is not None and (not _is_int(c) or not 0 <= c <= n - 2):
             raise ConfigError(
-                f"`max_colluders` {c!r} must be an integer in [0, {n - 2}] with `num_clients` {n}: at "
+                f"`max_colluders` {c!r} must be an integer in [0, {n - 2}] in a round of {n} clients: at "
                 "least two honest clients are needed for a sum to hide anything"
             )
         if c is not None and self.complete_graph and t <= c:
@@ -160,9 +162,9 @@ class SecAggParams:
             return
         if self.complete_graph and 2 * t <= n + (c or 0):
             bound = (
-                f"n + c = {n} + {c} (`num_clients` + `max_colluders`)"
+                f"n + c = {n} + {c} (a round of {n} clients, `max_colluders` {c})"
                 if c is not None
-                else f"n = {n} `num_clients` (no c >= 0 fits)"
+                else f"n = {n} (a round of {n} clients; no c >= 0 fits)"
             )
             raise ConfigError(
                 f"`active_adversary` needs 2 * threshold > {bound}, so `threshold` >= "
@@ -451,8 +453,8 @@ def assess_parameters(
             violated.append(
                 f"correctness: with dropout rate {dropout_rate}, fewer than the "
                 f"{params.signature_threshold} survivor-set signatures needed for {c} colluders "
-                f"arrive with probability {unsigned:.2g} > 2^-{correctness_bits}; raise `num_clients`, "
-                "lower `max_colluders` or lower `dropout_rate`"
+                f"arrive with probability {unsigned:.2g} > 2^-{correctness_bits}; sample more clients per "
+                "round, lower `max_colluders` or lower `dropout_rate`"
             )
     return tuple(violated)
 
@@ -530,7 +532,10 @@ def choose_parameters(
     """
     n = num_clients
     if not _is_int(n) or n < 2:
-        raise ConfigError(f"`num_clients` {n!r} must be an integer >= 2")
+        raise ConfigError(
+            f"a round of {n!r} client(s) cannot run: secure aggregation needs a whole number of at "
+            "least two clients"
+        )
     _check_rate("dropout_rate", dropout_rate)
     _check_rate("corruption_rate", corruption_rate)
     if dropout_rate + corruption_rate >= 1.0:
