@@ -30,6 +30,7 @@ _EXPORTS = {
     "RemoteProtocolError": "securefl.errors",
     "ThresholdNotMetError": "securefl.errors",
     "RoundAbortedError": "securefl.errors",
+    "TrainingDivergedError": "securefl.errors",
     "PrivacyBudgetExceeded": "securefl.errors",
     "History": "securefl.fl.history",
     "write_run": "securefl.fl.history",

@@ -83,6 +83,12 @@ class RoundAbortedError(ThresholdNotMetError):
         self.transcript = transcript
 
 
+class TrainingDivergedError(ConfigError):
+    """A run's model or loss became NaN or infinite: its settings (learning rate, ...) do not train
+    this model.  ``securefl train`` keeps the rounds before it and exits 2; a result that needs the
+    whole run (``securefl audit``) raises this instead of reporting on a run that did not happen."""
+
+
 class NonFiniteUpdateError(SecureFLError, ValueError):
     """A client's update holds NaN or inf (its training diverged): it has no fixed-point encoding.
 

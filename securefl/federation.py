@@ -357,9 +357,13 @@ def run_simulation(
     client_accountants = _client_accountants(fed.trainers)
     final = server.params
     for round_index in range(1, config.rounds + 1):
-        if not server.eligible:
+        able, needed = len(server.eligible), fed.channel.fewest_clients
+        if able < needed:
             history.stopped_early = (
                 f"no client can train in round {round_index}: every privacy budget is spent"
+                if able == 0
+                else f"only {able} client(s) can still train in round {round_index}, and a round of "
+                f"this aggregation needs {needed}: the others' privacy budgets are spent"
             )
             log.info(history.stopped_early)
             break
@@ -401,8 +405,7 @@ def run_simulation(
 def _divergence_message(record: RoundRecord, config: RunConfig) -> str:
     return (
         f"training diverged in round {record.round}: {record.divergence}; lower `lr` (now "
-        f"{config.training.lr:g}) or `batch_size`, or clip the updates "
-        "(DP-FedAvg's `central_dp.clip_norm`)"
+        f"{config.training.lr:g}), or clip the updates (DP-FedAvg's `central_dp.clip_norm`)"
     )
 
 

@@ -59,6 +59,10 @@ class ObservedChannel:
         self.client_id = client_id
         self.scores = CanaryScores(canaries)
 
+    @property
+    def fewest_clients(self) -> int:
+        return self.inner.fewest_clients
+
     def open_round(
         self, *, round_index: int, participants: Sequence[int], context: bytes
     ) -> AggregationRound:

@@ -43,7 +43,7 @@ from securefl.audit.guesses import GuessOutcome, best_bound
 from securefl.audit.observe import CanaryScores, ObservedChannel, ObservedServerUpdate, loss_scores
 from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset
-from securefl.errors import ConfigError
+from securefl.errors import ConfigError, TrainingDivergedError
 from securefl.federation import Federation, RoundCallback, build_federation, run_simulation
 from securefl.fl.fedavg import PlainSum
 from securefl.fl.history import History
@@ -200,6 +200,8 @@ def run_audit(
         )
     audit = _AUDITS[config.mode](config, fed, layout, included)
     history = run_simulation(run, federation=audit.federation, on_round=on_round)
+    if history.diverged is not None:  # no verdict on a run that did not train
+        raise TrainingDivergedError(history.diverged)
     if audit.probe is None:
         scores = audit.observed.total.copy()
     else:

@@ -91,6 +91,11 @@ class PlainSum:
     def __init__(self, *, vector_length: int | None = None) -> None:
         self.vector_length = vector_length
 
+    @property
+    def fewest_clients(self) -> int:
+        """One: a plain sum of one client is that client's update, in clear anyway."""
+        return 1
+
     def open_round(self, *, round_index: int, participants: Sequence[int], context: bytes) -> PlainSumRound:
         """The server half; ``context`` is not used (a plain sum has no session to bind it to)."""
         return PlainSumRound(

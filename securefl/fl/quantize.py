@@ -71,8 +71,8 @@ class FixedPointCodec:
         if not bool(finite.all()):
             raise NonFiniteUpdateError(
                 f"{int((~finite).sum())} of {values.numel()} entries are NaN or inf, so the update "
-                "has no fixed-point encoding: the client's training diverged (lower the learning "
-                "rate); leave this client out of the sum"
+                "has no fixed-point encoding: the client's training diverged (lower `lr`); leave "
+                "this client out of the sum"
             )
         scaled = values.to(torch.float64).clamp(-self.bounds, self.bounds) / self.bounds * self.level
         floor = torch.floor(scaled)

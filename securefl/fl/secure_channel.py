@@ -314,6 +314,11 @@ class SecureAggregationChannel:
         client refuses any other."""
         return frozenset(params.num_clients for params in self.round_params())
 
+    @property
+    def fewest_clients(self) -> int:
+        """The smallest round the configuration can run."""
+        return min(self.round_sizes)
+
     def probe_params(self, num_clients: int) -> SecAggParams | None:
         """The parameters a round of ``num_clients`` would get, or ``None`` if it cannot run.
         Only the answer matters here: the passive-mode rule warnings are silenced for the probe
@@ -529,7 +534,7 @@ class SecureAggregationRound:
         if len(participants) not in encoding.round_sizes:  # every client would refuse it
             raise RoundAbortedError(
                 f"{len(participants)} clients sampled; the configuration's rounds have "
-                f"{_sizes(encoding.round_sizes)} (fewer can still train?): the round does not start",
+                f"{_sizes(encoding.round_sizes)}: the round does not start",
                 details={"survivors": 0},
             )
         self.setup = RoundSetup.create(

@@ -93,6 +93,8 @@ class FederatedServer:
         self._participants: frozenset[int] = frozenset()
         self._declined: Counter[str] = Counter()
         self._dropped: set[int] = set()
+        self._heard: set[int] = set()  # participants that answered this round
+        self._diverged: set[int] = set()  # ... and declined it with a non-finite update
         self._excluded = 0
         self._finished = True
 
@@ -122,9 +124,13 @@ class FederatedServer:
                     log.debug("ignored a message from client %d, dropped from this round", client_id)
                 case AggregationMessage():
                     self._current(message.round_index, client_id).receive(client_id, message.payload)
+                    self._heard.add(client_id)
                 case Decline():
                     self._current(message.round_index, client_id)
                     self._declined[message.reason.value] += 1
+                    self._heard.add(client_id)
+                    if message.reason is DeclineReason.NON_FINITE_UPDATE:
+                        self._diverged.add(client_id)
                     self._dropped.add(client_id)  # binding: nothing more from it this round
                     log.info(
                         "client %d declines round %d: %s", client_id, message.round_index, message.detail
@@ -160,6 +166,8 @@ class FederatedServer:
         self._finished = False
         self._declined = Counter()
         self._dropped = set()
+        self._heard = set()
+        self._diverged = set()
         eligible = self.eligible
         self._excluded = self.num_clients - len(eligible)
         sampled = self.sampler.sample(self.round_index, eligible)
@@ -214,8 +222,9 @@ class FederatedServer:
         if self.train_loss_reported and aggregate.weight_sum > 0:
             train_loss = aggregate.train_loss_sum / aggregate.weight_sum
         divergence = None
-        if self._declined.get(DeclineReason.NON_FINITE_UPDATE.value, 0) == len(self._participants) > 0:
-            divergence = "every sampled client's update was NaN or infinite (their training diverged)"
+        if not aggregate.survivors and self._diverged and self._diverged == self._heard:
+            # Clients that stayed silent (crashed, offline) are no evidence either way.
+            divergence = "every client that answered sent a NaN or infinite update (its training diverged)"
         elif not bool(torch.isfinite(self.params).all()):
             divergence = "the global model's weights became NaN or infinite"
         elif not evaluation.finite:

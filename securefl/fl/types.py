@@ -172,6 +172,11 @@ class Aggregation(Protocol):
     turns) on contributions already computed: the research API, and what attacks measure.
     """
 
+    @property
+    def fewest_clients(self) -> int:
+        """The fewest sampled clients a round of this aggregation can start with."""
+        ...
+
     def open_round(
         self, *, round_index: int, participants: Sequence[int], context: bytes
     ) -> AggregationRound: ...

@@ -432,6 +432,10 @@ class DistributedDPChannel:
         return self.padded
 
     @property
+    def fewest_clients(self) -> int:
+        return self.secure.fewest_clients
+
+    @property
     def round_sizes(self) -> frozenset[int]:
         """The round sizes of the secure channel's configuration."""
         return self.secure.round_sizes

@@ -72,3 +72,46 @@ def test_the_cli_exits_2_with_one_line_and_marks_the_run_as_diverged(tmp_path, c
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["status"] for row in rows] == ["diverged"]
     assert (out / "model.safetensors").exists()
+
+
+def test_an_audit_of_a_diverged_run_exits_2_instead_of_a_verdict(tmp_path, capsys):
+    out = tmp_path / "audit"
+    code = main(
+        ["audit", "--dp", "--dataset", "boston", "--model", "mlp", "--clients", "2", "--rounds", "2"]
+        + ["--canaries", "20", "--lr", "1e30", "--out", str(out)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "diverged in round 1" in err and "--lr" in err and "Traceback" not in err
+
+
+def test_a_round_diverges_when_every_client_that_answered_sent_nan_even_if_others_were_silent():
+    from securefl.config import SecAggConfig
+
+    config = RunConfig(
+        **{**BASE, "clients": 6, "rounds": 3, "lr": 1e6},
+        secagg=SecAggConfig(bits=40, threshold=2, dropout_rate=0.6),
+    )
+    fed = build_federation(config)
+    silent = fed.channel.simulated_dropouts(1, list(range(6))).before  # crash before the request
+    assert 0 in silent.values()  # this seed has a client that never hears of round 1
+    history = run_simulation(config, federation=fed)
+    first = history.records[0]
+    assert first.status is RoundStatus.DIVERGED and first.survivors == 0
+    assert 0 < first.declined["non_finite_update"] < 6
+    assert len(history.records) == 1
+
+
+def test_a_run_stops_early_when_too_few_clients_can_still_train_for_a_secure_round():
+    from securefl.config import DPConfig, SecAggConfig
+
+    config = RunConfig(
+        **{**BASE, "dataset": "boston", "model": "mlp", "clients": 4, "rounds": 8, "lr": 0.001}
+        | {"batch_size": 8, "clients_per_round": 3},
+        dp=DPConfig(noise_multiplier=1.0, target_epsilon=6.0),
+        secagg=SecAggConfig(bits=40),
+    )
+    history = run_simulation(config)
+    assert history.status == "stopped_early"
+    assert "can still train" in history.stopped_early
+    assert all(r.status is not RoundStatus.ABORTED for r in history.records)

@@ -366,6 +366,10 @@ class _WeightSpy:
         self.inner = inner
         self.weights: dict[int, list[float]] = {}
 
+    @property
+    def fewest_clients(self):
+        return self.inner.fewest_clients
+
     def open_round(self, *, round_index, participants, context):
         return _WeightSpyRound(
             self, self.inner.open_round(round_index=round_index, participants=participants, context=context)
