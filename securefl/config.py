@@ -202,7 +202,7 @@ class SecAggConfig:
 def _training_defaults(dataset: str, model: str) -> TrainingDefaults:
     """The training defaults of ``model`` on ``dataset``, once both are known and fit each other."""
     from securefl.data import DATASETS
-    from securefl.models import MODELS, check_model_fits
+    from securefl.models import MODELS, TRAINABLE_MODELS, check_model_fits
 
     _require(
         dataset in DATASETS,
@@ -211,7 +211,12 @@ def _training_defaults(dataset: str, model: str) -> TrainingDefaults:
     )
     _require(model in MODELS, f"unknown model {model!r}: set `model` to one of {', '.join(MODELS)}")
     info = DATASETS[dataset]
-    check_model_fits(model, input_shape=info.input_shape)
+    spec = check_model_fits(model, input_shape=info.input_shape)
+    _require(
+        spec.not_for_training is None,
+        f"model {model!r} is not for training: {spec.not_for_training}; set `model` to one of "
+        f"{', '.join(TRAINABLE_MODELS)}",
+    )
     return info.training_defaults(model)
 
 
@@ -278,7 +283,7 @@ class RunConfig:
         self._validate()
 
     def _validate(self) -> None:
-        from securefl.data import PARTITIONS
+        from securefl.data import DATASETS, PARTITIONS
 
         _require(
             self.partition in PARTITIONS,
@@ -289,6 +294,12 @@ class RunConfig:
             f"unknown algorithm {self.algorithm!r}: set `algorithm` to one of {', '.join(ALGORITHMS)}",
         )
         _require_at_least(self.clients, 1, "clients", "clients")
+        samples = DATASETS[self.dataset].train_samples
+        _require(
+            self.clients <= samples,
+            f"clients {self.clients} > the {samples} training samples of dataset {self.dataset!r} "
+            f"(every client needs at least one): set `clients` to {samples} or fewer",
+        )
         _require(
             self.clients_per_round is None or self.fraction is None,
             "give either `clients_per_round` or `fraction`, not both",

@@ -32,6 +32,9 @@ class ModelSpec:
     description: str
     factory: Callable[[Shape, int], nn.Module]
     needs_images: bool
+    not_for_training: str | None = None
+    """Why federated training refuses the model (:class:`~securefl.config.RunConfig` does), or
+    ``None`` for a model it trains; the attacks build every model."""
 
 
 class ClassicCNN(nn.Module):
@@ -158,11 +161,25 @@ MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec("cnn", "classic MNIST CNN (2 conv + 2 fc), adapts to channels and size", ClassicCNN, True),
-        ModelSpec("lenet", "sigmoid LeNet of the gradient-leakage papers", SigmoidLeNet, True),
+        ModelSpec(
+            "lenet",
+            "sigmoid LeNet of the gradient-leakage papers",
+            SigmoidLeNet,
+            True,
+            not_for_training=(
+                "it is the sigmoid LeNet of the gradient-inversion attacks (securefl attack "
+                "--model lenet) and stays at chance under local SGD at every learning rate, "
+                "momentum, batch size and epoch count measured (docs/benchmarks.md, "
+                '"Data-set defaults")'
+            ),
+        ),
         ModelSpec("resnet18", "ResNet-18 for 32x32 images with GroupNorm (Opacus-ready)", ResNet18GN, True),
         ModelSpec("mlp", "flatten + ReLU MLP (64, 32): tables or images", MLP, False),
     )
 }
+
+TRAINABLE_MODELS = tuple(name for name, spec in MODELS.items() if spec.not_for_training is None)
+"""The models ``securefl train`` (:class:`~securefl.config.RunConfig`) accepts."""
 
 
 def check_model_fits(name: str, *, input_shape: Shape) -> ModelSpec:

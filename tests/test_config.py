@@ -15,7 +15,7 @@ import pytest
 from securefl.config import CentralDPConfig, DPConfig, RunConfig, SecAggConfig
 from securefl.data import DATASETS, TrainingDefaults
 from securefl.errors import ConfigError
-from securefl.models import MODELS
+from securefl.models import MODELS, TRAINABLE_MODELS, build_model, check_model_fits
 
 
 @pytest.mark.parametrize(
@@ -182,13 +182,24 @@ def _expected_training(dataset: str, model: str, **chosen) -> TrainingDefaults:
     return dataclasses.replace(DATASETS[dataset].training_defaults(model), **chosen)
 
 
+def _accepted_models(dataset: str) -> list[str]:
+    """The models ``dataset`` takes as input (lenet's refusal to train aside)."""
+    accepted = []
+    for model in MODELS:
+        try:
+            check_model_fits(model, input_shape=DATASETS[dataset].input_shape)
+        except ConfigError:
+            continue
+        accepted.append(model)
+    return accepted
+
+
 def test_training_settings_default_to_the_data_sets_and_are_recorded():
     for dataset in DATASETS:
-        for model in MODELS:
-            try:
-                config = RunConfig(dataset=dataset, model=model)
-            except ConfigError:
+        for model in TRAINABLE_MODELS:
+            if model not in _accepted_models(dataset):
                 continue  # a model the data set does not take (checked below)
+            config = RunConfig(dataset=dataset, model=model, clients=2)
             expected = _expected_training(dataset, model)
             assert config.training == expected
             assert (config.lr, config.momentum, config.batch_size, config.local_epochs) == (None,) * 4
@@ -200,6 +211,48 @@ def test_training_settings_default_to_the_data_sets_and_are_recorded():
 
 
 TRAINING = ("lr", "momentum", "batch_size", "local_epochs")
+
+
+@pytest.mark.parametrize("dataset", list(DATASETS))
+def test_every_data_set_has_defaults_for_every_model_it_trains(dataset):
+    """Issue 10: each registry entry carries training defaults for every model it accepts (its own
+    ``training``, or a ``training_by_model`` entry), and names no model it does not accept."""
+    info = DATASETS[dataset]
+    accepted = _accepted_models(dataset)
+    assert set(info.training_by_model) <= set(accepted) & set(TRAINABLE_MODELS)
+    for model in accepted:
+        if model not in TRAINABLE_MODELS:
+            continue
+        defaults = info.training_defaults(model)
+        assert defaults == info.training_by_model.get(model, info.training)
+        assert 0 < defaults.lr < 1 and 0 <= defaults.momentum < 1
+        assert defaults.batch_size >= 1 and defaults.local_epochs >= 1
+        assert RunConfig(dataset=dataset, model=model, clients=2).training == defaults
+
+
+@pytest.mark.parametrize("dataset", [name for name in DATASETS if "lenet" in _accepted_models(name)])
+def test_lenet_is_refused_for_training_naming_the_models_to_train(dataset):
+    """lenet (the attacks' sigmoid LeNet) stays at chance under local SGD: training refuses it and
+    says what to train instead; the attacks still build it."""
+    assert "lenet" not in TRAINABLE_MODELS
+    with pytest.raises(ConfigError) as error:
+        RunConfig(dataset=dataset, model="lenet")
+    message = str(error.value)
+    assert "gradient-inversion attacks" in message
+    assert f"set `model` to one of {', '.join(TRAINABLE_MODELS)}" in message
+    assert set(TRAINABLE_MODELS) == {"cnn", "resnet18", "mlp"}
+    build_model("lenet", input_shape=DATASETS[dataset].input_shape, num_outputs=10)
+
+
+def test_more_clients_than_training_samples_are_refused_naming_the_count():
+    """toy has 4 training points: the default 10 clients cannot each hold one."""
+    with pytest.raises(
+        ConfigError,
+        match=r"clients 10 > the 4 training samples of dataset 'toy'.*"
+        r"set `clients` to 4 or fewer",
+    ):
+        RunConfig(dataset="toy", model="mlp")
+    assert RunConfig(dataset="toy", model="mlp", clients=4).clients == 4
 
 
 def test_the_constructor_is_the_dataclass_one_and_training_is_derived():

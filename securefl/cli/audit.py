@@ -48,7 +48,7 @@ def audit(
         bool, Opt("--black-box", help="Mislabelled examples scored by the final model's loss (weaker).")
     ] = False,
     dataset: Annotated[str, Opt(help="Data set (see `securefl datasets`).")] = "digits",
-    model: Annotated[str, Opt(help="cnn | lenet | resnet18 | mlp.")] = "mlp",
+    model: Annotated[str, Opt(help="cnn | resnet18 | mlp (lenet is the attacks' model).")] = "mlp",
     clients: Annotated[int, Opt(help="Real clients N (central DP adds m canary clients).")] = 1,
     clients_per_round: Annotated[
         int | None, Opt(help="Real clients sampled per round. (default all)")

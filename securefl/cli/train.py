@@ -29,7 +29,9 @@ def train(
     dataset: Annotated[
         str | None, Opt(help="Data set (see `securefl datasets`). (default mnist-sample)")
     ] = None,
-    model: Annotated[str | None, Opt(help="cnn | lenet | resnet18 | mlp. (default cnn)")] = None,
+    model: Annotated[
+        str | None, Opt(help="cnn | resnet18 | mlp (lenet is the attacks' model). (default cnn)")
+    ] = None,
     clients: Annotated[int | None, Opt(help="Number of clients N. (default 10)")] = None,
     clients_per_round: Annotated[int | None, Opt(help="Clients sampled per round K. (default all)")] = None,
     fraction: Annotated[float | None, Opt(help="Fraction C of clients per round, instead of K.")] = None,

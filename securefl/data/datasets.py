@@ -86,10 +86,16 @@ class DatasetInfo:
     task: Task
     input_shape: tuple[int, ...]
     num_outputs: int
-    size: str
+    train_samples: int
+    test_samples: int
     needs_data_dir: bool
     training: TrainingDefaults
     training_by_model: Mapping[str, TrainingDefaults] = field(default_factory=dict, hash=False)
+
+    @property
+    def size(self) -> str:
+        """``"1,438 train / 359 test"``."""
+        return f"{self.train_samples:,} train / {self.test_samples:,} test"
 
     def training_defaults(self, model: str) -> TrainingDefaults:
         """The training defaults of ``model`` on this data set."""
@@ -153,6 +159,13 @@ BOSTON_TRAINING = TrainingDefaults(lr=0.001, momentum=0.5, batch_size=8, local_e
 within a round, at 0.003 R² swings between rounds; 0.001 with batches of 8 (the PySyft tutorial's)
 is steady."""
 
+DIGITS_TRAINING = TrainingDefaults(lr=0.1, momentum=0.5, batch_size=8, local_epochs=2)
+"""8x8 digits, 1,438 rows: at the shared lr 0.05 with batches of 16 the cnn is at 0.52 after 3
+rounds of 4 clients; lr 0.1 with batches of 8 gives mlp 0.90, cnn 0.93."""
+
+TOY_TRAINING = TrainingDefaults(lr=0.1, momentum=0.5, batch_size=16, local_epochs=2)
+"""Four points: lr 0.1 reaches R² 0.90-0.99 in the default 10 rounds with 2 clients (seeds 0-2)."""
+
 
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
@@ -163,7 +176,8 @@ DATASETS: dict[str, DatasetInfo] = {
             task="classification",
             input_shape=(1, 28, 28),
             num_outputs=10,
-            size="4,000 train / 1,000 test",
+            train_samples=4_000,
+            test_samples=1_000,
             needs_data_dir=False,
             training=DEFAULT_TRAINING,
         ),
@@ -173,7 +187,8 @@ DATASETS: dict[str, DatasetInfo] = {
             task="classification",
             input_shape=(1, 28, 28),
             num_outputs=10,
-            size="60,000 train / 10,000 test",
+            train_samples=60_000,
+            test_samples=10_000,
             needs_data_dir=True,
             training=DEFAULT_TRAINING,
         ),
@@ -183,7 +198,8 @@ DATASETS: dict[str, DatasetInfo] = {
             task="classification",
             input_shape=(3, 32, 32),
             num_outputs=10,
-            size="50,000 train / 10,000 test",
+            train_samples=50_000,
+            test_samples=10_000,
             needs_data_dir=True,
             training=DEFAULT_TRAINING,
         ),
@@ -193,7 +209,8 @@ DATASETS: dict[str, DatasetInfo] = {
             task="regression",
             input_shape=(13,),
             num_outputs=1,
-            size="404 train / 102 test",
+            train_samples=404,
+            test_samples=102,
             needs_data_dir=False,
             training=BOSTON_TRAINING,
         ),
@@ -203,9 +220,10 @@ DATASETS: dict[str, DatasetInfo] = {
             task="classification",
             input_shape=(1, 8, 8),
             num_outputs=10,
-            size="1,438 train / 359 test",
+            train_samples=1_438,
+            test_samples=359,
             needs_data_dir=False,
-            training=DEFAULT_TRAINING,
+            training=DIGITS_TRAINING,
         ),
         DatasetInfo(
             name="toy",
@@ -213,9 +231,10 @@ DATASETS: dict[str, DatasetInfo] = {
             task="regression",
             input_shape=(2,),
             num_outputs=1,
-            size="4 train / 4 test",
+            train_samples=4,
+            test_samples=4,
             needs_data_dir=False,
-            training=DEFAULT_TRAINING,
+            training=TOY_TRAINING,
         ),
         DatasetInfo(
             name="images",
@@ -223,7 +242,8 @@ DATASETS: dict[str, DatasetInfo] = {
             task="classification",
             input_shape=(3, IMAGE_CROP_SIZE, IMAGE_CROP_SIZE),
             num_outputs=IMAGE_SYNTHETIC_CLASSES,
-            size="480 train / 40 test",
+            train_samples=480,
+            test_samples=40,
             needs_data_dir=False,
             training=DEFAULT_TRAINING,
         ),
