@@ -84,41 +84,62 @@ class Traffic:
         return [sum(turn.values()) / len(turn) if turn else 0.0 for turn in self.client_seconds]
 
 
+Replies = dict[int, tuple[list[bytes], float]]
+"""Per client: its replies to one turn's messages and the seconds it computed."""
+
+Deliver = Callable[[Mapping[int, list[bytes]]], Replies]
+"""Hands each present client its messages of one turn (an empty list too) and returns its replies:
+one after another in this process (:func:`sequential`), or in worker processes."""
+
+
+def sequential(clients: Mapping[int, TurnClient]) -> Deliver:
+    """Each client in client-id order, in this process."""
+
+    def deliver(inboxes: Mapping[int, list[bytes]]) -> Replies:
+        replies: Replies = {}
+        for client_id in sorted(inboxes):
+            started = time.perf_counter()
+            out = [reply for data in inboxes[client_id] for reply in clients[client_id](data)]
+            replies[client_id] = (out, time.perf_counter() - started)
+        return replies
+
+    return deliver
+
+
 def run_turns(
     server: TurnServer,
-    clients: Mapping[int, TurnClient],
+    clients: Mapping[int, TurnClient] | Deliver,
     first: Sequence[tuple[int, bytes]],
     *,
     faults: Faults = NO_FAULTS,
 ) -> Traffic:
     """Carry ``first`` (the server's opening messages) and everything after it until the server
-    has finished; returns the traffic.  The clients present are the recipients of ``first``."""
+    has finished; returns the traffic.  The clients present are the recipients of ``first``;
+    ``clients`` are their receive functions, or a :data:`Deliver` that runs them.  However the
+    clients compute, the server gets their replies in client-id order, so the result does not
+    depend on which finished first."""
+    deliver = sequential(clients) if isinstance(clients, Mapping) else clients
     traffic = Traffic()
     present = {recipient for recipient, _ in first}
     outgoing = list(first)
     turn = 0
     while True:
-        inbox: dict[int, list[bytes]] = defaultdict(list)
+        present -= {c for c in present if faults.drops_before(c, turn)}
+        inboxes: dict[int, list[bytes]] = {c: [] for c in present}
         for recipient, data in outgoing:
-            if recipient in present and not faults.drops_before(recipient, turn):
-                inbox[recipient].append(data)
+            if recipient in inboxes:
+                inboxes[recipient].append(data)
                 traffic.bytes_down[recipient] += len(data)
-        seconds: dict[int, float] = {}
+        replies = deliver(inboxes)
+        traffic.client_seconds.append({c: seconds for c, (_, seconds) in replies.items()})
+        started = time.perf_counter()
         for client_id in sorted(present):
-            if faults.drops_before(client_id, turn):
-                present.discard(client_id)
-                continue
-            started = time.perf_counter()
-            replies = [reply for data in inbox.get(client_id, []) for reply in clients[client_id](data)]
-            seconds[client_id] = time.perf_counter() - started
-            started = time.perf_counter()
-            for reply in replies:
+            for reply in replies[client_id][0]:
                 traffic.bytes_up[client_id] += len(reply)
                 server.receive(client_id, reply)
-            traffic.server_seconds.append(time.perf_counter() - started)
             if faults.drops_after(client_id, turn):
                 present.discard(client_id)
-        traffic.client_seconds.append(seconds)
+        traffic.server_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
         try:
             outgoing = server.close_step()
