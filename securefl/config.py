@@ -266,6 +266,9 @@ class RunConfig:
     dp: DPConfig | None = None
     central_dp: CentralDPConfig | None = None
     secagg: SecAggConfig | None = None
+    workers: int = 1
+    """Processes that run the client programs (:mod:`securefl.transports.processes`); 1: all in
+    this process, one after another (:mod:`securefl.transports.inprocess`)."""
     training: TrainingDefaults = field(init=False)
     """The training settings the run uses: the user's choices, the data set's defaults for the
     rest. Every consumer reads these (``config.training.lr``), never the fields above."""
@@ -329,6 +332,16 @@ class RunConfig:
         _require(
             self.threads < THREADS_LIMIT,
             f"threads {self.threads} >= 2**31: use a `threads` below {THREADS_LIMIT}",
+        )
+        _require_at_least(self.workers, 1, "workers", "workers")
+        _require(
+            self.workers < THREADS_LIMIT,
+            f"workers {self.workers} >= 2**31: use fewer `workers`",
+        )
+        _require(
+            self.dp is None or self.workers == 1,
+            "`dp` keeps each client's privacy ledger in the client program, which `workers` > 1 runs "
+            "in other processes whose ledgers this run cannot report yet: use `workers` 1 with `dp`",
         )
         _require(
             self.dp is None or self.algorithm != "fedsgd",

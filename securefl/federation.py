@@ -53,6 +53,7 @@ from securefl.fl.vectors import load_vector, to_vector
 from securefl.models import build_model
 from securefl.protocols.crypto import keys
 from securefl.transports.inprocess import InProcessTransport
+from securefl.transports.processes import ProcessTransport
 
 if TYPE_CHECKING:
     from securefl.privacy import DPSGDTrainer
@@ -348,48 +349,53 @@ def run_simulation(
     programs = build_programs(fed)
     server, clients = programs.server, programs.clients
     faults_for = getattr(fed.channel, "simulated_dropouts", None)
-    transport = InProcessTransport(faults_for=faults_for)
-    transport.enrol(server, clients)
-    history = History(
-        config=config,
-        partition=partition_stats(fed.parts, fed.dataset.train_y, num_classes=fed.dataset.num_outputs),
+    transport: InProcessTransport | ProcessTransport = (
+        ProcessTransport(workers=config.workers, faults_for=faults_for)
+        if config.workers > 1
+        else InProcessTransport(faults_for=faults_for)
     )
-    client_accountants = _client_accountants(fed.trainers)
-    final = server.params
-    for round_index in range(1, config.rounds + 1):
-        able, needed = len(server.eligible), fed.channel.fewest_clients
-        if able < needed:
-            history.stopped_early = (
-                f"no client can train in round {round_index}: every privacy budget is spent"
-                if able == 0
-                else f"only {able} client(s) can still train in round {round_index}, and a round of "
-                f"this aggregation needs {needed}: the others' privacy budgets are spent"
-            )
-            log.info(history.stopped_early)
-            break
-        started = time.perf_counter()
-        before = server.params
-        traffic = transport.run_round(server, clients)
-        record = server.records[-1]
-        model_bytes = server.params.numel() * server.params.element_size()
-        details = traffic_details(traffic)
-        record = dataclasses.replace(
-            record,
-            bytes_up=details.pop("bytes_up"),
-            bytes_down=details.pop("bytes_down"),
-            seconds=time.perf_counter() - started,
-            aggregation={**record.aggregation, **details, "model_bytes": model_bytes},
-            privacy={**record.privacy, **_client_privacy(client_accountants)},
+    with transport:
+        transport.enrol(server, clients)
+        history = History(
+            config=config,
+            partition=partition_stats(fed.parts, fed.dataset.train_y, num_classes=fed.dataset.num_outputs),
         )
-        history.records.append(record)
-        if on_round is not None:
-            on_round(record)
-        if record.status is RoundStatus.DIVERGED:
-            history.diverged = _divergence_message(record, config)
-            log.info(history.diverged)
-            final = before  # the last finite model: the one the diverged round started from
-            break
+        client_accountants = _client_accountants(fed.trainers)
         final = server.params
+        for round_index in range(1, config.rounds + 1):
+            able, needed = len(server.eligible), fed.channel.fewest_clients
+            if able < needed:
+                history.stopped_early = (
+                    f"no client can train in round {round_index}: every privacy budget is spent"
+                    if able == 0
+                    else f"only {able} client(s) can still train in round {round_index}, and a round of "
+                    f"this aggregation needs {needed}: the others' privacy budgets are spent"
+                )
+                log.info(history.stopped_early)
+                break
+            started = time.perf_counter()
+            before = server.params
+            traffic = transport.run_round(server, clients)
+            record = server.records[-1]
+            model_bytes = server.params.numel() * server.params.element_size()
+            details = traffic_details(traffic)
+            record = dataclasses.replace(
+                record,
+                bytes_up=details.pop("bytes_up"),
+                bytes_down=details.pop("bytes_down"),
+                seconds=time.perf_counter() - started,
+                aggregation={**record.aggregation, **details, "model_bytes": model_bytes},
+                privacy={**record.privacy, **_client_privacy(client_accountants)},
+            )
+            history.records.append(record)
+            if on_round is not None:
+                on_round(record)
+            if record.status is RoundStatus.DIVERGED:
+                history.diverged = _divergence_message(record, config)
+                log.info(history.diverged)
+                final = before  # the last finite model: the one the diverged round started from
+                break
+            final = server.params
     load_vector(fed.eval_model.parameters(), final)
     history.model = fed.eval_model
     accountants = [*client_accountants, *server.accountants]

@@ -52,6 +52,10 @@ def train(
         bool | None, Opt("--download/--no-download", help="Allow torchvision to download.")
     ] = None,
     threads: Annotated[int | None, Opt(help="torch intra-op threads. (default 1)")] = None,
+    workers: Annotated[
+        int | None,
+        Opt(help="Processes running the clients, one torch thread each; same results. (default 1)"),
+    ] = None,
     dp: Annotated[
         bool | None, Opt("--dp/--no-dp", help="Sample-level DP-SGD on every client (Opacus).")
     ] = None,

@@ -29,6 +29,15 @@ class InProcessTransport:
         for client_id in sorted(clients):
             server.receive(client_id, clients[client_id].join())
 
+    def close(self) -> None:
+        """Nothing to stop: everything ran in this process."""
+
+    def __enter__(self) -> InProcessTransport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def run_round(self, server: FederatedServer, clients: Mapping[int, FederatedClient]) -> Traffic:
         """One round, from the server's train requests to its record; the traffic it carried."""
         first = server.start_round()

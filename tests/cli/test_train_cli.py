@@ -293,6 +293,7 @@ def test_dp_composes_with_secure_aggregation(tmp_path, extra):
 def test_privacy_budget_stops_clients_and_the_run_ends_cleanly(tmp_path, capsys):
     out = tmp_path / "run"
     args = [*SMALL, "--rounds", "6", "--dp", "--noise-multiplier", "1.2", "--target-epsilon", "2.0"]
+    args += ["--batch-size", "16", "--lr", "0.05"]  # the budget runs out by round 5 at these settings
     assert main(["train", *args, "--out", str(out)]) == 0
     assert "stopped early" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -384,6 +385,7 @@ _REFUSED_VALUES = {
     "--batch-size": (["inf", "-1", "0"], []),
     "--seed": (["inf", "-1"], []),
     "--threads": (["inf", "-1", "0"], []),
+    "--workers": (["inf", "-1", "0"], []),
     "--secagg-neighbors": (["inf", "-1", "0"], ["--secagg"]),
     "--secagg-bits": (["inf", "-1", "0"], ["--secagg"]),
     "--secagg-colluders": (["inf", "-1"], ["--secagg"]),
