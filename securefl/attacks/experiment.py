@@ -18,7 +18,6 @@ drive the gradient distance to 1e-8 of its scale; Inverting Gradients rounds run
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +50,7 @@ from securefl.data import Dataset, load_dataset
 from securefl.errors import ConfigError
 from securefl.fl.types import ClientShard
 from securefl.models import MODELS, build_model
+from securefl.validation import require_at_least, require_at_most, require_positive
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,13 @@ SERVER_INITS = ("auto", "uniform", "default")
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_RESTARTS = {"dlg": 8, "idlg": 8, "ig": 2}
 LEAKED_PSNR = 40.0
+"""A reconstruction at or above this PSNR is counted as recovered (the DLG/iDLG target)."""
 SEED_LIMIT = 2**32
 """Attack seeds are in ``[0, SEED_LIMIT)``: each round's seed is ``seed`` times a prime of up to
 six digits plus the round, and must stay a non-negative seed of torch's and numpy's generators."""
-"""A reconstruction at or above this PSNR is counted as recovered (the DLG/iDLG target)."""
+MAX_LOCAL_STEPS = 10_000
+"""The most local steps an attacked round simulates (the papers use 1 to a few hundred); more
+would run for hours before the attack starts."""
 
 COMPARISON_DEFENCES: tuple[Defence, ...] = (
     NoDefence(),
@@ -159,18 +162,15 @@ def prepare(config: ExperimentConfig, *, dataset: Dataset | None = None) -> Prep
     if config.precision != "auto" and config.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {config.precision!r}: choose auto, float32 or float64")
     check_seed(config.seed)
-    if config.images < 1:
-        raise ConfigError(f"`images` {config.images} < 1: attack at least one image")
-    if config.batch_size < 1:
-        raise ConfigError(f"`batch_size` {config.batch_size} < 1: use 1 or more")
-    if config.local_steps < 1:
-        raise ConfigError(f"`local_steps` {config.local_steps} < 1: use 1 or more")
-    if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
-        raise ConfigError(f"`learning_rate` {config.learning_rate} must be positive")
-    if config.restarts is not None and config.restarts < 1:
-        raise ConfigError(f"`restarts` {config.restarts} < 1: use 1 or more")
-    if config.iterations is not None and config.iterations < 1:
-        raise ConfigError(f"`iterations` {config.iterations} < 1: use 1 or more")
+    require_at_least(config.images, 1, "`images`", "images")
+    require_at_least(config.batch_size, 1, "`batch_size`", "batch_size")
+    require_at_least(config.local_steps, 1, "`local_steps`", "local_steps")
+    require_at_most(config.local_steps, MAX_LOCAL_STEPS, "`local_steps`", "local_steps")
+    require_positive(config.learning_rate, "`learning_rate`", "learning_rate")
+    if config.restarts is not None:
+        require_at_least(config.restarts, 1, "`restarts`", "restarts")
+    if config.iterations is not None:
+        require_at_least(config.iterations, 1, "`iterations`", "iterations")
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
     if dataset.task != "classification" or len(dataset.input_shape) != 3:
