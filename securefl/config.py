@@ -267,8 +267,9 @@ class RunConfig:
     central_dp: CentralDPConfig | None = None
     secagg: SecAggConfig | None = None
     workers: int = 1
-    """Processes that run the client programs (:mod:`securefl.transports.processes`); 1: all in
-    this process, one after another (:mod:`securefl.transports.inprocess`)."""
+    """Processes that run the client programs (:mod:`securefl.transports.processes`), each with one
+    torch thread; 1: all in this process, one after another (:mod:`securefl.transports.inprocess`).
+    The results are the same."""
     training: TrainingDefaults = field(init=False)
     """The training settings the run uses: the user's choices, the data set's defaults for the
     rest. Every consumer reads these (``config.training.lr``), never the fields above."""
@@ -337,6 +338,11 @@ class RunConfig:
         _require(
             self.workers < THREADS_LIMIT,
             f"workers {self.workers} >= 2**31: use fewer `workers`",
+        )
+        _require(
+            self.workers == 1 or self.threads == 1,
+            "worker processes train with one torch thread each (a forked process cannot safely use "
+            "more after its parent did): use `threads` 1 with `workers` > 1",
         )
         _require(
             self.dp is None or self.workers == 1,

@@ -4,9 +4,14 @@
 client programs (round-robin by client id) with their shards, trainers, ledgers and aggregation
 halves, inherited at the fork (copy-on-write: nothing is shipped per round) and kept across rounds.
 Each turn of a round (:func:`securefl.fl.turns.run_turns`) sends every worker the encoded messages
-of its clients, the workers compute in parallel with one torch thread each, and the server receives
-the replies in client-id order, so results are bit for bit those of the in-process transport.
-Between the processes only bytes travel, framed here (no pickle): a kind byte, then per client its
+of its clients, the workers compute in parallel with one torch thread each (a forked process cannot
+safely start another OpenMP pool after its parent ran one with more threads: a run with more than
+one worker has ``threads`` 1, :class:`~securefl.config.RunConfig`), and the server receives the
+replies in client-id order, so results are bit for bit those of the in-process transport.
+
+A worker exits when told to, when the parent dies (it sees end-of-file: a killed run leaves nothing
+behind), or after reporting an exception in a client program; a worker's death is reported with its
+exit code.  Between the processes only bytes travel, framed here (no pickle): a kind byte, then per client its
 id and length-prefixed messages (and, in a reply, its compute seconds).
 
 The client programs' state lives in the workers: what the simulation reads from the parent's
@@ -18,13 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import signal
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 
 import torch
 
+from securefl.errors import DecodeError
 from securefl.fl.client import FederatedClient
 from securefl.fl.server import FederatedServer
 from securefl.fl.turns import NO_FAULTS, Faults, Replies, Traffic, run_turns
@@ -33,6 +40,7 @@ from securefl.protocols.wire import ByteReader, ByteWriter
 FaultsFor = Callable[[int, Sequence[int]], Faults]
 
 _JOIN, _TURN, _STOP = 0, 1, 2
+_ANSWERED, _FAILED = 0, 1
 _F64 = struct.Struct(">d")
 
 
@@ -59,7 +67,8 @@ class ProcessTransport:
             self._host[client_id] = index % self.workers
         for own in hosted:
             parent, child = context.Pipe()
-            process = context.Process(target=_serve, args=(child, own), daemon=True)
+            inherited = [*self._connections, parent]  # the worker closes these: it sees EOF when we die
+            process = context.Process(target=_serve, args=(child, own, inherited), daemon=True)
             process.start()
             child.close()
             self._connections.append(parent)
@@ -84,27 +93,50 @@ class ProcessTransport:
             by_worker[self._host[client_id]][client_id] = messages
         asked = [index for index, share in enumerate(by_worker) if share]
         for index in asked:  # every worker computes at once
-            self._connections[index].send_bytes(_frame(kind, by_worker[index]))
+            try:
+                self._connections[index].send_bytes(_frame(kind, by_worker[index]))
+            except OSError:
+                raise self._died(index) from None
         replies: Replies = {}
         for index in asked:
+            connection, process = self._connections[index], self._processes[index]
+            wait([connection, process.sentinel])  # a reply, or the worker's death
             try:
-                replies.update(_unframe_replies(self._connections[index].recv_bytes()))
-            except EOFError:
-                raise RuntimeError(f"worker {index} died (see its traceback above)") from None
+                data = connection.recv_bytes()
+            except (EOFError, OSError):
+                raise self._died(index) from None
+            if data[0] == _FAILED:
+                raise RuntimeError(f"worker {index} failed: {data[1:].decode('utf-8', 'replace')}")
+            answered = _unframe_replies(data[1:], index)
+            if set(answered) != set(by_worker[index]):
+                raise RuntimeError(f"worker {index} answered for clients it was not asked about")
+            replies.update(answered)
         return replies
 
+    def _died(self, index: int) -> RuntimeError:
+        process = self._processes[index]
+        process.join(timeout=1)
+        code = process.exitcode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        return RuntimeError(f"worker {index} (pid {process.pid}) {how} during the round")
+
     def close(self) -> None:
-        """Stop the workers."""
-        for connection in self._connections:
-            with contextlib.suppress(OSError):  # a worker that died has closed its end already
-                connection.send_bytes(bytes([_STOP]))
-            connection.close()
-        for process in self._processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        """Stop the workers (those that do not stop in time are killed)."""
+        connections, processes = self._connections, self._processes
         self._connections, self._processes = [], []
+        try:
+            for connection in connections:
+                with contextlib.suppress(OSError):  # a worker that died has closed its end already
+                    connection.send_bytes(bytes([_STOP]))
+            for process in processes:
+                process.join(timeout=10)
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+            for connection in connections:
+                connection.close()
 
     def __enter__(self) -> ProcessTransport:
         return self
@@ -113,23 +145,37 @@ class ProcessTransport:
         self.close()
 
 
-def _serve(connection: Connection, clients: dict[int, FederatedClient]) -> None:
-    """A worker: answer each turn for the clients it hosts until told to stop."""
+def _serve(connection: Connection, clients: dict[int, FederatedClient], inherited: list[Connection]) -> None:
+    """A worker: answer each turn for the clients it hosts until told to stop or the parent goes.
+
+    It closes the parent's ends of every pipe it inherited, so the parent's death (even by
+    SIGKILL) reaches it as end-of-file; Ctrl-C is the parent's to handle."""
+    for other in inherited:
+        other.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     while True:
-        data = connection.recv_bytes()
+        try:
+            data = connection.recv_bytes()
+        except (EOFError, OSError):
+            return  # the parent is gone
         if data[0] == _STOP:
             connection.close()
             return
-        replies: Replies = {}
-        for client_id, messages in _unframe(data[1:]).items():
-            started = time.perf_counter()
-            if data[0] == _JOIN:
-                out = [clients[client_id].join()]
-            else:
-                out = [reply for message in messages for reply in clients[client_id].receive(message)]
-            replies[client_id] = (out, time.perf_counter() - started)
-        connection.send_bytes(_frame_replies(replies))
+        try:
+            replies: Replies = {}
+            for client_id, messages in _unframe(data[1:]).items():
+                started = time.perf_counter()
+                if data[0] == _JOIN:
+                    out = [clients[client_id].join()]
+                else:
+                    out = [reply for message in messages for reply in clients[client_id].receive(message)]
+                replies[client_id] = (out, time.perf_counter() - started)
+        except Exception as error:  # a bug in a client program: say which, then stop
+            connection.send_bytes(bytes([_FAILED]) + f"{type(error).__name__}: {error}".encode())
+            connection.close()
+            raise
+        connection.send_bytes(bytes([_ANSWERED]) + _frame_replies(replies))
 
 
 def _frame(kind: int, inboxes: Mapping[int, list[bytes]]) -> bytes:
@@ -157,12 +203,17 @@ def _frame_replies(replies: Replies) -> bytes:
     return w.bytes()
 
 
-def _unframe_replies(data: bytes) -> Replies:
+def _unframe_replies(data: bytes, worker: int) -> Replies:
     r = ByteReader(data)
     replies: Replies = {}
-    for _ in range(r.u32()):
-        client_id, seconds = r.u32(), float(r.unpack(_F64))
-        replies[client_id] = (_read_messages(r), seconds)
+    try:
+        for _ in range(r.u32()):
+            client_id, seconds = r.u32(), float(r.unpack(_F64))
+            replies[client_id] = (_read_messages(r), seconds)
+    except DecodeError as error:
+        raise RuntimeError(f"worker {worker} sent a malformed reply: {error}") from None
+    if r.remaining():
+        raise RuntimeError(f"worker {worker} sent {r.remaining()} bytes after its reply")
     return replies
 
 
