@@ -141,15 +141,8 @@ def encode(message: Message) -> bytes:
 
 def decode(data: bytes) -> Message:
     """The message encoded in ``data``; :class:`DecodeError` for anything malformed."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError(f"expected bytes, got {type(data).__name__}")
-    r = _Reader(bytes(data))
-    if r.raw(len(MAGIC)) != MAGIC:
-        raise DecodeError("not a securefl round message (bad magic)")
-    version = r.u8()
-    if version != VERSION:
-        raise DecodeError(f"unsupported round-message version {version}: this build speaks {VERSION}")
-    kind = _TYPES_BY_CODE.get(r.u8())
+    r = _Reader(data)
+    kind = _TYPES_BY_CODE.get(r.header(magic=MAGIC, version=VERSION, what="round"))
     if kind is None:
         raise DecodeError("unknown round-message type")
     try:

@@ -48,9 +48,20 @@ class ByteWriter:
 class ByteReader:
     """Reads the fields of one message, never past its end."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
+    def __init__(self, data: object) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise DecodeError(f"expected bytes, got {type(data).__name__}")
+        self.data = memoryview(bytes(data))
         self.offset = 0
+
+    def header(self, *, magic: bytes, version: int, what: str) -> int:
+        """Check the magic and version of a ``what`` message; its type byte."""
+        if self.raw(len(magic)) != magic:
+            raise DecodeError(f"not a securefl {what} message (bad magic)")
+        found = self.u8()
+        if found != version:
+            raise DecodeError(f"unsupported {what} message version {found}: this build speaks {version}")
+        return self.u8()
 
     def remaining(self) -> int:
         return len(self.data) - self.offset

@@ -167,15 +167,8 @@ def encode_setup(setup: RoundSetup) -> bytes:
 def decode_setup(data: bytes) -> RoundSetup:
     """The :class:`RoundSetup` encoded in ``data``; :class:`DecodeError` for anything malformed
     (including a setup that :class:`RoundSetup` itself refuses, e.g. unsorted participants)."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError(f"expected bytes, got {type(data).__name__}")
-    r = _Reader(bytes(data))
-    if r.raw(len(MAGIC)) != MAGIC:
-        raise DecodeError("not a securefl secure-aggregation message (bad magic)")
-    version = r.u8()
-    if version != VERSION:
-        raise DecodeError(f"unsupported message version {version}: this build speaks {VERSION}")
-    if r.u8() != SETUP_CODE:
+    r = _Reader(data)
+    if r.header(magic=MAGIC, version=VERSION, what="secure-aggregation") != SETUP_CODE:
         raise DecodeError("not a round setup")
     round_id = r.u64()
     participants = r.ids()
@@ -192,15 +185,8 @@ def decode_setup(data: bytes) -> RoundSetup:
 
 def decode(data: bytes) -> Message:
     """The message encoded in ``data``; :class:`DecodeError` for anything malformed."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError(f"expected bytes, got {type(data).__name__}")
-    r = _Reader(bytes(data))
-    if r.raw(len(MAGIC)) != MAGIC:
-        raise DecodeError("not a securefl secure-aggregation message (bad magic)")
-    version = r.u8()
-    if version != VERSION:
-        raise DecodeError(f"unsupported message version {version}: this build speaks {VERSION}")
-    code = r.u8()
+    r = _Reader(data)
+    code = r.header(magic=MAGIC, version=VERSION, what="secure-aggregation")
     message_type = _TYPES_BY_CODE.get(code)
     if message_type is None:
         raise DecodeError(f"unknown message type {code}")
