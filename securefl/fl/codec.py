@@ -107,9 +107,7 @@ def encode(message: Message) -> bytes:
     if code is None:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: not a round message")
     w = _Writer()
-    w.raw(MAGIC)
-    w.u8(VERSION)
-    w.u8(code)
+    w.header(magic=MAGIC, version=VERSION, code=code)
     match message:
         case Availability():
             w.u32(message.client_id)

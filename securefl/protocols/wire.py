@@ -41,6 +41,12 @@ class ByteWriter:
     def u64(self, value: int) -> None:
         self.pack(U64, value)
 
+    def header(self, *, magic: bytes, version: int, code: int) -> None:
+        """A message's magic, version and type byte (what :meth:`ByteReader.header` checks)."""
+        self.raw(magic)
+        self.u8(version)
+        self.u8(code)
+
     def bytes(self) -> bytes:
         return b"".join(self.parts)
 

@@ -85,9 +85,7 @@ def encode(message: Message) -> bytes:
     if code is None:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: not a protocol message")
     w = _Writer()
-    w.raw(MAGIC)
-    w.u8(VERSION)
-    w.u8(code)
+    w.header(magic=MAGIC, version=VERSION, code=code)
     w.u64(message.round_id)
     match message:
         case AdvertiseKeys():
@@ -152,9 +150,7 @@ SETUP_CODE = 32
 def encode_setup(setup: RoundSetup) -> bytes:
     """The wire bytes of the server's announcement of a round: every field of ``setup``."""
     w = _Writer()
-    w.raw(MAGIC)
-    w.u8(VERSION)
-    w.u8(SETUP_CODE)
+    w.header(magic=MAGIC, version=VERSION, code=SETUP_CODE)
     w.u64(setup.round_id)
     w.ids(setup.participants)
     w.u32(setup.vector_length)
