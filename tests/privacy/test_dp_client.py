@@ -346,16 +346,7 @@ def test_a_budget_with_given_noise_stops_the_client_mid_run():
     shards = make_shards([32])
     trainer = make_trainer(shards, config=config, batch_size=8, rounds=50)
     assert trainer.plans[0].noise_multiplier == 1.0
-    trained = 0
-    while trainer.can_train(0):
-        trained += 1
-        train(trainer, shards[0], trained)
-    within = opacus_epsilon(accountant="rdp", noise=1.0, sample_rate=8 / 32, steps=trained * 4, delta=1e-3)
-    beyond = opacus_epsilon(
-        accountant="rdp", noise=1.0, sample_rate=8 / 32, steps=(trained + 1) * 4, delta=1e-3
-    )
-    assert trained >= 2 and within <= 6.0 < beyond
-    assert trainer.epsilon(0) == pytest.approx(within, rel=1e-9)
+    _train_until_the_budget_stops_it(trainer, shards[0])
 
 
 class _WeightSpy:
@@ -511,16 +502,7 @@ def test_each_per_client_trainer_enforces_its_own_budget():
     object.__setattr__(config, "noise_multiplier", 1.0)
     separate = per_client_trainers(shards, config=config, rounds=50, batch_size=8)
     small, large = separate[0], separate[1]
-    trained = 0
-    while small.can_train(0):
-        trained += 1
-        train(small, shards[0], trained)
-    within = opacus_epsilon(accountant="rdp", noise=1.0, sample_rate=8 / 32, steps=trained * 4, delta=1e-3)
-    beyond = opacus_epsilon(
-        accountant="rdp", noise=1.0, sample_rate=8 / 32, steps=(trained + 1) * 4, delta=1e-3
-    )
-    assert trained >= 2 and within <= 6.0 < beyond
-    assert small.epsilon(0) == pytest.approx(within, rel=1e-9)
+    trained = _train_until_the_budget_stops_it(small, shards[0])
     with pytest.raises(PrivacyBudgetExceeded):
         train(small, shards[0], trained + 1)
     assert small.privacy_ledger.excluded == (0,)
@@ -585,3 +567,19 @@ def test_a_report_needs_disjoint_clients_under_one_setting():
         dp_round_metrics([make_trainer(shards[:1], config=config), make_trainer(shards[1:], config=other)])
     with pytest.raises(ValueError, match="no DP-SGD trainer"):
         dp_ledger([])
+
+
+def _train_until_the_budget_stops_it(trainer, shard) -> int:
+    """Train client 0 (32 examples, batches of 8: 4 steps a round, z = 1, δ = 1e-3) while it may; it
+    must stop exactly where Opacus' RDP accountant crosses ε = 6. Returns the rounds trained."""
+    trained = 0
+    while trainer.can_train(0):
+        trained += 1
+        train(trainer, shard, trained)
+    within = opacus_epsilon(accountant="rdp", noise=1.0, sample_rate=8 / 32, steps=trained * 4, delta=1e-3)
+    beyond = opacus_epsilon(
+        accountant="rdp", noise=1.0, sample_rate=8 / 32, steps=(trained + 1) * 4, delta=1e-3
+    )
+    assert trained >= 2 and within <= 6.0 < beyond
+    assert trainer.epsilon(0) == pytest.approx(within, rel=1e-9)
+    return trained
