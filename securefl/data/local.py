@@ -64,6 +64,8 @@ def load_local_data(
     shape = tuple(int(d) for d in input_shape)
     if not path.exists():
         raise DataError(f"data path {path} does not exist: give {FORMATS}")
+    x: np.ndarray | torch.Tensor
+    y: np.ndarray | torch.Tensor
     if path.is_dir():
         dataset = _torchvision_dataset(path)
         if dataset is not None:
