@@ -108,3 +108,15 @@ class ModelRefusedError(SecureFLError):
     Deliberate in a federation whose config pins the model; to study the attacks anyway, turn the
     client-side check off (``securefl attack --no-pinning`` / ``--no-parameter-checks``).
     """
+
+
+class AccessRefusedError(ConfigError):
+    """A federation will not let this party in, or this party does not trust the other side: a
+    client certificate from another CA, not enrolled or revoked, a server certificate the client's
+    CA did not issue (or not for the address dialled), a TLS version older than 1.3.  Retrying
+    cannot help; the message says what to fix."""
+
+
+class ServerUnreachableError(SecureFLError):
+    """A client kept failing to reach its server, retrying with backoff, for longer than it was
+    told to keep trying."""
