@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from torch import nn
 
 from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset, partition, partition_stats
+from securefl.data.datasets import DatasetInfo, Task
 from securefl.fl.client import FederatedClient
 from securefl.fl.evaluation import Evaluator
 from securefl.fl.fedavg import ClientSampler, PlainSum, WeightedMean, weight_by_samples
@@ -39,7 +40,6 @@ from securefl.fl.server import FederatedServer
 from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import (
     Aggregation,
-    AggregationClient,
     ClientShard,
     ClientTrainer,
     Contribution,
@@ -95,15 +95,7 @@ class Federation:
     @property
     def round_settings(self) -> dict[str, int | float | str]:
         """The training settings every client of a round receives with the model."""
-        c = self.config
-        return {
-            "algorithm": c.algorithm,
-            "local_epochs": c.training.local_epochs,
-            "batch_size": c.training.batch_size,
-            "lr": c.training.lr,
-            "momentum": c.training.momentum,
-            "weight_decay": c.weight_decay,
-        }
+        return round_settings(self.config)
 
 
 def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Federation:
@@ -123,42 +115,126 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
         ClientShard(client_id=i, x=dataset.train_x[idx].contiguous(), y=dataset.train_y[idx].contiguous())
         for i, idx in enumerate(parts)
     ]
-
-    def new_model() -> nn.Module:
-        return build_model(
-            config.model, input_shape=dataset.input_shape, num_outputs=dataset.num_outputs, seed=config.seed
-        )
-
-    eval_model = new_model()
+    eval_model = build_model_for(config, dataset.info)
     num_params = sum(p.numel() for p in eval_model.parameters())
-    trainers = _build_trainers(config, new_model(), dataset, shards)
-    sampling = config.central_dp.client_sampling if config.central_dp is not None else "fixed"
-    max_clients = config.clients if sampling == "poisson" else config.sampled_clients
-    channel: Aggregation = PlainSum(vector_length=num_params)
+    new_trainer = trainer_factory(config, build_model_for(config, dataset.info), dataset.task)
     signing_keys = None
+    if config.secagg is not None and config.secagg.active_adversary:
+        # each client's identity, enrolled before the first round
+        signing_keys = {s.client_id: keys.generate_signing_key() for s in shards}
+    channel = build_aggregation(
+        config,
+        num_params=num_params,
+        max_client_samples=max(len(s) for s in shards),
+        verify_keys=None if signing_keys is None else {c: k.public_key() for c, k in signing_keys.items()},
+    )
+    return Federation(
+        config=config,
+        dataset=dataset,
+        parts=parts,
+        shards=shards,
+        eval_model=eval_model,
+        trainers={s.client_id: new_trainer(s) for s in shards},
+        transform=update_transform(config),
+        channel=channel,
+        server_update=build_server_update(config, channel),
+        signing_keys=signing_keys,
+        sampler=build_sampler(config),
+    )
+
+
+def round_settings(config: RunConfig) -> dict[str, int | float | str]:
+    """The training settings every client of a round receives with the model."""
+    return {
+        "algorithm": config.algorithm,
+        "local_epochs": config.training.local_epochs,
+        "batch_size": config.training.batch_size,
+        "lr": config.training.lr,
+        "momentum": config.training.momentum,
+        "weight_decay": config.weight_decay,
+    }
+
+
+def build_model_for(config: RunConfig, info: DatasetInfo) -> nn.Module:
+    """``config.model`` for ``info``'s inputs and outputs, initialised from ``config.seed``: the
+    same weights in every process that builds it (the server's global model, a client's pinned
+    architecture)."""
+    return build_model(
+        config.model, input_shape=info.input_shape, num_outputs=info.num_outputs, seed=config.seed
+    )
+
+
+def _poisson_sampling(config: RunConfig) -> bool:
+    return config.central_dp is not None and config.central_dp.client_sampling == "poisson"
+
+
+def build_sampler(config: RunConfig) -> ClientSampler:
+    """Who trains in each round.  Under central DP the sample must stay unknown to the server
+    (amplification by sampling): the draw is then secret."""
+    return ClientSampler(
+        num_clients=config.clients,
+        per_round=config.sampled_clients,
+        scheme="poisson" if _poisson_sampling(config) else "fixed",
+        seed=config.seed,
+        secret=config.central_dp is not None,
+    )
+
+
+def build_aggregation(
+    config: RunConfig,
+    *,
+    num_params: int,
+    max_client_samples: int,
+    verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
+) -> Aggregation:
+    """The aggregation both sides run, computed from the configuration alone (so a server and a
+    client on different machines build the same one): a plain sum, secure aggregation, or
+    distributed DP under secure aggregation.  ``max_client_samples`` bounds a FedAvg client's
+    weight (the largest shard); ``verify_keys`` are the clients' enrolled Ed25519 identities
+    (active-adversary secure aggregation)."""
+    if config.secagg is None:
+        return PlainSum(vector_length=num_params)
+    max_clients = config.clients if _poisson_sampling(config) else config.sampled_clients
+    central = config.central_dp
+    secure = SecureAggregationChannel(
+        config=config.secagg,
+        num_params=num_params,
+        # DP-FedAvg clients send weight 1; FedAvg clients their sample count.
+        weight_bound=1 if central is not None else max_client_samples,
+        clients_per_round=config.sampled_clients,
+        max_clients=max_clients,
+        dp_clip_norm=central.clip_norm if central is not None and not central.distributed else None,
+        seed=config.seed,
+        verify_keys=None if verify_keys is None else dict(verify_keys),
+    )
+    if central is None or not central.distributed:
+        return secure
+    from securefl.privacy.distributed import DistributedDPChannel  # Opacus only when asked for
+
+    return DistributedDPChannel(
+        secure=secure,
+        num_params=num_params,
+        clip_norm=central.clip_norm,
+        noise_multiplier=central.noise_multiplier,
+        delta=central.delta,
+        max_clients=max_clients,
+        seed=config.seed,
+    )
+
+
+def build_server_update(config: RunConfig, channel: Aggregation) -> ServerUpdate:
+    """FedAvg's weighted mean, or DP-FedAvg's noised mean with its user-level accountant (the
+    clients' noise under distributed DP, central DP's ε kept for comparison)."""
+    central = config.central_dp
+    if central is None:
+        return WeightedMean()
+    from securefl.privacy import DPFedAvgServerUpdate  # Opacus only when asked for
+
     min_released_clients = 1  # a plain sum releases one client's update as a sum
-    if config.secagg is not None:
-        if config.secagg.active_adversary:  # each client's identity, enrolled before the first round
-            signing_keys = {s.client_id: keys.generate_signing_key() for s in shards}
-        secure = SecureAggregationChannel(
-            config=config.secagg,
-            num_params=num_params,
-            # DP-FedAvg clients send weight 1; FedAvg clients their sample count.
-            weight_bound=1 if config.central_dp is not None else max(len(s) for s in shards),
-            clients_per_round=config.sampled_clients,
-            max_clients=max_clients,
-            dp_clip_norm=(
-                config.central_dp.clip_norm
-                if config.central_dp is not None and not config.central_dp.distributed
-                else None
-            ),
-            seed=config.seed,
-            verify_keys=None
-            if signing_keys is None
-            else {c: k.public_key() for c, k in signing_keys.items()},
-        )
-        if config.central_dp is not None and sampling == "poisson":
-            min_released_clients = secure.smallest_round(max_clients)
+    if _poisson_sampling(config):
+        secure = getattr(channel, "secure", channel)
+        if isinstance(secure, SecureAggregationChannel):
+            min_released_clients = secure.smallest_round(config.clients)
             log.info(
                 "DP-FedAvg with secure aggregation: a Poisson round of fewer than %d clients "
                 "releases noise only, so one user can move a round by %d·clip: accounted at z/%d",
@@ -166,65 +242,38 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
                 min_released_clients,
                 min_released_clients,
             )
-        channel = secure
+    central_update = DPFedAvgServerUpdate(
+        noise_multiplier=central.noise_multiplier,
+        clip_norm=central.clip_norm,
+        delta=central.delta,
+        clients=config.clients,
+        clients_per_round=config.sampled_clients,
+        client_sampling=central.client_sampling,
+        accountant=central.accountant,
+        min_released_clients=min_released_clients,
+    )
+    if not central.distributed:
+        return central_update
+    from securefl.privacy.distributed import DistributedDPChannel, DistributedDPServerUpdate
+
+    if not isinstance(channel, DistributedDPChannel):
+        raise TypeError(f"distributed DP needs a DistributedDPChannel, not {type(channel).__name__}")
+    return DistributedDPServerUpdate(
+        channel=channel, expected_clients=config.sampled_clients, central_reference=central_update
+    )
+
+
+def update_transform(config: RunConfig) -> UpdateTransform:
+    """What a client does to its update before aggregation: FedAvg's weighting by sample count,
+    or DP-FedAvg's clipping (weight 1).  Under any DP the training loss stays on the client."""
     transform: UpdateTransform = weight_by_samples
-    server_update: ServerUpdate = WeightedMean()
     if config.central_dp is not None:
-        from securefl.privacy import ClipUpdate, DPFedAvgServerUpdate  # Opacus only when asked for
+        from securefl.privacy import ClipUpdate  # Opacus only when asked for
 
-        central = config.central_dp
-        transform = ClipUpdate(central.clip_norm)
-        server_update = DPFedAvgServerUpdate(
-            noise_multiplier=central.noise_multiplier,
-            clip_norm=central.clip_norm,
-            delta=central.delta,
-            clients=config.clients,
-            clients_per_round=config.sampled_clients,
-            client_sampling=central.client_sampling,
-            accountant=central.accountant,
-            min_released_clients=min_released_clients,
-        )
-        if central.distributed:  # the clients add the noise; central DP's ε is kept for comparison
-            from securefl.privacy.distributed import DistributedDPChannel, DistributedDPServerUpdate
-
-            assert isinstance(channel, SecureAggregationChannel)  # RunConfig requires secagg
-            distributed = DistributedDPChannel(
-                secure=channel,
-                num_params=num_params,
-                clip_norm=central.clip_norm,
-                noise_multiplier=central.noise_multiplier,
-                delta=central.delta,
-                max_clients=max_clients,
-                seed=config.seed,
-            )
-            channel = distributed
-            server_update = DistributedDPServerUpdate(
-                channel=distributed,
-                expected_clients=config.sampled_clients,
-                central_reference=server_update,
-            )
+        transform = ClipUpdate(config.central_dp.clip_norm)
     if config.dp is not None or config.central_dp is not None:
         transform = _without_loss(transform)
-    return Federation(
-        config=config,
-        dataset=dataset,
-        parts=parts,
-        shards=shards,
-        eval_model=eval_model,
-        trainers=trainers,
-        transform=transform,
-        channel=channel,
-        server_update=server_update,
-        signing_keys=signing_keys,
-        # Under central DP the sample must stay unknown to the server (amplification by sampling).
-        sampler=ClientSampler(
-            num_clients=config.clients,
-            per_round=config.sampled_clients,
-            scheme=sampling,
-            seed=config.seed,
-            secret=config.central_dp is not None,
-        ),
-    )
+    return transform
 
 
 def _without_loss(transform: UpdateTransform) -> UpdateTransform:
@@ -236,45 +285,50 @@ def _without_loss(transform: UpdateTransform) -> UpdateTransform:
     return transform_without_loss
 
 
-def _build_trainers(
-    config: RunConfig, model: nn.Module, dataset: Dataset, shards: list[ClientShard]
-) -> dict[int, ClientTrainer]:
-    """Plain local SGD or FedSGD's single full-batch step (one trainer shared by every simulated
-    client), or Opacus DP-SGD (one trainer and ledger per client, sharing one engine)."""
+TrainerFactory = Callable[[ClientShard], ClientTrainer]
+"""``shard -> trainer``: the trainer of the client holding ``shard``."""
+
+
+def trainer_factory(config: RunConfig, model: nn.Module, task: Task) -> TrainerFactory:
+    """Plain local SGD or FedSGD's single full-batch step (one trainer, i.e. one model, shared by
+    every client a process hosts), or Opacus DP-SGD (one trainer and ledger per client, sharing
+    one compute engine).  ``model`` is the process's training copy."""
     fedsgd = config.algorithm == "fedsgd"
     if config.dp is not None:
         from securefl.privacy import DPSGDEngine, DPSGDTrainer  # Opacus only when asked for
 
+        dp = config.dp
         engine = DPSGDEngine(
             model=model,
-            task=dataset.task,
+            task=task,
             lr=config.training.lr,
-            max_grad_norm=config.dp.max_grad_norm,
+            max_grad_norm=dp.max_grad_norm,
             batch_size=config.training.batch_size,
             momentum=config.training.momentum,
             weight_decay=config.weight_decay,
         )
-        return {
-            s.client_id: DPSGDTrainer(
-                config=config.dp,
-                client_sizes={s.client_id: len(s)},
+
+        def dp_trainer(shard: ClientShard) -> ClientTrainer:
+            return DPSGDTrainer(
+                config=dp,
+                client_sizes={shard.client_id: len(shard)},
                 rounds=config.rounds,
                 local_epochs=config.training.local_epochs,
                 batch_size=config.training.batch_size,
                 engine=engine,
             )
-            for s in shards
-        }
+
+        return dp_trainer
     shared = LocalSGDTrainer(
         model=model,
-        task=dataset.task,
+        task=task,
         local_epochs=1 if fedsgd else config.training.local_epochs,
         batch_size=None if fedsgd else config.training.batch_size,
         lr=config.training.lr,
         momentum=0.0 if fedsgd else config.training.momentum,
         weight_decay=config.weight_decay,
     )
-    return dict.fromkeys((s.client_id for s in shards), shared)
+    return lambda shard: shared
 
 
 @dataclass
@@ -287,48 +341,165 @@ class Programs:
 
 def build_programs(fed: Federation) -> Programs:
     """The server program and one client program per shard, from ``fed``'s plug points."""
-    config = fed.config
-
-    def client_aggregation(client_id: int) -> AggregationClient:
-        channel = fed.channel
-        if fed.signing_keys is None:
-            return channel.client(client_id)
-        # active secure aggregation: the client's own identity
-        if not isinstance(channel, SignedAggregation):
-            raise TypeError(
-                f"signing keys need an aggregation whose clients sign, not {type(channel).__name__}"
-            )
-        return channel.client(client_id, signing_key=fed.signing_keys[client_id])
-
     # The pinned architecture every client checks the received model against (its own copy).
     architecture = copy.deepcopy(fed.eval_model)
     clients = {
-        shard.client_id: FederatedClient(
+        shard.client_id: client_program(
+            fed.config,
             shard=shard,
             trainer=fed.trainers[shard.client_id],
             transform=fed.transform,
-            aggregation=client_aggregation(shard.client_id),
+            aggregation=fed.channel,
             architecture=architecture,
-            generator_for=lambda round_index, client_id: client_generator(
-                config.seed, round_index, client_id
-            ),
+            signing_key=None if fed.signing_keys is None else fed.signing_keys[shard.client_id],
         )
         for shard in fed.shards
     }
-    server = FederatedServer(
-        params=to_vector(fed.eval_model.parameters()),
-        architecture=fed.eval_model,
-        sampler=fed.sampler,
+    server = server_program(
+        fed.config,
+        eval_model=fed.eval_model,
+        test_x=fed.dataset.test_x,
+        test_y=fed.dataset.test_y,
+        task=fed.dataset.task,
         aggregation=fed.channel,
         server_update=fed.server_update,
-        settings=fed.round_settings,
-        evaluate=Evaluator(
-            model=fed.eval_model, x=fed.dataset.test_x, y=fed.dataset.test_y, task=fed.dataset.task
-        ),
+        sampler=fed.sampler,
         num_clients=len(fed.shards),
-        train_loss_reported=config.dp is None and config.central_dp is None,
     )
     return Programs(server=server, clients=clients)
+
+
+def server_program(
+    config: RunConfig,
+    *,
+    eval_model: nn.Module,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    task: Task,
+    aggregation: Aggregation,
+    server_update: ServerUpdate,
+    sampler: ClientSampler,
+    num_clients: int,
+) -> FederatedServer:
+    """The server program of ``num_clients`` clients: the global model (``eval_model``'s
+    weights), sampling, the aggregation's server half, the server update and evaluation on the
+    held-out ``test_x``."""
+    return FederatedServer(
+        params=to_vector(eval_model.parameters()),
+        architecture=eval_model,
+        sampler=sampler,
+        aggregation=aggregation,
+        server_update=server_update,
+        settings=round_settings(config),
+        evaluate=Evaluator(model=eval_model, x=test_x, y=test_y, task=task),
+        num_clients=num_clients,
+        train_loss_reported=config.dp is None and config.central_dp is None,
+    )
+
+
+def client_program(
+    config: RunConfig,
+    *,
+    shard: ClientShard,
+    trainer: ClientTrainer,
+    transform: UpdateTransform,
+    aggregation: Aggregation,
+    architecture: nn.Module,
+    signing_key: Ed25519PrivateKey | None = None,
+) -> FederatedClient:
+    """The client program of ``shard``'s owner: its trainer, transform, its half of
+    ``aggregation`` (signed with ``signing_key`` under active-adversary secure aggregation) and the
+    pinned ``architecture`` it checks every received model against."""
+    if signing_key is None:
+        half = aggregation.client(shard.client_id)
+    elif isinstance(aggregation, SignedAggregation):
+        half = aggregation.client(shard.client_id, signing_key=signing_key)
+    else:
+        raise TypeError(
+            f"signing keys need an aggregation whose clients sign, not {type(aggregation).__name__}"
+        )
+    return FederatedClient(
+        shard=shard,
+        trainer=trainer,
+        transform=transform,
+        aggregation=half,
+        architecture=architecture,
+        generator_for=lambda round_index, client_id: client_generator(config.seed, round_index, client_id),
+    )
+
+
+def build_server(
+    config: RunConfig,
+    *,
+    info: DatasetInfo,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    max_client_samples: int,
+    verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
+) -> FederatedServer:
+    """The server program alone, as a deployment runs it: built from the configuration and the
+    server's held-out ``test_x``/``test_y``, holding no client data.  ``max_client_samples``
+    and ``verify_keys`` as in :func:`build_aggregation` (the same values every client uses)."""
+    eval_model = build_model_for(config, info)
+    channel = build_aggregation(
+        config,
+        num_params=sum(p.numel() for p in eval_model.parameters()),
+        max_client_samples=max_client_samples,
+        verify_keys=verify_keys,
+    )
+    return server_program(
+        config,
+        eval_model=eval_model,
+        test_x=test_x,
+        test_y=test_y,
+        task=info.task,
+        aggregation=channel,
+        server_update=build_server_update(config, channel),
+        sampler=build_sampler(config),
+        num_clients=config.clients,
+    )
+
+
+class ClientFactory:
+    """Client programs built from the configuration alone, one shard at a time: what a
+    deployment's client process (its own shard) or a worker hosting many clients builds.
+
+    What every client of this process shares is built once: the pinned architecture, the
+    aggregation (each client gets its own half), the update transform and the training model
+    (or DP-SGD's compute engine; each DP client still gets its own trainer and ledger).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        info: DatasetInfo,
+        max_client_samples: int,
+        verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
+    ) -> None:
+        self.config = config
+        self.architecture = build_model_for(config, info)
+        self.aggregation = build_aggregation(
+            config,
+            num_params=sum(p.numel() for p in self.architecture.parameters()),
+            max_client_samples=max_client_samples,
+            verify_keys=verify_keys,
+        )
+        self.transform = update_transform(config)
+        self._new_trainer = trainer_factory(config, build_model_for(config, info), info.task)
+
+    def client(self, shard: ClientShard, *, signing_key: Ed25519PrivateKey | None = None) -> FederatedClient:
+        """The client program of ``shard``'s owner (signing with ``signing_key`` under
+        active-adversary secure aggregation)."""
+        return client_program(
+            self.config,
+            shard=shard,
+            trainer=self._new_trainer(shard),
+            transform=self.transform,
+            aggregation=self.aggregation,
+            architecture=self.architecture,
+            signing_key=signing_key,
+        )
 
 
 def run_simulation(
