@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from securefl.cli import attack, audit, data, train
+from securefl.cli import attack, audit, data, federation, train
 from securefl.cli.flags import render
 from securefl.errors import ConfigError
 
@@ -35,6 +35,7 @@ app.command("train")(train.train)
 app.command("datasets")(data.datasets)
 app.add_typer(attack.attack_app, name="attack")
 app.command("audit")(audit.audit)
+app.add_typer(federation.federation_app, name="federation")
 
 
 def main(argv: list[str] | None = None) -> int:
