@@ -33,6 +33,12 @@ class DataError(ConfigError):
     """A data set cannot be found or read where the user pointed us."""
 
 
+class LedgerError(ConfigError):
+    """A privacy ledger that cannot be taken over: malformed, kept for another client or under
+    other privacy settings, or one that has spent less than the ledger held (a privacy ledger never
+    goes backwards)."""
+
+
 class OutputExistsError(ConfigError):
     """The output directory already holds files and overwriting was not asked for."""
 

@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -93,7 +94,8 @@ from opacus.validators.errors import UnsupportedModuleError
 from torch import nn
 
 from securefl.config import DPConfig
-from securefl.errors import ConfigError, PrivacyBudgetExceeded
+from securefl.errors import ConfigError, LedgerError, PrivacyBudgetExceeded
+from securefl.fl.record import json_float
 from securefl.fl.training import loss_for_task
 from securefl.fl.types import ClientShard, Update
 from securefl.fl.vectors import load_vector, to_vector
@@ -477,6 +479,57 @@ class DPSGDTrainer:
         self._ledger = ledger
         return update
 
+    # ---- the ledger as bytes --------------------------------------------------------------------
+
+    def export_ledger(self) -> bytes:
+        """This trainer's privacy ledger as canonical JSON bytes (:data:`LEDGER_FORMAT`).
+
+        Per client its example count, its events (round, steps, sample rate, noise multiplier)
+        and, once its budget stopped it, when and at which ε; with the accountant, δ and budget
+        they are interpreted under.  ε is not written: it is a function of the events, recomputed
+        by :meth:`import_ledger` with the same accountant.  A worker process reports its clients'
+        ledgers with it, and a deployed client keeps its own on its disk."""
+        ledger = self._ledger
+        document = {
+            "format": LEDGER_FORMAT,
+            "accountant": ledger.accountant,
+            "delta": ledger.delta,
+            "budget": ledger.budget,
+            "clients": [_client_to_json(record) for _, record in sorted(ledger.clients.items())],
+        }
+        return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+    def import_ledger(self, data: bytes) -> None:
+        """Take over the ledger :meth:`export_ledger` wrote, here or in another process.
+
+        Afterwards :meth:`epsilon`, :meth:`can_train` and :meth:`ledger` report what the exporting
+        trainer reported.  Raises :class:`~securefl.errors.LedgerError`, holding the ledger it had,
+        for bytes that are not such a ledger, a ledger of other clients or kept under another
+        accountant, δ or budget, and one that has spent less than the ledger held: every event held
+        must be in it, in order (a ledger never goes backwards)."""
+        document = _ledger_document(data)
+        held = self._ledger
+        kept_under = (document["accountant"], document["delta"], document["budget"])
+        if kept_under != (held.accountant, held.delta, held.budget):
+            raise LedgerError(
+                f"the ledger was kept under accountant {kept_under[0]!r}, δ {kept_under[1]!r} and "
+                f"budget {kept_under[2]!r}; this trainer accounts with {held.accountant!r}, δ "
+                f"{held.delta!r} and budget {held.budget!r}: import a ledger kept under the same "
+                "privacy settings"
+            )
+        clients = {entry["client_id"]: entry for entry in document["clients"]}
+        sizes = {client_id: entry["num_samples"] for client_id, entry in clients.items()}
+        held_sizes = {client_id: record.num_samples for client_id, record in held.clients.items()}
+        if len(clients) != len(document["clients"]) or sizes != held_sizes:
+            raise LedgerError(
+                f"the ledger is of clients {_sizes_text(sizes, len(document['clients']))}; this trainer "
+                f"holds clients {_sizes_text(held_sizes)}: import the ledger of the same clients"
+            )
+        ledger = held
+        for client_id, entry in sorted(clients.items()):
+            ledger = _extended(ledger, client_id, entry)
+        self._ledger = ledger
+
     # ---- PrivacyAccounting ---------------------------------------------------------------------
 
     def epsilon(self, client_id: int) -> float:
@@ -489,6 +542,149 @@ class DPSGDTrainer:
 
     def ledger(self) -> dict[str, Any]:
         return dp_ledger([self])
+
+
+LEDGER_FORMAT = "securefl/dp-sgd-ledger/1"
+"""The ``format`` of :meth:`DPSGDTrainer.export_ledger`'s JSON; another value is refused."""
+
+_EVENT_FIELDS = ("round_index", "steps", "sample_rate", "noise_multiplier")
+
+
+def _client_to_json(record: ClientRecord) -> dict[str, Any]:
+    exclusion = record.exclusion
+    return {
+        "client_id": record.client_id,
+        "num_samples": record.num_samples,
+        "events": [{name: getattr(event, name) for name in _EVENT_FIELDS} for event in record.events],
+        # An infinite ε (noise multiplier 0) is written null, as everywhere in securefl's JSON.
+        "excluded": None
+        if exclusion is None
+        else {
+            "after_rounds": exclusion.after_rounds,
+            "would_be_epsilon": json_float(exclusion.would_be_epsilon),
+        },
+    }
+
+
+def _ledger_document(data: bytes) -> dict[str, Any]:
+    """The checked JSON of an exported ledger: every field present, of its type, nothing else."""
+    if not isinstance(data, bytes):
+        raise LedgerError(f"a ledger is bytes, not {type(data).__name__}")
+    try:
+        document = json.loads(
+            data.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_without_duplicates
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as error:
+        raise LedgerError(f"the ledger is not JSON ({error}): import the bytes export_ledger wrote") from None
+    _expect_fields(document, {"format", "accountant", "delta", "budget", "clients"}, "the ledger")
+    if document["format"] != LEDGER_FORMAT:
+        raise LedgerError(
+            f"the ledger's format is {document['format']!r}, not {LEDGER_FORMAT!r}: import a ledger "
+            "that DPSGDTrainer.export_ledger wrote"
+        )
+    _expect_type(document["accountant"], str, "the ledger's accountant")
+    _expect_number(document["delta"], "the ledger's delta")
+    if document["budget"] is not None:
+        _expect_number(document["budget"], "the ledger's budget")
+    _expect_type(document["clients"], list, "the ledger's clients")
+    for entry in document["clients"]:
+        _expect_fields(entry, {"client_id", "num_samples", "events", "excluded"}, "a client of the ledger")
+        _expect_type(entry["client_id"], int, "a client id")
+        _expect_type(entry["num_samples"], int, f"client {entry['client_id']}'s example count")
+        _expect_type(entry["events"], list, f"client {entry['client_id']}'s events")
+        for event in entry["events"]:
+            _expect_fields(event, set(_EVENT_FIELDS), f"an event of client {entry['client_id']}")
+            _expect_type(event["round_index"], int, "an event's round")
+            _expect_type(event["steps"], int, "an event's steps")
+            _expect_number(event["sample_rate"], "an event's sample rate")
+            _expect_number(event["noise_multiplier"], "an event's noise multiplier")
+        excluded = entry["excluded"]
+        if excluded is not None:
+            _expect_fields(
+                excluded, {"after_rounds", "would_be_epsilon"}, f"client {entry['client_id']}'s exclusion"
+            )
+            _expect_type(excluded["after_rounds"], int, "an exclusion's rounds")
+            if excluded["would_be_epsilon"] is not None:
+                _expect_number(excluded["would_be_epsilon"], "an exclusion's ε")
+    return dict(document)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise ValueError(f"a key appears twice in {[key for key, _ in pairs]}")
+    return document
+
+
+def _expect_fields(value: object, names: set[str], what: str) -> None:
+    _expect_type(value, dict, what)
+    assert isinstance(value, dict)
+    if set(value) != names:
+        raise LedgerError(
+            f"{what} has the fields {sorted(value)}, not {sorted(names)}: "
+            "import the bytes export_ledger wrote"
+        )
+
+
+_JSON_NAMES = {dict: "object", list: "array", int: "integer", str: "string"}
+
+
+def _expect_type(value: object, kind: type, what: str) -> None:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise LedgerError(
+            f"{what} is {value!r}, not a JSON {_JSON_NAMES[kind]}: import the bytes export_ledger wrote"
+        )
+
+
+def _expect_number(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LedgerError(f"{what} is {value!r}, not a JSON number: import the bytes export_ledger wrote")
+
+
+def _sizes_text(sizes: Mapping[int, int], listed: int | None = None) -> str:
+    text = ", ".join(f"{client_id} ({size} examples)" for client_id, size in sorted(sizes.items()))
+    twice = f", {listed - len(sizes)} listed twice" if listed is not None and listed != len(sizes) else ""
+    return f"[{text}{twice}]"
+
+
+def _extended(ledger: PrivacyLedger, client_id: int, entry: Mapping[str, Any]) -> PrivacyLedger:
+    """``ledger`` with the events and exclusion of ``entry`` that it does not hold yet, recorded
+    the way training records them (so ε is recomputed, round order and budget checked)."""
+    held = ledger[client_id]
+    try:
+        events = tuple(SampledGaussianEvent(**event) for event in entry["events"])
+    except ValueError as error:
+        raise LedgerError(f"client {client_id}'s ledger holds an invalid event: {error}") from None
+    excluded = entry["excluded"]
+    if events[: len(held.events)] != held.events or (held.exclusion is not None and excluded is None):
+        raise LedgerError(
+            f"client {client_id}'s ledger has spent less than the one held (rounds {list(held.rounds)}"
+            f"{', then excluded' if held.exclusion is not None else ''}; the imported one has rounds "
+            f"{[event.round_index for event in events]}{', then excluded' if excluded else ''}): a "
+            "privacy ledger never goes backwards; import the newest one"
+        )
+    try:
+        for event in events[len(held.events) :]:
+            ledger = ledger.record(client_id, event)
+        if excluded is not None:
+            if excluded["after_rounds"] != len(events):
+                raise ValueError(f"excluded after {excluded['after_rounds']} rounds, it lists {len(events)}")
+            would_be = (
+                math.inf if excluded["would_be_epsilon"] is None else float(excluded["would_be_epsilon"])
+            )
+            if held.exclusion is None:
+                ledger = ledger.exclude(client_id, would_be_epsilon=would_be)
+            elif held.exclusion.would_be_epsilon != would_be:
+                raise ValueError(
+                    f"excluded at next ε {would_be}, the ledger held {held.exclusion.would_be_epsilon}"
+                )
+    except (ValueError, PrivacyBudgetExceeded) as error:
+        raise LedgerError(f"client {client_id}'s ledger is inconsistent: {error}") from None
+    return ledger
 
 
 def dp_round_metrics(trainers: Sequence[DPSGDTrainer]) -> dict[str, float]:
@@ -548,6 +744,7 @@ def _combined_ledger(trainers: Sequence[DPSGDTrainer]) -> PrivacyLedger:
 
 
 __all__ = [
+    "LEDGER_FORMAT",
     "ClientPlan",
     "DPSGDEngine",
     "DPSGDTrainer",

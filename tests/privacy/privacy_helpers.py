@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
+from opacus.accountants import create_accountant
 
 from securefl.config import DPConfig
 from securefl.fl.types import ClientShard
@@ -72,3 +74,13 @@ def train(trainer: DPSGDTrainer, shard: ClientShard, round_index: int, params: t
         round_index=round_index,
         generator=torch.Generator().manual_seed(100 * round_index + shard.client_id),
     )
+
+
+def opacus_epsilon(*, accountant: str, noise: float, sample_rate: float, steps: int, delta: float) -> float:
+    """ε from an Opacus accountant stepped the way PrivacyEngine's optimizer hook steps it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = create_accountant(mechanism=accountant)
+    for _ in range(steps):
+        reference.step(noise_multiplier=noise, sample_rate=sample_rate)
+    return reference.get_epsilon(delta=delta)

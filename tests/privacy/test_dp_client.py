@@ -5,13 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import math
-import warnings
 
 import pytest
 import torch
-from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
-from privacy_helpers import make_model, make_shards, make_trainer, train
+from privacy_helpers import make_model, make_shards, make_trainer, opacus_epsilon, train
 from torch import nn
 
 from securefl.config import DPConfig
@@ -20,16 +18,6 @@ from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import ClientShard
 from securefl.fl.vectors import load_vector, to_vector
 from securefl.privacy import DPSGDEngine, DPSGDTrainer, dp_ledger, dp_round_metrics
-
-
-def opacus_epsilon(*, accountant: str, noise: float, sample_rate: float, steps: int, delta: float) -> float:
-    """ε from an Opacus accountant stepped the way PrivacyEngine's optimizer hook steps it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reference = create_accountant(mechanism=accountant)
-    for _ in range(steps):
-        reference.step(noise_multiplier=noise, sample_rate=sample_rate)
-    return reference.get_epsilon(delta=delta)
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv", "gdp"])
