@@ -18,12 +18,12 @@ signatures with.  Removing an entry (:func:`revoke`) revokes a client; a running
 the file (:meth:`Enrolment.refresh`) and ends that client's connection.
 
 TLS versions.  grpcio has no setting for the lowest TLS version a server accepts (gRPC core has
-one; the Python binding does not pass it on, up to grpcio 1.85), and a client capped at TLS 1.2
-does complete a TLS 1.2 handshake with the server (measured in ``tests/deploy/test_pki.py``).  The
-server reports each connection's version to the application (``ssl_tls_version`` in the call's
-auth context), so :class:`~securefl.transports.grpc_server.NetworkServer` refuses every call that
-did not negotiate TLS 1.3 (``UNAUTHENTICATED``) before reading a byte of it; a grpcio client
-negotiates TLS 1.3 with it (``tests/transports/test_grpc.py`` checks both).
+one; the Python binding does not pass it on, up to grpcio 1.85): a client capped at TLS 1.2
+completes a TLS 1.2 handshake with the server.  The server does learn each connection's version
+(``ssl_tls_version`` in the call's auth context), so
+:class:`~securefl.transports.grpc_server.NetworkServer` refuses every call made over anything
+older than TLS 1.3 (``UNAUTHENTICATED``) before it reads a message of it, and a grpcio client
+negotiates TLS 1.3 with it; ``tests/transports/test_grpc.py`` checks all three.
 """
 
 from __future__ import annotations

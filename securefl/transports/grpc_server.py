@@ -27,13 +27,14 @@ Rounds.  :meth:`NetworkServer.run_round` mirrors :func:`securefl.fl.turns.run_tu
 step's messages; the step ends when every client that was sent one has ended its replies or
 disconnected, or when ``step_deadline`` seconds have passed; the replies are then handed to the
 server **in client-id order**, whatever order they arrived in, and the server's ``close_step``
-gives the next step.  That order is what makes the weights bit for bit those of the in-process
-transport.  A reply that arrives after its step's deadline is handed over at the next step, where
-the server refuses it as unexpected: that client is a dropout of the round, which secure
-aggregation recovers from (Bonawitz et al., CCS 2017) and a plain sum aggregates without.  A
-message over :func:`message_limit` ends that client's stream (gRPC's ``RESOURCE_EXHAUSTED``);
-malformed bytes, a wrong round or a replay are refused by the server program, which drops that
-client from the round; neither stops the server.
+gives the next step: the server program sees the same calls in the same order as in process, so
+the weights come out bit for bit those of the in-process transport.  A reply that arrives
+after its step's deadline is handed over at the next step, where the server refuses it as
+unexpected: that client is a dropout of the round, which secure aggregation recovers from
+(Bonawitz et al., CCS 2017) and a plain sum aggregates without.  A message over
+:func:`message_limit` ends that client's stream (gRPC's ``RESOURCE_EXHAUSTED``); malformed bytes,
+a wrong round or a replay are refused by the server program, which drops that client from the
+round; neither stops the server.
 
 Membership.  A client that disconnects is reported to the server as unavailable (it is not
 sampled until it joins again); the enrolment list is re-read between rounds and on every new
@@ -401,10 +402,8 @@ class NetworkServer:
         try:
             for data in requests:
                 self._events.put(_Received(stream, data))
-        except grpc.RpcError as error:
-            reason = f"{error.code().name}: {error.details()}" if hasattr(error, "code") else str(error)
-        except Exception as error:  # the call ended under the iterator (cancelled, over the limit)
-            reason = f"the call ended ({type(error).__name__}: {error})"
+        except grpc.RpcError:  # gRPC says no more than this on the server's side
+            reason = "the call broke: cancelled, the connection lost, or a message over max_message_bytes"
         self._events.put(_Gone(stream, reason))
         stream.outbox.put(_Close.CLOSED)
 
