@@ -95,6 +95,12 @@ class TrainingDivergedError(ConfigError):
     whole run (``securefl audit``) raises this instead of reporting on a run that did not happen."""
 
 
+class CheckpointError(ConfigError):
+    """A server checkpoint that cannot be resumed from: missing, truncated or corrupt (its digest
+    does not match), of another federation, or contradicting its round marker.  Nothing is
+    deleted or overwritten: the message says which file and what to do."""
+
+
 class NonFiniteUpdateError(SecureFLError, ValueError):
     """A client's update holds NaN or inf (its training diverged): it has no fixed-point encoding.
 

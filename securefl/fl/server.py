@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import torch
@@ -160,16 +160,8 @@ class FederatedServer:
         """Sample and open round ``round_index + 1``: a train request per sampled client (none
         when nobody was sampled or the aggregation cannot run at this size: the round is then
         already over)."""
-        if not self._finished:
-            raise RuntimeError(f"round {self.round_index} is still open")
-        self.round_index += 1
-        self._finished = False
-        self._declined = Counter()
-        self._dropped = set()
-        self._heard = set()
-        self._diverged = set()
         eligible = self.eligible
-        self._excluded = self.num_clients - len(eligible)
+        self._open(excluded=self.num_clients - len(eligible))
         sampled = self.sampler.sample(self.round_index, eligible)
         self._participants = frozenset(sampled)
         if not sampled:
@@ -190,6 +182,19 @@ class FederatedServer:
             for c in sampled
         ]
 
+    def _open(self, *, excluded: int) -> None:
+        """Open round ``round_index + 1`` with no participant yet."""
+        if not self._finished:
+            raise RuntimeError(f"round {self.round_index} is still open")
+        self.round_index += 1
+        self._finished = False
+        self._declined = Counter()
+        self._dropped = set()
+        self._heard = set()
+        self._diverged = set()
+        self._participants = frozenset()
+        self._excluded = excluded
+
     def close_step(self) -> Outgoing:
         """The current step's deadline has passed: the aggregation's next messages."""
         if self._finished or self._round is None:
@@ -204,6 +209,43 @@ class FederatedServer:
             self._finish(result, status=RoundStatus.OK)
             return []
         return [(c, encode(AggregationMessage(self.round_index, c, payload))) for c, payload in outgoing]
+
+    # ---- a stop and a resume (securefl.deploy.checkpoint) ----------------------------------
+
+    def resume(self, *, round_index: int, params: torch.Tensor, records: Sequence[RoundRecord]) -> None:
+        """Continue a run that stopped after round ``round_index``, from what a checkpoint kept:
+        the global ``params`` after that round and the ``records`` of rounds 1..``round_index``.
+        The next :meth:`start_round` opens round ``round_index + 1``.
+
+        Only a server that has run no round yet resumes.  The accountants' state is restored by
+        their owner (:mod:`securefl.deploy.checkpoint`), not here: this program holds only the
+        round index, the model and the history; the clients rejoin afterwards."""
+        if self.round_index != 0 or not self._finished:
+            raise RuntimeError("only a server that has run no round yet can resume")
+        if round_index < 0 or [r.round for r in records] != list(range(1, round_index + 1)):
+            raise ValueError(
+                f"records of rounds {[r.round for r in records]} do not describe rounds 1..{round_index}"
+            )
+        if params.shape != self.params.shape or params.dtype != self.params.dtype:
+            raise ValueError(
+                f"parameters of shape {tuple(params.shape)} ({params.dtype}) do not fit this model's "
+                f"{tuple(self.params.shape)} ({self.params.dtype})"
+            )
+        self.round_index = round_index
+        self.params = params.clone()
+        self.records = list(records)
+
+    def abort_interrupted_round(self, reason: str) -> None:
+        """Record round ``round_index + 1`` as aborted without opening it: the server stopped
+        during that round, after its train requests may have gone out, and its state is lost.
+
+        Clients that trained in it refuse to see its round id again, so it is not replayed: the
+        next :meth:`start_round` opens the round after it.  Like any aborted round it goes through
+        the server update with an empty aggregate, so a DP-FedAvg accountant counts it (what the
+        lost round released before the stop, e.g. a test metric of its model, is covered) and
+        its noise replaces the lost model; nobody's data reaches it."""
+        self._open(excluded=0)
+        self._abort(RoundAbortedError(reason))
 
     def _abort(self, error: RoundAbortedError) -> None:
         log.info("round %d aborted: %s", self.round_index, error)

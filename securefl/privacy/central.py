@@ -73,6 +73,7 @@ train loss the clients report alongside is *not* covered by this guarantee.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import secrets
@@ -81,12 +82,15 @@ from typing import Any
 import torch
 
 from securefl.config import CLIENT_SAMPLING
-from securefl.errors import ConfigError
+from securefl.errors import ConfigError, LedgerError
 from securefl.fl.record import json_float
 from securefl.fl.types import Aggregate, Contribution, Update
 from securefl.privacy.ledger import epsilon_spent, validate_accountant
 
 log = logging.getLogger(__name__)
+
+LEDGER_FORMAT = "securefl/dp-fedavg-ledger/1"
+"""The ``format`` of :meth:`DPFedAvgServerUpdate.export_ledger`'s JSON; another value is refused."""
 
 CLIP_MARGIN = 1e-6
 """Relative margin of the clip factor, so float32 rounding never lifts a clipped norm above clip."""
@@ -290,6 +294,68 @@ class DPFedAvgServerUpdate:
         return epsilon_spent(
             ((noise, self.sample_rate, rounds),), accountant=self.accountant, delta=self.delta
         )
+
+    # ---- the ledger as bytes (a server that stops and resumes) ----------------------------------
+
+    def export_ledger(self) -> bytes:
+        """What this accountant has counted, as canonical JSON bytes (:data:`LEDGER_FORMAT`): the
+        rounds, with the settings they are accounted under.  ε is not written: it is a function of
+        the rounds, recomputed by :meth:`import_ledger`.  A deployed server keeps it in its
+        checkpoint (:mod:`securefl.deploy.checkpoint`); nothing in it depends on any client."""
+        document = {"format": LEDGER_FORMAT, **self._settings(), "rounds": self.rounds}
+        return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+    def import_ledger(self, data: bytes) -> None:
+        """Take over the rounds :meth:`export_ledger` wrote, so that every later round adds to
+        them: a server restarted from a checkpoint neither counts a round twice nor forgets one.
+
+        Raises :class:`~securefl.errors.LedgerError`, keeping the count it had, for bytes that are
+        not such a ledger, one kept under other settings (noise, clip, δ, clients, sampling,
+        accountant, smallest released round), or one with fewer rounds than already counted (a
+        privacy ledger never goes backwards)."""
+        try:
+            document = json.loads(data.decode("utf-8"))
+        except (AttributeError, UnicodeDecodeError, ValueError) as error:
+            raise LedgerError(
+                f"the DP-FedAvg ledger is not JSON bytes ({error}): import what export_ledger wrote"
+            ) from None
+        expected = {"format": LEDGER_FORMAT, **self._settings()}
+        if not isinstance(document, dict) or set(document) != {*expected, "rounds"}:
+            raise LedgerError(
+                f"the DP-FedAvg ledger does not hold the fields {sorted({*expected, 'rounds'})}"
+            )
+        kept_under = {key: document[key] for key in expected}
+        if kept_under != expected:
+            differ = ", ".join(
+                f"{k} {kept_under[k]!r} (here {expected[k]!r})"
+                for k in expected
+                if kept_under[k] != expected[k]
+            )
+            raise LedgerError(
+                f"the DP-FedAvg ledger was kept under other settings: {differ}; import a ledger of "
+                "the same user-level DP settings"
+            )
+        rounds = document["rounds"]
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < self.rounds:
+            raise LedgerError(
+                f"the DP-FedAvg ledger counts {rounds!r} rounds, this accountant {self.rounds}: a "
+                "privacy ledger never goes backwards"
+            )
+        self._epsilons = [self.epsilon_after(r) for r in range(1, rounds + 1)]
+        self.rounds = rounds
+
+    def _settings(self) -> dict[str, Any]:
+        """The settings that decide what a round costs."""
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "clip_norm": self.clip_norm,
+            "delta": self.delta,
+            "clients": self.clients,
+            "expected_clients": self.expected_clients,
+            "client_sampling": self.client_sampling,
+            "accountant": self.accountant,
+            "min_released_clients": self.min_released_clients,
+        }
 
     def round_metrics(self) -> dict[str, float]:
         return {
