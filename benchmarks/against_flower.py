@@ -63,6 +63,7 @@ class Side:
     seconds: list[float] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
     load_averages: list[float] = field(default_factory=list)
+    settings: set[str] = field(default_factory=set)
 
 
 def peer_command(peers_python: Path, peers_dir: Path, variant: str, config: str) -> list[str]:
@@ -149,6 +150,8 @@ def measure_securefl(side: Side, *, timeout: float) -> None:
         seconds, _ = run_timed([*side.command, "--out", str(run_dir), "--overwrite"], timeout=timeout)
         side.seconds.append(seconds)
         side.accuracies.append(securefl_accuracy(run_dir))
+        resolved = json.loads((run_dir / "config.json").read_text())
+        side.settings.add(", ".join(f"{key} {resolved.get(key)}" for key in ("workers", "threads")))
 
 
 def prepare(peers_python: Path, peers_dir: Path, securefl: Path, *, timeout: float) -> None:
@@ -179,6 +182,7 @@ def report(variant: str, config: str, flower: Side, ours: Side) -> float:
     print(f"\n== {title}: {VARIANT_TITLES[variant]}")
     print(f"   Flower:   {shlex.join(flower.command)}")
     print(f"   securefl: {shlex.join(ours.command)} --out <tmpdir> --overwrite")
+    print(f"   securefl's config.json: {'; '.join(sorted(ours.settings))} (null: one worker per core)")
     for side in (flower, ours):
         runs = ", ".join(f"{s:.2f}" for s in side.seconds)
         accuracies = ", ".join(f"{a:.3f}" for a in side.accuracies)
