@@ -29,9 +29,11 @@ disconnected, or when ``step_deadline`` seconds have passed; the replies are the
 server **in client-id order**, whatever order they arrived in, and the server's ``close_step``
 gives the next step: the server program sees the same calls in the same order as in process, so
 the weights come out bit for bit those of the in-process transport.  A reply that arrives
-after its step's deadline is handed over at the next step, where the server refuses it as
-unexpected: that client is a dropout of the round, which secure aggregation recovers from
-(Bonawitz et al., CCS 2017) and a plain sum aggregates without.  A message over
+after its step's deadline goes to the server at the end of the step it arrives in, if its round
+is still open (the server refuses it as unexpected: that client is a dropout of the round, which
+secure aggregation recovers from, Bonawitz et al., CCS 2017, and a plain sum aggregates
+without), or between rounds if its round is over (refused there, it costs the client nothing in
+the round it has been sampled for since).  A message over
 :func:`message_limit` ends that client's stream (gRPC's ``RESOURCE_EXHAUSTED``); malformed bytes,
 a wrong round or a replay are refused by the server program, which drops that client from the
 round; neither stops the server.
@@ -43,6 +45,7 @@ connection, and a revoked client's stream is ended (``PERMISSION_DENIED``) witho
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
 import logging
@@ -169,11 +172,27 @@ class _End:
 _FINISHED = _End(None)
 
 
+Step = tuple[int, int]
+"""(round index, step index)."""
+
+
 @dataclass(eq=False)
 class _Stream:
+    """One client's call: what to send it (filled by the driver, emptied by its handler thread),
+    and the step of each message it has not finished answering (the driver's only)."""
+
     client_id: int
     token: int
     outbox: queue.Queue[bytes | _End | _Close] = field(default_factory=queue.Queue)
+    answering: collections.deque[Step] = field(default_factory=collections.deque)
+
+    def answers(self, data: bytes) -> Step | None:
+        """The step of the message ``data`` answers (``None``: a message nobody asked for, such as
+        a join); the client's end of replies closes that message."""
+        step = self.answering[0] if self.answering else None
+        if data == END_OF_REPLIES and self.answering:
+            self.answering.popleft()
+        return step
 
 
 @dataclass(frozen=True)
@@ -234,6 +253,7 @@ class NetworkServer:
         self._executor: futures.ThreadPoolExecutor | None = None
         self._readers: list[threading.Thread] = []
         self._readers_lock = threading.Lock()
+        self._finished = False
         if credentials is None:
             log.warning(
                 "serving WITHOUT TLS: traffic is readable and alterable on the network, and a client "
@@ -312,7 +332,11 @@ class NetworkServer:
 
     def finish(self, grace: float = 5.0) -> None:
         """The federation has finished: end every stream with OK and :data:`FINISHED_KEY` (its
-        client then exits), then stop serving."""
+        client then exits; a client connecting from now on is told at once), then stop serving."""
+        self._finished = True
+        while (event := self._next_event(0)) is not None:
+            if isinstance(event, _Opened):
+                self._streams[event.stream.client_id] = event.stream
         for stream in self._streams.values():
             stream.outbox.put(_FINISHED)
         self._streams.clear()
@@ -332,6 +356,9 @@ class NetworkServer:
         else:
             client_id = self._certified_identity(context)
         context.send_initial_metadata(((CLIENT_ID_KEY, str(client_id)),))
+        if self._finished:
+            context.set_trailing_metadata(((FINISHED_KEY, "1"),))
+            return
         stream = _Stream(client_id, next(self._tokens))
         if not context.add_callback(lambda: stream.outbox.put(_Close.CLOSED)):
             return
@@ -448,8 +475,10 @@ class NetworkServer:
     def _absorb(self, event: _Event) -> None:
         """An event outside a step: messages wait for the next round or wait."""
         stream = self._track(event)
-        if stream is not None and isinstance(event, _Received) and event.data != END_OF_REPLIES:
-            self._pending.append((stream.client_id, event.data))
+        if stream is not None and isinstance(event, _Received):
+            stream.answers(event.data)
+            if event.data != END_OF_REPLIES:
+                self._pending.append((stream.client_id, event.data))
 
     def _settle(self, server: FederatedServer) -> None:
         """Before a round or a wait: take in what has arrived, end revoked clients' streams, and
@@ -487,7 +516,6 @@ class NetworkServer:
         self._settle(server)
         traffic = Traffic()
         outgoing = server.start_round()
-        participants = {client_id for client_id, _ in outgoing}
         step = 0
         while not server.finished:
             awaited: Counter[int] = Counter()
@@ -495,10 +523,11 @@ class NetworkServer:
                 stream = self._streams.get(client_id)
                 if stream is not None:  # a client gone is a dropout of this step
                     stream.outbox.put(data)
+                    stream.answering.append((server.round_index, step))
                     traffic.bytes_down[client_id] += len(data)
                     awaited[client_id] += 1
             self._emit(StepStarted(server.round_index, step, len(awaited), self.step_deadline))
-            replies, seconds = self._collect(awaited, participants)
+            replies, seconds = self._collect(awaited, (server.round_index, step))
             traffic.client_seconds.append(seconds)
             started = time.perf_counter()
             for client_id in sorted(replies):
@@ -514,10 +543,14 @@ class NetworkServer:
         return traffic
 
     def _collect(
-        self, awaited: Counter[int], participants: set[int]
+        self, awaited: Counter[int], current: Step
     ) -> tuple[dict[int, list[bytes]], dict[int, float]]:
-        """A step's replies: until every awaited client has ended its replies or gone, or the
-        deadline; per client, and each answering client's seconds until its last reply."""
+        """A step's replies, until every awaited client has ended its replies or gone, or the
+        deadline: per client, what answers a message of this round (the server judges it now: a
+        reply to an earlier step is late, and drops its client), and the seconds each awaited
+        client took.  Replies to an earlier round, and messages nobody asked for, wait for the
+        time between rounds (the server refuses the former there without costing the client the
+        round it is in now)."""
         sent = time.monotonic()
         deadline = sent + self.step_deadline
         replies: dict[int, list[bytes]] = defaultdict(list)
@@ -537,11 +570,12 @@ class NetworkServer:
                 continue
             if stream is None or not isinstance(event, _Received):
                 continue  # from a stream its client has replaced
+            answered = stream.answers(event.data)
             if event.data == END_OF_REPLIES:
-                if awaited[client_id] > 0:
+                if answered == current and awaited[client_id] > 0:
                     awaited[client_id] -= 1
                     seconds[client_id] = time.monotonic() - sent
-            elif client_id in participants:
+            elif answered is not None and answered[0] == current[0]:
                 replies[client_id].append(event.data)
             else:
                 self._pending.append((client_id, event.data))
