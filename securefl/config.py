@@ -28,6 +28,7 @@ import math
 import numbers
 import operator
 import os
+import re
 import tomllib
 import types
 import typing
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 ALGORITHMS = ("fedavg", "fedsgd")
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 CLIENT_SAMPLING = ("fixed", "poisson")
+BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,13 @@ class RunConfig:
     alpha: float = 0.5
     seed: int = 0
     algorithm: str = "fedavg"
+    backend: str = "local"
+    """Where the client programs run: ``local``, on this machine (in this process, or in ``workers``
+    processes), or ``ray``, on Ray actors (:mod:`securefl.transports.ray_actors`): ``workers`` of
+    them, by default one per CPU of the cluster.  The results are the same."""
+    ray_address: str | None = None
+    """The Ray cluster of ``backend`` ray: ``auto`` (the one Ray finds), ``HOST:PORT`` or
+    ``ray://HOST:PORT`` (:func:`ray_endpoint`); ``None``: a local Ray instance."""
     data_dir: str | None = None
     download: bool = False
     threads: int = 1
@@ -297,6 +306,16 @@ class RunConfig:
             self.algorithm in ALGORITHMS,
             f"unknown algorithm {self.algorithm!r}: set `algorithm` to one of {', '.join(ALGORITHMS)}",
         )
+        _require(
+            self.backend in BACKENDS,
+            f"unknown backend {self.backend!r}: set `backend` to one of {', '.join(BACKENDS)}",
+        )
+        if self.ray_address is not None:
+            _require(
+                self.backend == "ray",
+                "`ray_address` is the cluster of `backend` ray: set `backend` ray, or drop `ray_address`",
+            )
+            ray_endpoint(self.ray_address)
         _require_at_least(self.clients, 1, "clients", "clients")
         samples = DATASETS[self.dataset].train_samples
         _require(
@@ -449,6 +468,24 @@ class RunConfig:
             if any(path in flags for path in alternatives):
                 settings = {k: v for k, v in settings.items() if k not in alternatives}
         return _build({**settings, **flags})
+
+
+_RAY_ADDRESS = re.compile(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})")
+
+
+def ray_endpoint(address: str) -> tuple[str, int] | None:
+    """The host and port of a Ray cluster address, ``HOST:PORT`` or ``ray://HOST:PORT`` (an IPv6
+    host in brackets); ``None`` for ``auto`` (the cluster Ray finds itself).  Anything else is a
+    :class:`~securefl.errors.ConfigError` naming `` `ray_address` ``."""
+    if address == "auto":
+        return None
+    match = _RAY_ADDRESS.fullmatch(address)
+    if match is None or not 1 <= int(match.group(2)) <= 65535:
+        raise ConfigError(
+            f"`ray_address` {address!r} is not auto, HOST:PORT or ray://HOST:PORT: give the address "
+            "`ray start --head` printed, or drop `ray_address` to start a local Ray instance"
+        )
+    return match.group(1).strip("[]"), int(match.group(2))
 
 
 _SECTIONS: dict[str, type] = {"dp": DPConfig, "central_dp": CentralDPConfig, "secagg": SecAggConfig}

@@ -56,6 +56,14 @@ def train(
         int | None,
         Opt(help="Processes running the clients, one torch thread each; same results. (default 1)"),
     ] = None,
+    backend: Annotated[
+        str | None,
+        Opt(help="local | ray: clients on Ray actors (--workers of them; securefl[ray]). (default local)"),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        Opt(help="Ray cluster for --backend ray: auto | HOST:PORT | ray://HOST:PORT. (default a local one)"),
+    ] = None,
     dp: Annotated[
         bool | None, Opt("--dp/--no-dp", help="Sample-level DP-SGD on every client (Opacus).")
     ] = None,
