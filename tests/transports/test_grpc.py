@@ -26,7 +26,7 @@ import torch
 
 from securefl.config import RunConfig, SecAggConfig
 from securefl.deploy.pki import Enrolment, Identity, create_pki, revoke, write_enrolment
-from securefl.errors import AccessRefusedError
+from securefl.errors import AccessRefusedError, ServerUnreachableError
 from securefl.federation import Programs, build_federation, build_programs
 from securefl.fl.codec import decode, encode
 from securefl.fl.messages import Availability, TrainRequest
@@ -153,7 +153,13 @@ class _Network:
         self.stop = threading.Event()
 
     def client(
-        self, name: str, program, identity: Identity | None, *, max_message_bytes: int | None = None
+        self,
+        name: str,
+        program,
+        identity: Identity | None,
+        *,
+        max_message_bytes: int | None = None,
+        before_send: Callable[[], None] | None = None,
     ) -> None:
         def serve() -> None:
             try:
@@ -164,6 +170,7 @@ class _Network:
                     max_message_bytes=max_message_bytes or self.limit,
                     backoff=FAST,
                     stop=self.stop,
+                    before_send=before_send,
                 )
             except BaseException as error:
                 self.errors[name] = error
@@ -586,4 +593,82 @@ def test_clients_reconnect_with_backoff_after_the_server_restarts_on_the_same_po
                 assert second.join(str(c)) is None
             rejoined = {e.client_id for e in second.events if isinstance(e, ClientConnected)}
     assert rejoined == {0, 1, 2, 3}
+    assert torch.equal(programs.server.params, _in_process(config, pki))
+
+
+# ---- the client's own behaviour ----------------------------------------------------------------
+
+
+def test_before_send_runs_before_a_reply_leaves_and_its_failure_keeps_the_reply_home(pki):
+    """The deployment client persists its privacy ledger in ``before_send``: when that fails (a
+    full disk), the update must not leave, so the server sees client 0 drop out of round 2."""
+    config = _config(rounds=2)
+    programs = _programs(config, pki)
+    calls: list[int] = []
+
+    def persist() -> None:
+        calls.append(programs.server.round_index)
+        if len(calls) == 2:
+            raise OSError("no space left on device")
+
+    with _network(programs, pki, config) as network:
+        _serve_honest(network, programs, pki, ids=range(1, 4))
+        network.client("0", programs.clients[0], pki.clients[0], before_send=persist)
+        _run_rounds(network, programs, config.rounds, 4)
+        error = network.join("0")
+    assert isinstance(error, OSError) and calls == [1, 2]
+    assert [r.survivors for r in programs.server.records] == [4, 3]
+    assert torch.equal(programs.server.params, _in_process(config, pki, faults={2: Faults(before={0: 0})}))
+
+
+def test_a_client_gives_up_on_an_unreachable_server_after_its_backoff_budget(pki):
+    programs = _programs(_config(rounds=1), pki)
+    with socket.socket() as placeholder:  # a port nothing listens on
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachableError, match=f"127.0.0.1:{port}"):
+            run_client(
+                programs.clients[0],
+                address=f"127.0.0.1:{port}",
+                tls=pki.clients[0].tls,
+                max_message_bytes=1 << 20,
+                backoff=Backoff(initial=0.05, maximum=0.2, give_up_after=1.0),
+            )
+    assert 1.0 <= time.monotonic() - started < 30
+
+
+def test_backoff_draws_full_jitter_under_an_exponential_cap():
+    backoff = Backoff(initial=0.5, maximum=8.0, multiplier=2.0)
+    for attempt, cap in enumerate([0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]):
+        delays = [backoff.delay(attempt) for _ in range(400)]
+        assert all(0 <= d <= cap for d in delays)
+        assert max(delays) > 0.9 * cap and min(delays) < 0.1 * cap  # spread over [0, cap]
+    with pytest.raises(ValueError):
+        Backoff(initial=2.0, maximum=1.0)
+
+
+def test_a_federation_runs_over_ipv6_loopback(pki):
+    config = _config(rounds=1)
+    programs = _programs(config, pki)
+    net = NetworkServer(
+        "[::1]:0",
+        credentials=pki.server.tls,
+        enrolment=Enrolment.load(pki.enrolment),
+        max_message_bytes=_limit(programs, config),
+        step_deadline=STEP_DEADLINE,
+    )
+    network = _Network(net, net.start(), _limit(programs, config))
+    network.address = f"[::1]:{network.port}"
+    try:
+        _serve_honest(network, programs, pki)
+        _run_rounds(network, programs, 1, 4)
+        net.finish()
+        for c in range(4):
+            assert network.join(str(c)) is None
+    finally:
+        network.stop.set()
+        net.close()
+        for thread in network.threads.values():
+            thread.join(timeout=60)
     assert torch.equal(programs.server.params, _in_process(config, pki))
