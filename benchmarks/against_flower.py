@@ -182,7 +182,7 @@ def report(variant: str, config: str, flower: Side, ours: Side) -> float:
     print(f"\n== {title}: {VARIANT_TITLES[variant]}")
     print(f"   Flower:   {shlex.join(flower.command)}")
     print(f"   securefl: {shlex.join(ours.command)} --out <tmpdir> --overwrite")
-    print(f"   securefl's config.json: {'; '.join(sorted(ours.settings))} (null: one worker per core)")
+    print(f"   securefl's config.json: {'; '.join(sorted(ours.settings))} (None: one worker per core)")
     for side in (flower, ours):
         runs = ", ".join(f"{s:.2f}" for s in side.seconds)
         accuracies = ", ".join(f"{a:.3f}" for a in side.accuracies)
