@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import itertools
 import logging
 import queue
 import threading
@@ -172,7 +171,7 @@ class _End:
 _FINISHED = _End(None)
 
 
-Step = tuple[int, int]
+_Step = tuple[int, int]
 """(round index, step index)."""
 
 
@@ -182,11 +181,10 @@ class _Stream:
     and the step of each message it has not finished answering (the driver's only)."""
 
     client_id: int
-    token: int
     outbox: queue.Queue[bytes | _End | _Close] = field(default_factory=queue.Queue)
-    answering: collections.deque[Step] = field(default_factory=collections.deque)
+    answering: collections.deque[_Step] = field(default_factory=collections.deque)
 
-    def answers(self, data: bytes) -> Step | None:
+    def answers(self, data: bytes) -> _Step | None:
         """The step of the message ``data`` answers (``None``: a message nobody asked for, such as
         a join); the client's end of replies closes that message."""
         step = self.answering[0] if self.answering else None
@@ -222,7 +220,9 @@ class NetworkServer:
     the server's TLS files (``None``: plain text, which logs a warning); ``enrolment`` the clients
     it accepts; ``max_message_bytes`` the largest message either way (:func:`message_limit`);
     ``step_deadline`` how long a step waits for replies, in seconds; ``on_event`` receives a
-    :data:`NetworkEvent` as things happen (from the thread driving the rounds).
+    :data:`NetworkEvent` as things happen (from the thread driving the rounds); ``max_streams``
+    is how many calls it serves at once (default: twice the clients enrolled at the start, plus
+    8, as a reconnecting client's old call may linger).
     """
 
     def __init__(
@@ -246,7 +246,6 @@ class NetworkServer:
         self.on_event = on_event
         self.max_streams = max_streams or 2 * len(enrolment.ids) + 8
         self._events: queue.Queue[_Event] = queue.Queue()
-        self._tokens = itertools.count()
         self._streams: dict[int, _Stream] = {}  # the driver's: client id -> its current stream
         self._pending: list[tuple[int, bytes]] = []  # to hand over before the next round or wait
         self._server: grpc.Server | None = None
@@ -359,7 +358,7 @@ class NetworkServer:
         if self._finished:
             context.set_trailing_metadata(((FINISHED_KEY, "1"),))
             return
-        stream = _Stream(client_id, next(self._tokens))
+        stream = _Stream(client_id)
         if not context.add_callback(lambda: stream.outbox.put(_Close.CLOSED)):
             return
         self._events.put(_Opened(stream))
@@ -543,7 +542,7 @@ class NetworkServer:
         return traffic
 
     def _collect(
-        self, awaited: Counter[int], current: Step
+        self, awaited: Counter[int], current: _Step
     ) -> tuple[dict[int, list[bytes]], dict[int, float]]:
         """A step's replies, until every awaited client has ended its replies or gone, or the
         deadline: per client, what answers a message of this round (the server judges it now: a
