@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo demo-network test lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/securefl train --dp --secagg --batch-size 32 --lr 0.25 --out runs/demo --overwrite
+
+demo-network: $(STAMP)
+	$(VENV)/bin/securefl demo network --clients 5 --out runs/demo-network --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest

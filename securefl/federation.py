@@ -38,6 +38,7 @@ from securefl.fl.record import RoundRecord, RoundStatus
 from securefl.fl.secure_channel import SecureAggregationChannel, traffic_details
 from securefl.fl.server import FederatedServer
 from securefl.fl.training import LocalSGDTrainer
+from securefl.fl.turns import Traffic
 from securefl.fl.types import (
     Aggregation,
     ClientShard,
@@ -547,22 +548,18 @@ def run_simulation(
             started = time.perf_counter()
             before = server.params
             traffic = transport.run_round(server, clients)
-            record = server.records[-1]
-            model_bytes = server.params.numel() * server.params.element_size()
-            details = traffic_details(traffic)
-            record = dataclasses.replace(
-                record,
-                bytes_up=details.pop("bytes_up"),
-                bytes_down=details.pop("bytes_down"),
+            record = measured_record(
+                server.records[-1],
+                traffic,
                 seconds=time.perf_counter() - started,
-                aggregation={**record.aggregation, **details, "model_bytes": model_bytes},
-                privacy={**record.privacy, **_client_privacy(client_accountants)},
+                model_bytes=server.params.numel() * server.params.element_size(),
+                privacy=_client_privacy(client_accountants),
             )
             history.records.append(record)
             if on_round is not None:
                 on_round(record)
             if record.status is RoundStatus.DIVERGED:
-                history.diverged = _divergence_message(record, config)
+                history.diverged = divergence_message(record, config)
                 log.info(history.diverged)
                 final = before  # the last finite model: the one the diverged round started from
                 break
@@ -579,7 +576,30 @@ def run_simulation(
     return history
 
 
-def _divergence_message(record: RoundRecord, config: RunConfig) -> str:
+def measured_record(
+    record: RoundRecord,
+    traffic: Traffic,
+    *,
+    seconds: float,
+    model_bytes: int,
+    privacy: Mapping[str, float] | None = None,
+) -> RoundRecord:
+    """``record`` (the server's) with what its transport measured: the bytes each direction
+    carried, the seconds the round took, each side's compute time and the model's size; and the
+    clients' privacy figures ``privacy`` where this process holds their ledgers."""
+    details = traffic_details(traffic)
+    return dataclasses.replace(
+        record,
+        bytes_up=details.pop("bytes_up"),
+        bytes_down=details.pop("bytes_down"),
+        seconds=seconds,
+        aggregation={**record.aggregation, **details, "model_bytes": model_bytes},
+        privacy={**record.privacy, **(privacy or {})},
+    )
+
+
+def divergence_message(record: RoundRecord, config: RunConfig) -> str:
+    """Why a run stopped at the diverged round ``record``, and what to try."""
     return (
         f"training diverged in round {record.round}: {record.divergence}; lower `lr` (now "
         f"{config.training.lr:g}), or clip the updates (DP-FedAvg's `central_dp.clip_norm`)"

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from securefl.cli import attack, audit, data, federation, train
+from securefl.cli import attack, audit, client, data, demo, federation, server, train
 from securefl.cli.flags import render
 from securefl.errors import ConfigError
 
@@ -36,6 +36,9 @@ app.command("datasets")(data.datasets)
 app.add_typer(attack.attack_app, name="attack")
 app.command("audit")(audit.audit)
 app.add_typer(federation.federation_app, name="federation")
+app.command("server")(server.server)
+app.command("client")(client.client)
+app.add_typer(demo.demo_app, name="demo")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -144,7 +144,7 @@ def train(
         overwrite=overwrite,
         figures={"partition.png": lambda path: partition_figure(path=path)},
     )
-    console.print(_summary(history))
+    console.print(summary_table(history))
     if history.stopped_early:
         console.print(f"[yellow]stopped early:[/] {history.stopped_early}")
     console.print(f"results written to [bold]{out_dir}[/]")
@@ -213,11 +213,12 @@ def _noise_shares(config: RunConfig, federation: Federation) -> str:
 
 
 def _run_with_progress(config: RunConfig, federation: Federation, console: Console) -> History:
-    with round_progress(console, rounds=config.rounds, status=_status) as on_round:
+    with round_progress(console, rounds=config.rounds, status=round_status) as on_round:
         return run_simulation(config, federation=federation, on_round=on_round)
 
 
-def _status(record: RoundRecord) -> str:
+def round_status(record: RoundRecord) -> str:
+    """One round in a few words: its test metric, ε so far, and how it ended if not ok."""
     evaluation = record.evaluation
     text = ""
     if evaluation is not None and evaluation.accuracy is not None:
@@ -253,9 +254,9 @@ SUMMARY_COLUMNS = {
 }
 
 
-def _summary(history: History) -> Table:
+def summary_table(history: History, *, title: str = "securefl train") -> Table:
     """One row per round; a column appears when some round has that figure."""
-    table = Table(title="securefl train")
+    table = Table(title=title)
     records = [record.to_json() for record in history.records]
     columns = [c for c in SUMMARY_COLUMNS if any(c in r for r in records)]
     if all(r.status is RoundStatus.OK for r in history.records):
