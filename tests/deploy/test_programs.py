@@ -10,9 +10,11 @@ Three federations, each run once per module and examined by several tests:
 - **secagg**: six clients, Shamir threshold 2; the server kills itself right after round 1's
   checkpoint and is restarted with ``--resume``; in round 2 four clients are killed, one at each
   secure-aggregation step.  Reference: an uninterrupted run in process with those dropouts.
-- **dp+secagg**: four clients with their privacy ledgers on disk; the server killed after round
-  1 and resumed; two clients killed at step 1 of round 3, below the threshold of 3: the round
-  aborts.  Reference: Opacus' RDP accountant for the rounds each client trained.
+- **dp+secagg** against an active server (signatures checked with the enrolled keys): four
+  clients with their privacy ledgers on disk; the server killed after round 1 and resumed; two
+  clients killed at step 1 of round 3, below the threshold of 3: the round aborts.  Reference:
+  Opacus' RDP accountant for the rounds each client trained, and the same aborted round in
+  process.
 
 Crashes come from the programs' one fault hook (``SECUREFL_FAULT``, :mod:`securefl.deploy.faults`).
 Every process is stopped by :class:`~securefl.cli.demo.Processes` when its fixture ends, also on
@@ -64,13 +66,15 @@ pytestmark = pytest.mark.slow
 
 SECAGG_STEPS = 4
 """Messages a client answers in one passive secure-aggregation round (keys, shares, masked input,
-unmasking)."""
+unmasking); :data:`ACTIVE_SECAGG_STEPS` with the consistency check against an active server."""
+ACTIVE_SECAGG_STEPS = 5
 
 
-def kill_at(round_index: int, step: int, *, signal_name: str = "SIGKILL") -> dict[str, str]:
-    """The environment that crashes a client in ``round_index`` at secure-aggregation ``step``
-    (it computed its answer; nothing of it leaves), given it answered every step before."""
-    return {FAULT_VARIABLE: f"{signal_name}@{SECAGG_STEPS * (round_index - 1) + step + 1}"}
+def kill_at(round_index: int, step: int, *, steps: int = SECAGG_STEPS) -> dict[str, str]:
+    """The environment that kills a client in ``round_index`` at secure-aggregation ``step``
+    (it computed its answer; nothing of it leaves), given it answered all ``steps`` of every
+    round before."""
+    return {FAULT_VARIABLE: f"SIGKILL@{steps * (round_index - 1) + step + 1}"}
 
 
 @dataclass
@@ -250,7 +254,7 @@ def test_secagg_round_survives_a_client_killed_at_every_step(secagg: Outcome) ->
     assert [(r["status"], r["survivors"]) for r in rows] == [("ok", 6), ("ok", 3)]
 
 
-# ---- DP-SGD under secure aggregation: ledgers on the clients' disks ---------------------------
+# ---- DP-SGD under active secure aggregation: ledgers on the clients' disks --------------------
 
 DP_ROUNDS = 3
 DP_VICTIMS = (0, 1)
@@ -269,6 +273,7 @@ def dp_secagg(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
             "dp": True,
             "noise_multiplier": 1.0,
             "secagg": True,
+            "active_adversary": True,
         }
     )
     toml = write_federation(directory, pki, run, enrolled=range(4), step_deadline=PROCESS_TIMEOUT)
@@ -279,7 +284,9 @@ def dp_secagg(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
             toml,
             pki,
             range(4),
-            environment=lambda i: kill_at(DP_ROUNDS, 1) if i in DP_VICTIMS else None,
+            environment=lambda i: (
+                kill_at(DP_ROUNDS, 1, steps=ACTIVE_SECAGG_STEPS) if i in DP_VICTIMS else None
+            ),
             ledgers=True,
         )
         codes = {"first server": processes.wait(first, timeout=PROCESS_TIMEOUT)}
