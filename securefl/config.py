@@ -364,9 +364,10 @@ class RunConfig:
             "more after its parent did): use `threads` 1 with `workers` > 1",
         )
         _require(
-            self.dp is None or self.workers == 1,
+            self.dp is None or self.workers == 1 or self.backend == "ray",
             "`dp` keeps each client's privacy ledger in the client program, which `workers` > 1 runs "
-            "in other processes whose ledgers this run cannot report yet: use `workers` 1 with `dp`",
+            "in other processes whose ledgers this run cannot report yet: use `workers` 1 with `dp` "
+            "(or `backend` ray, whose actors report them)",
         )
         _require(
             self.dp is None or self.algorithm != "fedsgd",

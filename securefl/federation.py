@@ -58,6 +58,7 @@ from securefl.transports.processes import ProcessTransport
 
 if TYPE_CHECKING:
     from securefl.privacy import DPSGDTrainer
+    from securefl.transports.ray_actors import RayTransport
 
 log = logging.getLogger(__name__)
 
@@ -521,11 +522,21 @@ def run_simulation(
     programs = build_programs(fed)
     server, clients = programs.server, programs.clients
     faults_for = getattr(fed.channel, "simulated_dropouts", None)
-    transport: InProcessTransport | ProcessTransport = (
-        ProcessTransport(workers=config.workers, faults_for=faults_for)
-        if config.workers > 1
-        else InProcessTransport(faults_for=faults_for)
-    )
+    transport: InProcessTransport | ProcessTransport | RayTransport
+    if config.backend == "ray":
+        from securefl.transports.ray_actors import RayTransport  # Ray only when asked for
+
+        transport = RayTransport(
+            config,
+            shards=fed.shards,
+            signing_keys=fed.signing_keys,
+            faults_for=faults_for,
+            actors=config.workers,
+        )
+    elif config.workers > 1:
+        transport = ProcessTransport(workers=config.workers, faults_for=faults_for)
+    else:
+        transport = InProcessTransport(faults_for=faults_for)
     with transport:
         transport.enrol(server, clients)
         history = History(
