@@ -132,3 +132,9 @@ class AccessRefusedError(ConfigError):
 class ServerUnreachableError(SecureFLError):
     """A client kept failing to reach its server, retrying with backoff, for longer than it was
     told to keep trying."""
+
+
+class ClientsUnavailableError(SecureFLError):
+    """A deployed server waited its join timeout and too few clients came to run a round, while
+    enrolled clients were still missing: it stops with its checkpoint kept, to be resumed when
+    they are back."""

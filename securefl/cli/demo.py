@@ -84,19 +84,11 @@ def network(
         shutil.rmtree(checkpoint_folder(out), ignore_errors=True)
     logs = work / "logs"
     logs.mkdir()
-    limit = JOIN_TIMEOUT_SECONDS + rounds * 5 * STEP_DEADLINE_SECONDS
-    with Processes() as processes:
-        server = processes.start(server_command(toml, out=out), log=None)
-        members = [
-            processes.start(
-                client_command(toml, identity=work / "federation" / f"client-{i}", data=_shard_path(work, i)),
-                log=logs / f"client-{i}.log",
-            )
-            for i in range(clients)
-        ]
-        console.print(f"started the server and {clients} clients on {escape(_address(toml))}")
-        server_code = processes.wait(server, timeout=limit)
-        client_codes = [processes.wait(member, timeout=GRACE_SECONDS * 6) for member in members]
+    try:
+        server_code, client_codes = _run(toml, out=out, work=work, clients=clients, rounds=rounds)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]stopped:[/] every process the demo started is stopped")
+        raise typer.Exit(code=130) from None
     failed = [i for i, code in enumerate(client_codes) if code != 0]
     if server_code != 0 or failed:
         server_text = "did not finish in time" if server_code is None else f"exited with {server_code}"
@@ -111,6 +103,27 @@ def network(
         f"each client's privacy ledger: {escape(str(work / 'federation'))}/client-<i>/privacy-ledger.json",
         highlight=False,
     )
+
+
+def _run(
+    toml: Path, *, out: Path, work: Path, clients: int, rounds: int
+) -> tuple[int | None, list[int | None]]:
+    """Start the server (its progress on this terminal) and the clients (logs in ``work/logs``),
+    wait for them; their exit codes (``None``: still running at its time limit, then stopped).
+    Everything started is stopped on the way out, whatever happens."""
+    limit = JOIN_TIMEOUT_SECONDS + rounds * 5 * STEP_DEADLINE_SECONDS
+    with Processes() as processes:
+        server = processes.start(server_command(toml, out=out), log=None)
+        members = [
+            processes.start(
+                client_command(toml, identity=work / "federation" / f"client-{i}", data=_shard_path(work, i)),
+                log=work / "logs" / f"client-{i}.log",
+            )
+            for i in range(clients)
+        ]
+        Console().print(f"started the server and {clients} clients on {escape(_address(toml))}")
+        server_code = processes.wait(server, timeout=limit)
+        return server_code, [processes.wait(member, timeout=GRACE_SECONDS * 6) for member in members]
 
 
 def _create_federation(work: Path, *, clients: int, rounds: int) -> Path:

@@ -5,6 +5,10 @@ shows the rounds, the connected clients and the current step's deadline as they 
 prints the summary and where the run directory went.  Ctrl-C (or SIGTERM) stops the server
 cleanly: the streams are closed, the clients keep trying to reconnect, and the checkpoint of the
 last completed round stays for ``--resume``.
+
+Exit codes: 0 when the run directory is written; 2 for bad input (a message saying what to fix)
+or a diverged run; 1 when too few clients came within the join timeout (the checkpoint stays);
+130 when stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from securefl.cli.flags import render
 from securefl.cli.train import round_status, summary_table
 from securefl.deploy.federation_file import FederationFile, in_run_terms
 from securefl.deploy.server_program import (
@@ -29,7 +34,7 @@ from securefl.deploy.server_program import (
     checkpoint_folder,
     serve,
 )
-from securefl.errors import ConfigError
+from securefl.errors import ClientsUnavailableError, ConfigError
 from securefl.transports.grpc_server import ClientConnected, ClientDisconnected, StepStarted
 
 Opt = typer.Option
@@ -64,6 +69,14 @@ def server(
     except KeyboardInterrupt:
         Console(stderr=True).print(f"[yellow]stopped.[/] {escape(_how_to_go_on(federation, run_dir))}")
         raise typer.Exit(code=130) from None
+    except ClientsUnavailableError as error:
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {escape(render(in_run_terms(str(error))))}\n"
+            f"{escape(_how_to_go_on(federation, run_dir))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1) from None
     console.print(summary_table(history, title="securefl server"))
     if history.stopped_early:
         console.print(f"[yellow]stopped early:[/] {escape(history.stopped_early)}")
@@ -78,7 +91,7 @@ def server(
 def _how_to_go_on(federation: Path, run_dir: Path) -> str:
     checkpoints = checkpoint_folder(run_dir)
     if not checkpoints.exists():
-        return "No round had started: nothing to resume."
+        return "No round was completed: start the server again (without --resume)."
     return (
         f"The checkpoint of the last completed round is in {checkpoints}; continue with\n"
         f"  securefl server --federation {federation} --out {run_dir} --resume"

@@ -42,7 +42,7 @@ from securefl.data import DATASETS
 from securefl.data.local import load_local_data
 from securefl.deploy.faults import fault_from_environment
 from securefl.deploy.federation_file import FederationFile
-from securefl.deploy.limits import federation_message_limit
+from securefl.deploy.limits import federation_message_limit, weight_bound
 from securefl.deploy.pki import Enrolment, Identity, load_identity
 from securefl.errors import ConfigError
 from securefl.federation import ClientFactory
@@ -99,7 +99,7 @@ def prepare_client(
     info = DATASETS[config.dataset]
     x, y = load_local_data(data, input_shape=info.input_shape, num_outputs=info.num_outputs, task=info.task)
     shard = ClientShard(client_id=me.client_id, x=x, y=y)
-    bound = _max_client_samples(federation)
+    bound = weight_bound(federation)
     if federation.weight_bound_used and len(shard) > bound:
         log.warning(
             "client %d holds %d examples, more than `federation.max_client_samples` %d: its FedAvg "
@@ -151,21 +151,20 @@ def spent_epsilon(prepared: PreparedClient) -> float | None:
     return _trainer_of(prepared.client).epsilon(prepared.client.client_id)
 
 
-def _max_client_samples(federation: FederationFile) -> int:
-    """The weight bound every party builds the aggregation with (not used without it: any number
-    builds the same aggregation, as :func:`securefl.federation.build_aggregation` ignores it)."""
-    return federation.max_client_samples or 1
-
-
 def _before_send(prepared: PreparedClient) -> Callable[[], None]:
-    """What runs before each batch of replies leaves: the ledger to disk, then the fault hook."""
+    """What runs before each batch of replies leaves: the ledger to disk when it changed (after a
+    round's training), then the fault hook."""
     fault = fault_from_environment()
     sent = 0
+    written: bytes | None = None
 
     def before_send() -> None:
-        nonlocal sent
+        nonlocal sent, written
         if prepared.ledger is not None:
-            write_atomically(prepared.ledger, _trainer_of(prepared.client).export_ledger())
+            ledger = _trainer_of(prepared.client).export_ledger()
+            if ledger != written:
+                write_atomically(prepared.ledger, ledger)
+                written = ledger
         sent += 1
         if fault is not None:
             fault.strike(sent)

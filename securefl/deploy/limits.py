@@ -1,12 +1,21 @@
-"""The largest message of a federation, computed by the server and every client alike from the
-configuration alone (both ends of a gRPC stream must accept what the other legitimately sends)."""
+"""The bounds the server and every client derive alike from ``federation.toml``: the FedAvg weight
+bound the aggregation is built with, and the largest message (both ends of a gRPC stream must
+accept what the other legitimately sends)."""
 
 from __future__ import annotations
 
 from securefl.config import RunConfig
+from securefl.deploy.federation_file import FederationFile
 from securefl.fl.secure_channel import RingEncoding, SecureAggregationChannel
 from securefl.fl.types import Aggregation
 from securefl.transports.grpc_server import message_limit
+
+
+def weight_bound(federation: FederationFile) -> int:
+    """The ``max_client_samples`` both programs build the aggregation with: the configured bound
+    (any number where it is not used: :func:`securefl.federation.build_aggregation` ignores it
+    without secure aggregation of FedAvg weights, and DP-FedAvg clients send weight 1)."""
+    return federation.max_client_samples or 1
 
 
 def federation_message_limit(config: RunConfig, aggregation: Aggregation, *, num_params: int) -> int:
@@ -27,4 +36,4 @@ def federation_message_limit(config: RunConfig, aggregation: Aggregation, *, num
     return message_limit(num_params, clients=clients, ring=ring)
 
 
-__all__ = ["federation_message_limit"]
+__all__ = ["federation_message_limit", "weight_bound"]

@@ -43,11 +43,11 @@ from securefl.data.local import load_local_data
 from securefl.deploy.checkpoint import ServerCheckpoints, check_resumable
 from securefl.deploy.faults import fault_from_environment
 from securefl.deploy.federation_file import FederationFile
-from securefl.deploy.limits import federation_message_limit
+from securefl.deploy.limits import federation_message_limit, weight_bound
 from securefl.deploy.pki import Enrolment, TlsFiles
-from securefl.errors import ConfigError
+from securefl.errors import ClientsUnavailableError, ConfigError, OutputExistsError
 from securefl.federation import build_model_for, build_server, divergence_message, measured_record
-from securefl.fl.history import History, check_output_dir, write_run
+from securefl.fl.history import History, write_run
 from securefl.fl.record import RoundRecord, RoundStatus
 from securefl.fl.server import FederatedServer
 from securefl.fl.vectors import load_vector
@@ -105,10 +105,18 @@ def serve(
     ``insecure`` (or ``federation.insecure``) serves plain text.  Bad input -- an ``out`` that is
     not empty, a checkpoint left by an unfinished run without ``resume`` (or none with it),
     unreadable certificates or data, a port in use -- raises a :class:`ConfigError` before any
-    client is served."""
+    client is served.  When a round cannot run after the join timeout because enrolled clients
+    are missing, :class:`~securefl.errors.ClientsUnavailableError` (the checkpoint stays); when
+    every enrolled client is there and too few can train (their budgets are spent), the run stops
+    early and its directory says so."""
     config = federation.run
     out = Path(out)
-    check_output_dir(out, overwrite=False)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputExistsError(
+            f"{out} already holds a finished run: nothing to resume"
+            if resume
+            else f"{out} is not empty: choose another `out` for this run"
+        )
     checkpoints = ServerCheckpoints(checkpoint_folder(out), fingerprint=federation.fingerprint())
     if not resume and checkpoints.directory.exists():
         raise ConfigError(
@@ -125,7 +133,7 @@ def serve(
         info=info,
         test_x=test_x,
         test_y=test_y,
-        max_client_samples=federation.max_client_samples or 1,  # unused without the weight bound
+        max_client_samples=weight_bound(federation),
         verify_keys=enrolment.verify_keys() if active else None,
     )
     check_resumable(server)
@@ -155,10 +163,17 @@ def serve(
             ready = _wait_for_clients(network, server, federation, round_index, emit)
             needed = server.aggregation.fewest_clients
             if ready < needed:
+                missing = len(network.enrolment.ids - network.connected)
+                if missing:  # an interruption: the checkpoint stays for --resume
+                    raise ClientsUnavailableError(
+                        f"only {ready} connected client(s) could train in round {round_index} after "
+                        f"waiting {federation.join_timeout_seconds:g}s (`federation.join_timeout_seconds`), "
+                        f"a round needs {needed}, and {missing} enrolled client(s) are not connected: "
+                        "start them, then resume the server"
+                    )
                 history.stopped_early = (
-                    f"{ready} connected client(s) could train in round {round_index} after waiting "
-                    f"{federation.join_timeout_seconds:g}s, and a round needs {needed}: resume when "
-                    "more clients are online (or their privacy budgets are spent)"
+                    f"only {ready} client(s) can still train in round {round_index}, and a round of "
+                    f"this aggregation needs {needed}: every other client's privacy budget is spent"
                 )
                 log.info(history.stopped_early)
                 break

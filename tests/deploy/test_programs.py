@@ -53,10 +53,11 @@ from securefl.config import RunConfig
 from securefl.data import DATASETS
 from securefl.data.local import load_local_data
 from securefl.deploy.checkpoint import ServerCheckpoints
-from securefl.deploy.faults import FAULT_VARIABLE
+from securefl.deploy.faults import FAULT_VARIABLE, fault_from_environment
 from securefl.deploy.federation_file import FederationFile
 from securefl.deploy.pki import Pki, create_pki, revoke
 from securefl.deploy.server_program import checkpoint_folder
+from securefl.errors import ConfigError
 from securefl.federation import ClientFactory
 from securefl.fl.turns import Faults
 from securefl.fl.types import ClientShard
@@ -138,22 +139,19 @@ def plain(pki: Pki, foreign_pki: Pki, tmp_path_factory: pytest.TempPathFactory) 
 def _run_client_here(toml: Path, identity: Path, data: Path) -> tuple[int, str]:
     """``securefl client`` through the CLI's own entry point in this process: (exit code, what it
     printed on stderr)."""
-    errors = io.StringIO()
-    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
-        code = main(
-            [
-                "client",
-                "--federation",
-                str(toml),
-                "--identity",
-                str(identity),
-                "--data",
-                str(data),
-                "--give-up-after",
-                "60",
-            ]
-        )
-    return code, errors.getvalue()
+    return _main_exit(
+        [
+            "client",
+            "--federation",
+            str(toml),
+            "--identity",
+            str(identity),
+            "--data",
+            str(data),
+            "--give-up-after",
+            "60",
+        ]
+    )
 
 
 def test_plain_run_matches_the_in_process_run_with_the_straggler_dropped(plain: Outcome) -> None:
@@ -341,3 +339,59 @@ def test_each_client_ledger_counts_every_round_it_trained_once(dp_secagg: Outcom
     for _ in range(DP_ROUNDS * steps):
         reference.step(noise_multiplier=run.dp.noise_multiplier, sample_rate=batch_size / len(y))
     assert trainer.epsilon(client_id) == pytest.approx(reference.get_epsilon(delta=run.dp.delta), rel=1e-9)
+
+
+# ---- quick refusals, in this process ---------------------------------------------------------
+
+
+def _main_exit(argv: list[str]) -> tuple[int, str]:
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    return code, " ".join(errors.getvalue().split())
+
+
+def test_the_server_refuses_a_used_run_directory_and_an_unfinished_run_without_resume(
+    pki: Pki, tmp_path: Path
+) -> None:
+    run = RunConfig(dataset="digits", model="mlp", clients=2, rounds=1)
+    toml = write_federation(tmp_path / "federation", pki, run, enrolled=range(2), step_deadline=5.0)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "metrics.jsonl").write_text("{}\n")
+    code, stderr = _main_exit(["server", "--federation", str(toml), "--out", str(used)])
+    assert (code, "--out" in stderr) == (2, True)
+    stale = tmp_path / "stale"
+    checkpoint_folder(stale).mkdir()
+    code, stderr = _main_exit(["server", "--federation", str(toml), "--out", str(stale)])
+    assert (code, "--resume" in stderr) == (2, True)
+    code, stderr = _main_exit(
+        ["server", "--federation", str(toml), "--out", str(tmp_path / "new"), "--resume"]
+    )
+    assert (code, "nothing to resume" in stderr) == (2, True)
+
+
+def test_the_server_stops_when_too_few_clients_come_and_keeps_nothing_to_resume(
+    pki: Pki, tmp_path: Path
+) -> None:
+    run = RunConfig(dataset="digits", model="mlp", clients=2, rounds=1)
+    toml = write_federation(tmp_path / "federation", pki, run, enrolled=range(2), step_deadline=5.0)
+    spec = FederationFile.load(toml)
+    dataclasses.replace(spec, join_timeout_seconds=0.5).write(toml)
+    out = tmp_path / "run"
+    code, stderr = _main_exit(["server", "--federation", str(toml), "--out", str(out)])
+    assert code == 1
+    assert "2 enrolled client(s) are not connected" in stderr
+    assert not out.exists() and not checkpoint_folder(out).exists()
+
+
+@pytest.mark.parametrize("value", ["SIGKILL", "KILL@3", "SIGKILL@0", "SIGNOPE@2", "SIGKILL@3 "])
+def test_a_malformed_fault_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match=FAULT_VARIABLE):
+        fault_from_environment({FAULT_VARIABLE: value})
+
+
+def test_a_fault_names_a_signal_and_a_count() -> None:
+    fault = fault_from_environment({FAULT_VARIABLE: "SIGSTOP@12"})
+    assert fault is not None and (fault.signal, fault.at) == (signal.SIGSTOP, 12)
+    assert fault_from_environment({}) is None and fault_from_environment({FAULT_VARIABLE: ""}) is None
