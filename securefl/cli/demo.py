@@ -78,7 +78,7 @@ def network(
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="securefl-demo-network-"))
     console.print(f"federation, client data, ledgers and logs in [bold]{escape(str(work))}[/]")
-    toml = _create_federation(work, clients=clients, rounds=rounds)
+    toml = create_federation(work, clients=clients, rounds=rounds)
     if overwrite:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(checkpoint_folder(out), ignore_errors=True)
@@ -116,7 +116,7 @@ def _run(
         server = processes.start(server_command(toml, out=out), log=None)
         members = [
             processes.start(
-                client_command(toml, identity=work / "federation" / f"client-{i}", data=_shard_path(work, i)),
+                client_command(toml, identity=work / "federation" / f"client-{i}", data=shard_path(work, i)),
                 log=work / "logs" / f"client-{i}.log",
             )
             for i in range(clients)
@@ -126,7 +126,7 @@ def _run(
         return server_code, [processes.wait(member, timeout=GRACE_SECONDS * 6) for member in members]
 
 
-def _create_federation(work: Path, *, clients: int, rounds: int) -> Path:
+def create_federation(work: Path, *, clients: int, rounds: int) -> Path:
     """``securefl federation init --dp --secagg`` in ``work/federation`` on a free loopback port,
     tuned to run quickly, and each client's shard in ``work/data``; the ``federation.toml``."""
     directory = work / "federation"
@@ -149,7 +149,7 @@ def _create_federation(work: Path, *, clients: int, rounds: int) -> Path:
     shards = build_federation(spec.run).shards  # the simulation's partition
     (work / "data").mkdir()
     for shard in shards:
-        save_shard_npz(_shard_path(work, shard.client_id), shard.x, shard.y)
+        save_shard_npz(shard_path(work, shard.client_id), shard.x, shard.y)
     spec = dataclasses.replace(
         spec,
         run=dataclasses.replace(
@@ -162,7 +162,8 @@ def _create_federation(work: Path, *, clients: int, rounds: int) -> Path:
     return toml
 
 
-def _shard_path(work: Path, client_id: int) -> Path:
+def shard_path(work: Path, client_id: int) -> Path:
+    """Where the demo in ``work`` writes client ``client_id``'s shard."""
     return work / "data" / f"client-{client_id}.npz"
 
 
@@ -257,4 +258,12 @@ def _signal_group(process: subprocess.Popen[bytes], signum: signal.Signals) -> N
         os.killpg(process.pid, signum)
 
 
-__all__ = ["Processes", "client_command", "demo_app", "free_port", "server_command"]
+__all__ = [
+    "Processes",
+    "client_command",
+    "create_federation",
+    "demo_app",
+    "free_port",
+    "server_command",
+    "shard_path",
+]

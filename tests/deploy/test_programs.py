@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from deployment_helpers import (
     PROCESS_TIMEOUT,
     reference_run,
@@ -49,6 +50,8 @@ from opacus.accountants import RDPAccountant
 
 from securefl.cli.app import main
 from securefl.cli.demo import Processes
+from securefl.cli.demo import create_federation as create_demo_federation
+from securefl.cli.demo import shard_path as demo_shard_path
 from securefl.config import RunConfig
 from securefl.data import DATASETS
 from securefl.data.local import load_local_data
@@ -58,7 +61,7 @@ from securefl.deploy.federation_file import FederationFile
 from securefl.deploy.pki import Pki, create_pki, revoke
 from securefl.deploy.server_program import checkpoint_folder
 from securefl.errors import ConfigError
-from securefl.federation import ClientFactory
+from securefl.federation import ClientFactory, build_federation
 from securefl.fl.turns import Faults
 from securefl.fl.types import ClientShard
 from securefl.privacy import DPSGDTrainer
@@ -395,3 +398,21 @@ def test_a_fault_names_a_signal_and_a_count() -> None:
     fault = fault_from_environment({FAULT_VARIABLE: "SIGSTOP@12"})
     assert fault is not None and (fault.signal, fault.at) == (signal.SIGSTOP, 12)
     assert fault_from_environment({}) is None and fault_from_environment({FAULT_VARIABLE: ""}) is None
+
+
+def test_the_demo_federation_gives_each_client_its_simulation_shard(tmp_path: Path) -> None:
+    toml = create_demo_federation(tmp_path, clients=3, rounds=2)
+    spec = FederationFile.load(toml)
+    assert spec.run.dp is not None and spec.run.secagg is not None and spec.run.rounds == 2
+    assert spec.host == "127.0.0.1"
+    info = DATASETS[spec.run.dataset]
+    expected = build_federation(spec.run).shards
+    for shard in expected:
+        x, y = load_local_data(
+            demo_shard_path(tmp_path, shard.client_id),
+            input_shape=info.input_shape,
+            num_outputs=info.num_outputs,
+            task=info.task,
+        )
+        assert torch.equal(x, shard.x) and torch.equal(y, shard.y)
+    assert spec.max_client_samples == max(len(shard) for shard in expected)
