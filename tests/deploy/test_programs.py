@@ -382,7 +382,10 @@ def test_the_server_stops_when_too_few_clients_come_and_keeps_nothing_to_resume(
     spec = FederationFile.load(toml)
     dataclasses.replace(spec, join_timeout_seconds=0.5).write(toml)
     out = tmp_path / "run"
-    code, stderr = _main_exit(["server", "--federation", str(toml), "--out", str(out)])
+    held_out = shard_path(toml.parent, 0)  # any data the model takes, read as the server's test set
+    code, stderr = _main_exit(
+        ["server", "--federation", str(toml), "--out", str(out), "--data", str(held_out)]
+    )
     assert code == 1
     assert "2 enrolled client(s) are not connected" in stderr
     assert not out.exists() and not checkpoint_folder(out).exists()
