@@ -13,7 +13,7 @@ import torch
 from securefl.cli.flags import render
 from securefl.config import RunConfig
 from securefl.errors import NonFiniteUpdateError
-from securefl.federation import _divergence_message
+from securefl.federation import divergence_message
 from securefl.fl.fedavg import PlainSumClient
 from securefl.fl.quantize import FixedPointCodec
 from securefl.fl.types import Contribution
@@ -45,7 +45,7 @@ def test_a_non_finite_update_gets_the_same_advice_on_both_paths():
 def test_the_divergence_advice_is_lower_lr_and_clip_not_a_smaller_batch():
     config = RunConfig(dataset="digits", model="mlp", clients=3, lr=0.5)
     record = SimpleNamespace(round=4, divergence="weights became NaN")
-    message = _divergence_message(record, config)  # type: ignore[arg-type]
+    message = divergence_message(record, config)  # type: ignore[arg-type]
     assert message == (
         "training diverged in round 4: weights became NaN; lower `lr` (now 0.5), or clip the "
         "updates (DP-FedAvg's `central_dp.clip_norm`)"
