@@ -137,9 +137,7 @@ def serve(
         verify_keys=enrolment.verify_keys() if active else None,
     )
     check_resumable(server)
-    history = History(config=config)
-    if resume:
-        history.records = checkpoints.resume(server)
+    history = History(config=config, records=checkpoints.resume(server) if resume else [])
     plain_text = insecure or federation.insecure
     network = NetworkServer(
         federation.address,
@@ -153,50 +151,9 @@ def serve(
         step_deadline=federation.step_deadline_seconds,
         on_event=on_event,
     )
-    emit = on_event or (lambda event: None)
-    fault = fault_from_environment()
-    final = server.params
     network.start()
     try:
-        while server.round_index < config.rounds:
-            round_index = server.round_index + 1
-            ready = _wait_for_clients(network, server, federation, round_index, emit)
-            needed = server.aggregation.fewest_clients
-            if ready < needed:
-                missing = len(network.enrolment.ids - network.connected)
-                if missing:  # an interruption: the checkpoint stays for --resume
-                    raise ClientsUnavailableError(
-                        f"only {ready} connected client(s) could train in round {round_index} after "
-                        f"waiting {federation.join_timeout_seconds:g}s (`federation.join_timeout_seconds`), "
-                        f"a round needs {needed}, and {missing} enrolled client(s) are not connected: "
-                        "start them, then resume the server"
-                    )
-                history.stopped_early = (
-                    f"only {ready} client(s) can still train in round {round_index}, and a round of "
-                    f"this aggregation needs {needed}: every other client's privacy budget is spent"
-                )
-                log.info(history.stopped_early)
-                break
-            checkpoints.open_round(round_index)
-            started, before = time.perf_counter(), server.params
-            traffic = network.run_round(server)
-            record = measured_record(
-                server.records[-1],
-                traffic,
-                seconds=time.perf_counter() - started,
-                model_bytes=server.params.numel() * server.params.element_size(),
-            )
-            history.records.append(record)
-            checkpoints.save(server, history.records)
-            emit(RoundRecorded(record))
-            if fault is not None:
-                fault.strike(round_index)
-            if record.status is RoundStatus.DIVERGED:
-                history.diverged = divergence_message(record, config)
-                log.info(history.diverged)
-                final = before  # the last finite model
-                break
-            final = server.params
+        final = _run_rounds(network, server, federation, history, checkpoints, on_event or _ignore)
         network.finish()
     finally:
         network.close()
@@ -204,6 +161,64 @@ def serve(
     write_run(history, out, overwrite=False)
     shutil.rmtree(checkpoints.directory, ignore_errors=True)  # the run directory supersedes it
     return history
+
+
+def _ignore(event: ServerEvent) -> None:
+    """No one listens to the server's events."""
+
+
+def _run_rounds(
+    network: NetworkServer,
+    server: FederatedServer,
+    federation: FederationFile,
+    history: History,
+    checkpoints: ServerCheckpoints,
+    emit: Callable[[ServerEvent], None],
+) -> torch.Tensor:
+    """The rounds left, each checkpointed and appended to ``history``; the final model (the last
+    finite one if the run diverged)."""
+    config = federation.run
+    fault = fault_from_environment()
+    final = server.params
+    while server.round_index < config.rounds:
+        round_index = server.round_index + 1
+        ready = _wait_for_clients(network, server, federation, round_index, emit)
+        needed = server.aggregation.fewest_clients
+        if ready < needed:
+            missing = len(network.enrolment.ids - network.connected)
+            if missing:  # an interruption: the checkpoint stays for --resume
+                raise ClientsUnavailableError(
+                    f"only {ready} connected client(s) could train in round {round_index} after "
+                    f"waiting {federation.join_timeout_seconds:g}s (`federation.join_timeout_seconds`), "
+                    f"a round needs {needed}, and {missing} enrolled client(s) are not connected: "
+                    "start them, then resume the server"
+                )
+            history.stopped_early = (
+                f"only {ready} client(s) can still train in round {round_index}, and a round of "
+                f"this aggregation needs {needed}: every other client's privacy budget is spent"
+            )
+            log.info(history.stopped_early)
+            return final
+        checkpoints.open_round(round_index)
+        started, before = time.perf_counter(), server.params
+        traffic = network.run_round(server)
+        record = measured_record(
+            server.records[-1],
+            traffic,
+            seconds=time.perf_counter() - started,
+            model_bytes=server.params.numel() * server.params.element_size(),
+        )
+        history.records.append(record)
+        checkpoints.save(server, history.records)
+        emit(RoundRecorded(record))
+        if fault is not None:
+            fault.strike(round_index)
+        if record.status is RoundStatus.DIVERGED:
+            history.diverged = divergence_message(record, config)
+            log.info(history.diverged)
+            return before  # the last finite model
+        final = server.params
+    return final
 
 
 def _held_out(
