@@ -121,12 +121,17 @@ class RayTransport:
             )
         self._clients = clients
         self._connect()
-        count = min(self.actors or self._cluster_cpus(), len(clients))
-        hosted: list[list[int]] = [[] for _ in range(count)]
+        cpus = self._cluster_cpus()
+        count = min(self.actors or cpus, len(clients))
+        if count > cpus:
+            raise ConfigError(
+                f"`workers` {count} Ray actors need a CPU each, and the Ray cluster has {cpus}: use "
+                f"`workers` {cpus} or fewer, or add nodes"
+            )
         for index, client_id in enumerate(sorted(clients)):
-            hosted[index % count].append(client_id)
             self._host[client_id] = index % count
         host = self.ray.remote(num_cpus=1)(ClientHost)
+        self._handles = [host.remote() for _ in range(count)]
         config_json = self.config.to_json()
         max_client_samples = max(len(shard) for shard in self.shards.values())
         verify_keys = (
@@ -134,19 +139,20 @@ class RayTransport:
             if self.signing_keys is None
             else {c: keys.public_bytes(key) for c, key in self.signing_keys.items()}
         )
-        for own in hosted:
-            self._handles.append(
-                host.remote(
-                    config_json,
-                    {c: shard_to_bytes(self.shards[c]) for c in own},
-                    None
-                    if self.signing_keys is None
-                    else {c: self.signing_keys[c].private_bytes_raw() for c in own},
-                    verify_keys,
-                    max_client_samples,
-                )
+        hosted = self._by_actor(dict.fromkeys(clients, []))
+        pending = {
+            index: handle.join.remote(
+                config_json,
+                {c: shard_to_bytes(self.shards[c]) for c in hosted[index]},
+                None
+                if self.signing_keys is None
+                else {c: self.signing_keys[c].private_bytes_raw() for c in hosted[index]},
+                verify_keys,
+                max_client_samples,
             )
-        joined = self._exchange(None)
+            for index, handle in enumerate(self._handles)
+        }
+        joined = self._collect(pending, hosted)
         for client_id in sorted(joined):
             for data in joined[client_id][0]:
                 server.receive(client_id, data)
@@ -160,22 +166,31 @@ class RayTransport:
         faults = self.faults_for(server.round_index, participants) if self.faults_for else NO_FAULTS
         return run_turns(server, self._exchange, first, faults=faults)
 
-    def _exchange(self, inboxes: Mapping[int, list[bytes]] | None) -> Replies:
-        """Every actor's clients compute their inboxes (``None``: join) at once; their replies,
-        after this process's copies of the clients took over the ledgers that came with them."""
-        by_actor: list[dict[int, list[bytes]]] = [{} for _ in self._handles]
-        for client_id, messages in (dict.fromkeys(self._host, []) if inboxes is None else inboxes).items():
-            by_actor[self._host[client_id]][client_id] = messages
+    def _exchange(self, inboxes: Mapping[int, list[bytes]]) -> Replies:
+        """Every actor's clients compute their inboxes of one turn at once; their replies."""
+        by_actor = self._by_actor(inboxes)
         pending = {
-            index: handle.join.remote() if inboxes is None else handle.turn.remote(by_actor[index])
+            index: handle.turn.remote(by_actor[index])
             for index, handle in enumerate(self._handles)
             if by_actor[index]
         }
+        return self._collect(pending, by_actor)
+
+    def _by_actor(self, inboxes: Mapping[int, list[bytes]]) -> list[dict[int, list[bytes]]]:
+        by_actor: list[dict[int, list[bytes]]] = [{} for _ in self._handles]
+        for client_id, messages in inboxes.items():
+            by_actor[self._host[client_id]][client_id] = messages
+        return by_actor
+
+    def _collect(self, pending: Mapping[int, Any], asked: Sequence[Mapping[int, object]]) -> Replies:
+        """The answers of the actors in ``pending`` (index -> the call's reference) about the
+        clients each was ``asked`` about, after this process's copies of the clients took over
+        the ledgers that came with them."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         replies: Replies = {}
         for index, reference in pending.items():
             answered = self._answer(index, reference, deadline)
-            if not isinstance(answered, dict) or set(answered) != set(by_actor[index]):
+            if not isinstance(answered, dict) or set(answered) != set(asked[index]):
                 raise RuntimeError(f"Ray actor {index} answered for clients it was not asked about")
             for client_id, (messages, seconds, ledger) in sorted(answered.items()):
                 if ledger:
@@ -273,17 +288,29 @@ def _probe(address: str, host: str, port: int) -> None:
 
 class ClientHost:
     """The body of one actor: the client programs of its shards, built here from the configuration
-    and kept across rounds; bytes in, bytes out."""
+    when it joins and kept across rounds; bytes in, bytes out.  (Built in :meth:`join`, not in the
+    actor's constructor, so that an error building them -- a setting this node cannot honour --
+    reaches the driver as itself.)"""
 
-    def __init__(
+    def __init__(self) -> None:
+        torch.set_num_threads(1)
+        self.clients: dict[int, FederatedClient] = {}
+        self._deliver = sequential({})
+        self._ledgers = LedgerReports()
+
+    def join(
         self,
         config_json: str,
         shards: dict[int, bytes],
         signing_keys: dict[int, bytes] | None,
         verify_keys: dict[int, bytes] | None,
         max_client_samples: int,
-    ) -> None:
-        torch.set_num_threads(1)
+    ) -> HostReplies:
+        """Build the client program of each of ``shards`` (client id -> :func:`shard_to_bytes`),
+        signing with its raw Ed25519 key of ``signing_keys`` and verifying its peers with
+        ``verify_keys``; each one's enrolment message."""
+        if self.clients:
+            raise RuntimeError("this actor's clients have joined already")
         config = RunConfig.from_mapping(json.loads(config_json))
         factory = ClientFactory(
             config,
@@ -293,7 +320,6 @@ class ClientHost:
             if verify_keys is None
             else {c: Ed25519PublicKey.from_public_bytes(key) for c, key in verify_keys.items()},
         )
-        self.clients: dict[int, FederatedClient] = {}
         for client_id, data in sorted(shards.items()):
             key = None if signing_keys is None else signing_keys[client_id]
             self.clients[client_id] = factory.client(
@@ -301,10 +327,6 @@ class ClientHost:
                 signing_key=None if key is None else Ed25519PrivateKey.from_private_bytes(key),
             )
         self._deliver = sequential({c: client.receive for c, client in self.clients.items()})
-        self._ledgers = LedgerReports()
-
-    def join(self) -> HostReplies:
-        """Each hosted client's enrolment message."""
         replies: Replies = {}
         for client_id, client in sorted(self.clients.items()):
             started = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import json
 import math
 import re
 import signal
@@ -177,7 +178,7 @@ def test_a_killed_actor_is_named_with_its_clients_and_close_stops_the_others(loc
         with pytest.raises(RuntimeError, match=r"Ray actor 1 \(clients \[1, 3\]\) died"):
             transport.run_round(programs.server, programs.clients)
     with pytest.raises(local_ray.exceptions.RayActorError):  # close() stopped actor 0 too
-        local_ray.get(handles[0].join.remote(), timeout=60)
+        local_ray.get(handles[0].turn.remote({}), timeout=60)
 
 
 def test_actors_that_do_not_answer_in_time_are_named_and_stopped(local_ray):
@@ -189,8 +190,32 @@ def test_actors_that_do_not_answer_in_time_are_named_and_stopped(local_ray):
     assert len(handles) == 2
     for handle in handles:
         with pytest.raises(local_ray.exceptions.RayActorError):
-            local_ray.get(handle.join.remote(), timeout=60)
+            local_ray.get(handle.turn.remote({}), timeout=60)
     _wait_for_free_cpus(local_ray)
+
+
+def test_a_setting_an_actor_refuses_comes_back_as_a_config_error_naming_it(local_ray, monkeypatch):
+    """As from a node whose securefl does not know a setting this one sent (a version skew)."""
+    transport, programs = _transport_and_programs(SMALL, timeout=RUN_SECONDS)
+    sent = json.loads(SMALL.to_json())
+    monkeypatch.setattr(RunConfig, "to_json", lambda self: json.dumps({**sent, "colour": "blue"}))
+    with (
+        transport,
+        pytest.raises(ConfigError, match=r"Ray actor 0 \(clients \[0, 2\]\): unknown setting 'colour'"),
+    ):
+        transport.enrol(programs.server, programs.clients)
+
+
+def test_more_actors_than_the_cluster_has_cpus_are_refused(local_ray):
+    federation = build_federation(SMALL)
+    programs = build_programs(federation)
+    with (
+        RayTransport(SMALL, shards=federation.shards, actors=3, timeout=RUN_SECONDS) as transport,
+        pytest.raises(
+            ConfigError, match=r"`workers` 3 Ray actors need a CPU each, and the Ray cluster has 2"
+        ),
+    ):
+        transport.enrol(programs.server, programs.clients)
 
 
 def test_a_cluster_address_cannot_be_joined_while_ray_runs_here(local_ray):
