@@ -46,6 +46,8 @@ from securefl.validation import require_non_negative as _require_non_negative
 from securefl.validation import require_positive as _require_positive
 
 if TYPE_CHECKING:
+    import torch
+
     from securefl.data import TrainingDefaults
 
 ALGORITHMS = ("fedavg", "fedsgd")
@@ -275,10 +277,15 @@ class RunConfig:
     dp: DPConfig | None = None
     central_dp: CentralDPConfig | None = None
     secagg: SecAggConfig | None = None
-    workers: int = 1
+    workers: int | None = None
     """Processes that run the client programs (:mod:`securefl.transports.processes`), each with one
     torch thread; 1: all in this process, one after another (:mod:`securefl.transports.inprocess`).
-    The results are the same."""
+    The results are the same.  ``None``: one per core this process may run on, one when training
+    on a GPU (:attr:`worker_processes`)."""
+    device: str = "auto"
+    """Where clients train and the server evaluates: ``cpu``, ``cuda``, or ``auto`` (a CUDA GPU
+    when torch sees one); aggregation and the server update stay on the CPU
+    (:mod:`securefl.devices`)."""
     training: TrainingDefaults = field(init=False)
     """The training settings the run uses: the user's choices, the data set's defaults for the
     rest. Every consumer reads these (``config.training.lr``), never the fields above."""
@@ -353,21 +360,17 @@ class RunConfig:
             self.threads < THREADS_LIMIT,
             f"threads {self.threads} >= 2**31: use a `threads` below {THREADS_LIMIT}",
         )
-        _require_at_least(self.workers, 1, "workers", "workers")
+        if self.workers is not None:
+            _require_at_least(self.workers, 1, "workers", "workers")
+            _require(
+                self.workers < THREADS_LIMIT,
+                f"workers {self.workers} >= 2**31: use fewer `workers`",
+            )
+        device = self.torch_device  # an unknown name, or cuda without a GPU, is refused here
         _require(
-            self.workers < THREADS_LIMIT,
-            f"workers {self.workers} >= 2**31: use fewer `workers`",
-        )
-        _require(
-            self.workers == 1 or self.threads == 1,
-            "worker processes train with one torch thread each (a forked process cannot safely use "
-            "more after its parent did): use `threads` 1 with `workers` > 1",
-        )
-        _require(
-            self.dp is None or self.workers == 1 or self.backend == "ray",
-            "`dp` keeps each client's privacy ledger in the client program, which `workers` > 1 runs "
-            "in other processes whose ledgers this run cannot report yet: use `workers` 1 with `dp` "
-            "(or `backend` ray, whose actors report them)",
+            self.workers is None or self.workers == 1 or device.type == "cpu",
+            f"`workers` {self.workers} train on the CPU, and `device` {self.device} trains on "
+            f"{device}: use `workers` 1 to train on the GPU, or `device` cpu",
         )
         _require(
             self.dp is None or self.algorithm != "fedsgd",
@@ -410,6 +413,26 @@ class RunConfig:
                 "has no sound user-level bound (whether a round aborts depends on one user's "
                 "presence): use `central_dp.client_sampling` fixed, or `secagg.dropout_rate` 0",
             )
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The device :attr:`device` stands for on this machine."""
+        from securefl.devices import resolve_device
+
+        return resolve_device(self.device)
+
+    @property
+    def worker_processes(self) -> int:
+        """How many processes run the client programs: :attr:`workers`, or by default one per core
+        this process may run on (``os.sched_getaffinity``), or one on a GPU; never more than
+        :attr:`clients` (1: all in this process)."""
+        if self.workers is not None:
+            wanted = self.workers
+        elif self.torch_device.type != "cpu":
+            wanted = 1
+        else:
+            wanted = len(os.sched_getaffinity(0))
+        return max(1, min(wanted, self.clients))
 
     @property
     def sampled_clients(self) -> int:

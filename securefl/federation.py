@@ -308,6 +308,7 @@ def trainer_factory(config: RunConfig, model: nn.Module, task: Task) -> TrainerF
             batch_size=config.training.batch_size,
             momentum=config.training.momentum,
             weight_decay=config.weight_decay,
+            device=config.torch_device,
         )
 
         def dp_trainer(shard: ClientShard) -> ClientTrainer:
@@ -329,6 +330,7 @@ def trainer_factory(config: RunConfig, model: nn.Module, task: Task) -> TrainerF
         lr=config.training.lr,
         momentum=0.0 if fedsgd else config.training.momentum,
         weight_decay=config.weight_decay,
+        device=config.torch_device,
     )
     return lambda shard: shared
 
@@ -393,7 +395,7 @@ def server_program(
         aggregation=aggregation,
         server_update=server_update,
         settings=round_settings(config),
-        evaluate=Evaluator(model=eval_model, x=test_x, y=test_y, task=task),
+        evaluate=Evaluator(model=eval_model, x=test_x, y=test_y, task=task, device=config.torch_device),
         num_clients=num_clients,
         train_loss_reported=config.dp is None and config.central_dp is None,
     )
@@ -522,6 +524,7 @@ def run_simulation(
     programs = build_programs(fed)
     server, clients = programs.server, programs.clients
     faults_for = getattr(fed.channel, "simulated_dropouts", None)
+    workers = config.worker_processes
     transport: InProcessTransport | ProcessTransport | RayTransport
     if config.backend == "ray":
         from securefl.transports.ray_actors import RayTransport  # Ray only when asked for
@@ -533,8 +536,8 @@ def run_simulation(
             faults_for=faults_for,
             actors=config.workers,
         )
-    elif config.workers > 1:
-        transport = ProcessTransport(workers=config.workers, faults_for=faults_for)
+    elif workers > 1:
+        transport = ProcessTransport(workers=workers, faults_for=faults_for)
     else:
         transport = InProcessTransport(faults_for=faults_for)
     with transport:

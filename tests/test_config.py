@@ -6,11 +6,13 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import tomllib
 import typing
 
 import numpy as np
 import pytest
+import torch
 
 from securefl.config import CentralDPConfig, DPConfig, RunConfig, SecAggConfig
 from securefl.data import DATASETS, TrainingDefaults
@@ -525,3 +527,39 @@ def test_numpy_values_of_the_wrong_kind_or_range_are_refused(values, fragment):
     with pytest.raises(ConfigError) as error:
         RunConfig(**values)
     assert fragment in str(error.value)
+
+
+def test_workers_default_to_the_cores_available_and_never_outnumber_the_clients():
+    cores = len(os.sched_getaffinity(0))
+    config = RunConfig(dataset="digits", model="mlp", device="cpu")
+    assert config.workers is None and config.worker_processes == min(cores, 10)
+    assert json.loads(config.to_json())["workers"] is None
+    assert RunConfig.from_mapping(json.loads(config.to_json())).workers is None
+    assert RunConfig(dataset="digits", model="mlp", clients=1).worker_processes == 1
+    assert RunConfig(dataset="digits", model="mlp", clients=3, workers=8).worker_processes == 3
+    assert RunConfig(dataset="digits", model="mlp", workers=1).worker_processes == 1
+    with pytest.raises(ConfigError, match="workers 0 < 1: use `workers` 1 or more"):
+        RunConfig(workers=0)
+
+
+def test_an_unknown_device_and_cuda_without_a_gpu_are_refused_naming_device(monkeypatch):
+    with pytest.raises(ConfigError, match="unknown device 'tpu': set `device` to one of auto, cpu, cuda"):
+        RunConfig(device="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        ConfigError, match="`device` cuda, but torch sees no CUDA GPU .* use `device` cpu or auto"
+    ):
+        RunConfig(device="cuda")
+    assert RunConfig().torch_device == RunConfig(device="cpu").torch_device == torch.device("cpu")
+
+
+def test_auto_trains_on_a_gpu_torch_sees_in_one_process(monkeypatch):
+    """Worker processes share the CPU's cores; a GPU is one device: by default a run on it keeps
+    its clients in one process, and asking for several is refused before any work."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = RunConfig(dataset="digits", model="mlp")
+    assert config.torch_device == torch.device("cuda") and config.worker_processes == 1
+    cores = len(os.sched_getaffinity(0))
+    assert RunConfig(dataset="digits", model="mlp", device="cpu").worker_processes == min(cores, 10)
+    with pytest.raises(ConfigError, match="use `workers` 1 to train on the GPU, or `device` cpu"):
+        RunConfig(dataset="digits", model="mlp", workers=2)

@@ -47,6 +47,7 @@ from securefl.attacks.inversion import (
 from securefl.attacks.metrics import label_accuracy, score_images
 from securefl.attacks.observation import PublicKnowledge
 from securefl.data import Dataset, load_dataset
+from securefl.devices import resolve_device
 from securefl.errors import ConfigError
 from securefl.fl.types import ClientShard
 from securefl.models import MODELS, build_model
@@ -101,6 +102,9 @@ class ExperimentConfig:
     precision: str = "auto"
     """Arithmetic of the round and the attacker: auto (float64 for DLG/iDLG, float32 for IG),
     float32 or float64."""
+    device: str = "auto"
+    """Where the attacker optimises: auto (a CUDA GPU when torch sees one), cpu or cuda
+    (:mod:`securefl.devices`); the victims' round runs on the CPU."""
 
     @property
     def resolved_server_init(self) -> str:
@@ -121,6 +125,7 @@ class ExperimentConfig:
             restarts=self.restarts if self.restarts is not None else DEFAULT_RESTARTS[self.attack],
             seed=self.seed * 100_003 + round_index,
             dtype=self.arithmetic,
+            device=resolve_device(self.device),
         )
 
 
@@ -162,6 +167,7 @@ def prepare(config: ExperimentConfig, *, dataset: Dataset | None = None) -> Prep
     if config.precision != "auto" and config.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {config.precision!r}: choose auto, float32 or float64")
     check_seed(config.seed)
+    resolve_device(config.device)  # an unknown name, or cuda without a GPU, is refused here
     require_at_least(config.images, 1, "`images`", "images")
     require_at_least(config.batch_size, 1, "`batch_size`", "batch_size")
     require_at_least(config.local_steps, 1, "`local_steps`", "local_steps")

@@ -93,6 +93,9 @@ class AttackConfig:
     seed: int = 0
     dtype: torch.dtype | None = None
     """Attacker's arithmetic; ``None`` is float64 for DLG/iDLG (L-BFGS wants it), float32 for IG."""
+    device: torch.device | str = "cpu"
+    """Where the attacker's optimisation runs (:func:`securefl.devices.resolve_device`); the
+    random starts are drawn on the CPU either way, and the reconstruction comes back there."""
 
     def __post_init__(self) -> None:
         if self.attack not in ATTACKS:
@@ -252,27 +255,30 @@ def infer_labels(observation: Observation, *, generator: torch.Generator | None 
 # --------------------------------------------------------------------------- the dummy round
 
 
-def _attacker_model(observation: Observation, dtype: torch.dtype) -> nn.Module:
+def _attacker_model(
+    observation: Observation, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> nn.Module:
     public = observation.public
     model = build_model(
         public.model_name,
         input_shape=public.input_shape,
         num_outputs=public.num_classes,
         seed=0,
-    ).to(dtype)
-    load_vector(model.parameters(), observation.model_parameters.to(dtype))
+    ).to(device=device, dtype=dtype)
+    load_vector(model.parameters(), observation.model_parameters.to(device=device, dtype=dtype))
     return model
 
 
 class _DummyRound:
     """The attacker's differentiable replay of the clients' side of the round."""
 
-    def __init__(self, observation: Observation, dtype: torch.dtype) -> None:
+    def __init__(self, observation: Observation, dtype: torch.dtype, device: torch.device | str) -> None:
         self.public = observation.public
-        self.model = _attacker_model(observation, dtype)
+        self.device = torch.device(device)
+        self.model = _attacker_model(observation, dtype, self.device)
         self.names = [name for name, _ in self.model.named_parameters()]
         self.base = [parameter.detach().requires_grad_(True) for parameter in self.model.parameters()]
-        target = observation.observed_update.to(dtype)
+        target = observation.observed_update.to(device=self.device, dtype=dtype)
         self.support = (target != 0) if self.public.prune_ratio else None
         self.target = target[self.support] if self.support is not None else target
         self.target_norm_squared = float(self.target.pow(2).sum())
@@ -356,9 +362,13 @@ def reconstruct(
         config.attack, public.model_name, input_shape=public.input_shape, num_classes=public.num_classes
     )
     dtype = config.arithmetic
-    dummy_round = _DummyRound(observation, dtype)
+    dummy_round = _DummyRound(observation, dtype, config.device)
     generator = torch.Generator().manual_seed(config.seed)
-    known_labels = None if config.attack == "dlg" else infer_labels(observation, generator=generator)
+    known_labels = (
+        None
+        if config.attack == "dlg"
+        else infer_labels(observation, generator=generator).to(dummy_round.device)
+    )
     started = time.perf_counter()
     best: tuple[float, torch.Tensor, torch.Tensor] | None = None
     objectives: list[float] = []
@@ -394,8 +404,8 @@ def reconstruct(
             break
     assert best is not None
     return Reconstruction(
-        images=best[1].clamp(0, 1).to(torch.float32),
-        labels=best[2],
+        images=best[1].clamp(0, 1).to(device="cpu", dtype=torch.float32),
+        labels=best[2].cpu(),
         objective=best[0],
         restart_objectives=tuple(objectives),
         iterations=iterations_run,
@@ -416,12 +426,13 @@ def _deep_leakage(
     public = dummy_round.public
     dtype = config.arithmetic
     total = public.total_samples
-    images = torch.rand((total, *public.input_shape), generator=generator, dtype=dtype).requires_grad_(True)
+    device = dummy_round.device
+    images = torch.rand((total, *public.input_shape), generator=generator, dtype=dtype)
+    images = images.to(device).requires_grad_(True)
     variables = [images]
     if known_labels is None:
-        label_logits = torch.randn(
-            (total, public.num_classes), generator=generator, dtype=dtype
-        ).requires_grad_(True)
+        label_logits = torch.randn((total, public.num_classes), generator=generator, dtype=dtype)
+        label_logits = label_logits.to(device).requires_grad_(True)
         variables.append(label_logits)
         label_loss = _soft_label_loss(label_logits, public.batch_size)
     else:
@@ -486,7 +497,7 @@ def _inverting_gradients(
     public = dummy_round.public
     dtype = config.arithmetic
     images = torch.rand((public.total_samples, *public.input_shape), generator=generator, dtype=dtype)
-    images.requires_grad_(True)
+    images = images.to(dummy_round.device).requires_grad_(True)
     label_loss = _hard_label_loss(labels, public.batch_size)
     optimizer = torch.optim.Adam([images], lr=config.step_size)
     iterations = config.iterations

@@ -83,6 +83,7 @@ def metrics_document(outcome: AttackOutcome) -> dict[str, Any]:
             "restarts": config.attack_config(0).restarts,
             "iterations": config.attack_config(0).iterations,
             "server_init": config.resolved_server_init,
+            "device": str(config.attack_config(0).device),
             "defence": _defence_record(config.defence),
         },
         "summary": outcome_summary(outcome),

@@ -84,6 +84,10 @@ InitOpt = Annotated[
 ]
 DataDirOpt = Annotated[Path | None, Opt(help="Directory holding mnist / cifar10 files.")]
 ThreadsOpt = Annotated[int, Opt(help="torch intra-op threads.")]
+DeviceOpt = Annotated[
+    str | None,
+    Opt(help="dlg/idlg/ig: where the attacker optimises: auto | cpu | cuda. (default auto: cuda if any)"),
+]
 OverwriteOpt = Annotated[bool, Opt(help="Replace a non-empty --out directory.")]
 
 _BACKTICKED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
@@ -131,6 +135,7 @@ def attack(
     ] = None,
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = 1,
+    device: DeviceOpt = None,
     out: Annotated[Path | None, Opt(help="Output directory. (default runs/attack-<timestamp>)")] = None,
     overwrite: OverwriteOpt = False,
     placement: Annotated[
@@ -193,6 +198,7 @@ def attack(
                 "--restarts": restarts,
                 "--iterations": iterations,
                 "--server-init": server_init,
+                "--device": device,
             },
         )
         if defence not in ("secagg", "none"):
@@ -268,6 +274,7 @@ def attack(
         iterations=iterations,
         server_init=server_init or "auto",
         data_dir=data_dir,
+        device=device or "auto",
     )
     _execute(
         config,
@@ -296,6 +303,7 @@ def compare(
     server_init: InitOpt = "auto",
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = 1,
+    device: DeviceOpt = None,
     out: Annotated[Path | None, Opt(help="Output directory. (default runs/compare-<timestamp>)")] = None,
     overwrite: OverwriteOpt = False,
     clients: Annotated[int, Opt(help="imprint/inconsistency: clients N under secure aggregation.")] = 16,
@@ -306,6 +314,7 @@ def compare(
     With ``--attack imprint|inconsistency``: the same target unprotected, under secure
     aggregation, and against each client-side defence."""
     if attack in MALICIOUS_ATTACKS:
+        _refuse_flags(attack, {"--device": device})
         base = MaliciousConfig(
             attack=attack,
             dataset=dataset,
@@ -342,6 +351,7 @@ def compare(
         iterations=iterations,
         server_init=server_init,
         data_dir=data_dir,
+        device=device or "auto",
     )
     _execute(
         config,

@@ -54,7 +54,14 @@ def train(
     threads: Annotated[int | None, Opt(help="torch intra-op threads. (default 1)")] = None,
     workers: Annotated[
         int | None,
-        Opt(help="Processes running the clients, one torch thread each; same results. (default 1)"),
+        Opt(
+            help="Processes running the clients, one torch thread each; same results. "
+            "(default: one per core, 1 on a GPU)"
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        Opt(help="auto | cpu | cuda: where clients train and the model is evaluated. (default auto)"),
     ] = None,
     backend: Annotated[
         str | None,

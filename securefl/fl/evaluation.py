@@ -1,10 +1,14 @@
 """The server's evaluation of the global model on its held-out split.
 
 The server holds only the test split (never a client's training data): loss and accuracy for
-classification, mean squared error and R² for regression.
+classification, mean squared error and R² for regression.  On a ``device`` other than the CPU
+(:mod:`securefl.devices`) the evaluator keeps its own copy of the model and of the test split
+there; the parameter vectors it is given stay CPU tensors.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -17,17 +21,26 @@ class Evaluator:
     """Evaluates parameter vectors with ``model``'s architecture on ``(x, y)``."""
 
     def __init__(
-        self, *, model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, batch_size: int = 1000
+        self,
+        *,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        task: str,
+        batch_size: int = 1000,
+        device: torch.device | str = "cpu",
     ):
-        self.model = model
-        self.x = x
-        self.y = y
+        self.device = torch.device(device)
+        # On the CPU the caller's model is used as it is; elsewhere a copy lives on the device.
+        self.model = model if self.device.type == "cpu" else copy.deepcopy(model).to(self.device)
+        self.x = x.to(self.device)
+        self.y = y.to(self.device)
         self.task = task
         self.batch_size = batch_size
 
     def __call__(self, params: torch.Tensor) -> Evaluation:
         """Test loss and accuracy (classification) or MSE and R² (regression) of ``params``."""
-        load_vector(self.model.parameters(), params)
+        load_vector(self.model.parameters(), params.to(self.device))
         self.model.eval()
         x, y, size = self.x, self.y, self.batch_size
         loss_sum, correct, squared_error = 0.0, 0, 0.0

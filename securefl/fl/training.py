@@ -5,6 +5,10 @@ One :class:`LocalSGDTrainer` serves every client of a simulation: it owns a sing
 single optimizer, loads the global parameters into them, trains, and returns the parameter delta.
 Nothing is rebuilt or deep-copied per client, so a round costs what training its samples costs.
 FedSGD is the special case of one full-batch step without momentum.
+
+On a ``device`` other than the CPU (:mod:`securefl.devices`) the model lives there, each batch is
+copied there, and the delta comes back as a CPU tensor: what leaves a client is the same whatever
+it trained on.  The batch order is drawn on the CPU from the client's generator either way.
 """
 
 from __future__ import annotations
@@ -49,8 +53,10 @@ class LocalSGDTrainer:
         lr: float,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        device: torch.device | str = "cpu",
     ) -> None:
-        self.model = model
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.loss_fn = loss_for_task(task)
         self.local_epochs = local_epochs
@@ -69,7 +75,9 @@ class LocalSGDTrainer:
         round_index: int,
         generator: torch.Generator,
     ) -> Update:
-        load_vector(self.parameters, global_params)
+        device = self.device
+        start = global_params.to(device)
+        load_vector(self.parameters, start)
         self.optimizer.state.clear()
         self.model.train()
         num_samples = len(shard)
@@ -79,12 +87,13 @@ class LocalSGDTrainer:
         for _ in range(self.local_epochs):
             for batch in batch_order(num_samples, batch_size=batch_size, generator=generator):
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = self.loss_fn(self.model(shard.x[batch]), shard.y[batch])
+                x, y = shard.x[batch].to(device), shard.y[batch].to(device)
+                loss = self.loss_fn(self.model(x), y)
                 loss.backward()
                 self.optimizer.step()
                 loss_sum += loss.item() * len(batch)
                 seen += len(batch)
-        delta = to_vector(self.parameters) - global_params
+        delta = (to_vector(self.parameters) - start).cpu()
         return Update(
             client_id=shard.client_id,
             delta=delta,

@@ -427,13 +427,14 @@ class DPFedAvgServerUpdate:
         )
 
 
-def dp_generator(*, seed: int | None = None) -> torch.Generator:
-    """The generator a DP class owns for its secret randomness (noise, batch sampling).
+def dp_generator(*, seed: int | None = None, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator a DP class owns for its secret randomness (noise, batch sampling), on
+    ``device`` (torch draws a tensor's noise with a generator of the tensor's device).
 
     DP noise must stay unknown to the server: seeded from the operating system, the seed never
     kept.  ``seed`` is for tests only: a seed known to the server voids the guarantee.
     """
-    return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63) if seed is None else seed)
 
 
 __all__ = ["ClipUpdate", "DPFedAvgServerUpdate", "clip_to_norm", "dp_generator", "sensitivity_multiplier"]

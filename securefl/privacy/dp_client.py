@@ -78,7 +78,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -238,6 +238,7 @@ class DPSGDEngine:
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         grad_sample_mode: str = "ew",
+        device: torch.device | str = "cpu",
     ) -> None:
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ConfigError(
@@ -251,7 +252,8 @@ class DPSGDEngine:
         self.batch_size = int(batch_size)
         self._announced: set[tuple[DPConfig, tuple[float, ...]]] = set()
         # The engine's own copy is wrapped (hooks / expanded weights); the caller's model stays plain.
-        self._model = copy.deepcopy(model).train()
+        self.device = torch.device(device)
+        self._model = copy.deepcopy(model).to(self.device).train()
         self._parameters = [p for p in self._model.parameters() if p.requires_grad]
         self._module: nn.Module
         if grad_sample_mode == "ew":
@@ -293,14 +295,19 @@ class DPSGDEngine:
         shard: ClientShard,
         plan: ClientPlan,
         generator: torch.Generator,
+        noise_generator: torch.Generator | None = None,
     ) -> Update:
-        """One round of ``plan`` on ``shard`` from ``global_params``: Poisson batches and noise
-        from ``generator``, a fresh momentum state, nothing kept for the next client."""
-        load_vector(self._parameters, global_params)
+        """One round of ``plan`` on ``shard`` from ``global_params``: Poisson batches from
+        ``generator`` (a CPU one), noise from ``noise_generator`` (one on the engine's device;
+        ``None``: ``generator``, on the CPU), a fresh momentum state, nothing kept for the next
+        client.  The update comes back as a CPU tensor."""
+        device = self.device
+        start = global_params.to(device)
+        load_vector(self._parameters, start)
         optimizer = self._optimizer
         optimizer.state.clear()  # every client starts a fresh local optimisation (momentum)
         optimizer.noise_multiplier = plan.noise_multiplier
-        optimizer.generator = generator
+        optimizer.generator = generator if noise_generator is None else noise_generator
         sampler = UniformWithReplacementSampler(
             num_samples=plan.num_samples,
             sample_rate=plan.sample_rate,
@@ -314,7 +321,8 @@ class DPSGDEngine:
                 optimizer.zero_grad(set_to_none=True)
                 if indices:
                     batch = torch.as_tensor(indices, dtype=torch.long)
-                    loss = self._loss_fn(self._module(shard.x[batch]), shard.y[batch])
+                    x, y = shard.x[batch].to(device), shard.y[batch].to(device)
+                    loss = self._loss_fn(self._module(x), y)
                     loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
                     loss_sum += float(loss.detach()) * len(indices)
                     seen += len(indices)
@@ -330,7 +338,7 @@ class DPSGDEngine:
             optimizer.generator = None
         return Update(
             client_id=shard.client_id,
-            delta=to_vector(self._parameters) - global_params,
+            delta=(to_vector(self._parameters) - start).cpu(),
             num_samples=plan.num_samples,
             train_loss=loss_sum / seen if seen else float("nan"),
         )
@@ -408,6 +416,10 @@ class DPSGDTrainer:
             )
         self._engine = engine
         self._generator = dp_generator(seed=seed)
+        # Off the CPU the noise is drawn on the engine's device, by a second secret generator there.
+        self._noise_generator = (
+            None if engine.device.type == "cpu" else dp_generator(seed=seed, device=engine.device)
+        )
         self._ledger = PrivacyLedger.open(
             accountant=config.accountant,
             delta=config.delta,
@@ -474,7 +486,11 @@ class DPSGDTrainer:
         # Validate before training: an out-of-order round or a spent budget raises here.
         ledger = self._ledger.record(client_id, plan.event(round_index))
         update = self._engine.train(
-            global_params=global_params, shard=shard, plan=plan, generator=self._generator
+            global_params=global_params,
+            shard=shard,
+            plan=plan,
+            generator=self._generator,
+            noise_generator=self._noise_generator,
         )
         self._ledger = ledger
         return update
@@ -499,14 +515,17 @@ class DPSGDTrainer:
         }
         return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
-    def import_ledger(self, data: bytes) -> None:
-        """Take over the ledger :meth:`export_ledger` wrote, here or in another process.
+    def import_ledger(self, data: bytes, *, clients: Iterable[int] | None = None) -> None:
+        """Take over the ledger :meth:`export_ledger` wrote, here or in another process: the
+        records of ``clients`` (``None``: of every client), the others' kept as they are.
 
-        Afterwards :meth:`epsilon`, :meth:`can_train` and :meth:`ledger` report what the exporting
-        trainer reported.  Raises :class:`~securefl.errors.LedgerError`, holding the ledger it had,
-        for bytes that are not such a ledger, a ledger of other clients or kept under another
-        accountant, δ or budget, and one that has spent less than the ledger held: every event held
-        must be in it, in order (a ledger never goes backwards)."""
+        Afterwards :meth:`epsilon`, :meth:`can_train` and :meth:`ledger` report for those clients
+        what the exporting trainer reported.  ``clients`` serves a trainer shared by clients that
+        train in different processes: each process's copy is current for its own clients only.
+        Raises :class:`~securefl.errors.LedgerError`, holding the ledger it had, for bytes that are
+        not such a ledger, a ledger of other clients or kept under another accountant, δ or
+        budget, and one that has spent less than the ledger held: every event held must be in it,
+        in order (a ledger never goes backwards)."""
         document = _ledger_document(data)
         held = self._ledger
         kept_under = (document["accountant"], document["delta"], document["budget"])
@@ -517,17 +536,21 @@ class DPSGDTrainer:
                 f"{held.delta!r} and budget {held.budget!r}: import a ledger kept under the same "
                 "privacy settings"
             )
-        clients = {entry["client_id"]: entry for entry in document["clients"]}
-        sizes = {client_id: entry["num_samples"] for client_id, entry in clients.items()}
+        entries = {entry["client_id"]: entry for entry in document["clients"]}
+        sizes = {client_id: entry["num_samples"] for client_id, entry in entries.items()}
         held_sizes = {client_id: record.num_samples for client_id, record in held.clients.items()}
-        if len(clients) != len(document["clients"]) or sizes != held_sizes:
+        if len(entries) != len(document["clients"]) or sizes != held_sizes:
             raise LedgerError(
                 f"the ledger is of clients {_sizes_text(sizes, len(document['clients']))}; this trainer "
                 f"holds clients {_sizes_text(held_sizes)}: import the ledger of the same clients"
             )
+        taken = sorted(entries) if clients is None else sorted(set(clients))
+        unknown = [client_id for client_id in taken if client_id not in entries]
+        if unknown:
+            raise LedgerError(f"clients {unknown} are not in the ledger: take over clients it holds")
         ledger = held
-        for client_id, entry in sorted(clients.items()):
-            ledger = _extended(ledger, client_id, entry)
+        for client_id in taken:
+            ledger = _extended(ledger, client_id, entries[client_id])
         self._ledger = ledger
 
     # ---- PrivacyAccounting ---------------------------------------------------------------------

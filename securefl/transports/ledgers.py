@@ -13,6 +13,7 @@ accounts for.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 from securefl.errors import LedgerError
@@ -26,7 +27,7 @@ class LedgerHolder(Protocol):
 
     def export_ledger(self) -> bytes: ...
 
-    def import_ledger(self, data: bytes) -> None: ...
+    def import_ledger(self, data: bytes, *, clients: Iterable[int] | None = None) -> None: ...
 
 
 class LedgerReports:
@@ -48,13 +49,15 @@ class LedgerReports:
 
 def take_over_ledger(client: FederatedClient, ledger: bytes, *, host: str) -> None:
     """This process's copy of ``client`` takes over the ``ledger`` its ``host`` (e.g. "worker 1")
-    reported.  A ledger for a client that keeps none, or one its trainer refuses (another
-    client's, one that went backwards), is the host's error: :class:`RuntimeError` naming both."""
+    reported: ``client``'s record only (a trainer shared by clients of several hosts holds, in
+    each host, only its own clients' records current).  A ledger for a client that keeps none, or
+    one its trainer refuses (another client's, one that went backwards), is the host's error:
+    :class:`RuntimeError` naming both."""
     trainer = client.trainer
     if not isinstance(trainer, LedgerHolder):
         raise RuntimeError(f"{host} sent a ledger for client {client.client_id}, whose trainer keeps none")
     try:
-        trainer.import_ledger(ledger)
+        trainer.import_ledger(ledger, clients=(client.client_id,))
     except LedgerError as error:
         raise RuntimeError(
             f"{host} sent client {client.client_id}'s ledger, which was refused: {error}"

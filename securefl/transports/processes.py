@@ -4,24 +4,34 @@
 client programs (round-robin by client id) with their shards, trainers, ledgers and aggregation
 halves, inherited at the fork (copy-on-write: nothing is shipped per round) and kept across rounds.
 Each turn of a round (:func:`securefl.fl.turns.run_turns`) sends every worker the encoded messages
-of its clients, the workers compute in parallel with one torch thread each (a forked process cannot
-safely start another OpenMP pool after its parent ran one with more threads: a run with more than
-one worker has ``threads`` 1, :class:`~securefl.config.RunConfig`), and the server receives the
-replies in client-id order, so results are bit for bit those of the in-process transport.
+of its clients, the workers compute in parallel, and the server receives the replies in client-id
+order, so results are bit for bit those of the in-process transport.
+
+Threads: a worker computes with one torch thread, set before its first operation, so it never
+enters an OpenMP parallel region: ATen, MKL and oneDNN run a one-thread operation inline.  That is
+what makes the fork safe whatever this process did before it: a forked child that *does* open a
+multi-threaded region after its parent ran one waits forever at GNU OpenMP's barrier for the
+parent's pool threads, which a fork does not copy.  This process keeps its own ``threads`` for the
+server's work (aggregation, server update, evaluation).
+
+Privacy ledgers: a client program's DP-SGD ledger lives in the worker that trains it; a reply
+carries the client's ledger when it changed, and this process's copy of the client takes it over
+before the server sees the reply (:mod:`securefl.transports.ledgers`), so the simulation reports
+(each round's ε, ``privacy.json``) what the workers' trainers hold.
 
 A worker exits when told to, when the parent dies (it sees end-of-file: a killed run leaves nothing
 behind), or after reporting an exception in a client program; a worker's death is reported with its
-exit code.  Between the processes only bytes travel, framed here (no pickle): a kind byte, then per client its
-id and length-prefixed messages (and, in a reply, its compute seconds).
-
-The client programs' state lives in the workers: what the simulation reads from the parent's
-copies of them afterwards would be stale, so DP-SGD (whose per-client ledgers the run reports) is
-refused with more than one worker (:class:`~securefl.config.RunConfig`).
+exit code.  With ``turn_timeout`` a worker that has not answered a turn in that many seconds (hung,
+or stopped by SIGSTOP) is killed, and its clients are dropouts from then on: they answer nothing,
+in this round and the next.  Between the processes only bytes travel, framed here (no pickle): a
+kind byte, then per client its id and length-prefixed messages (and, in a reply, its compute
+seconds and its ledger).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import signal
 import struct
@@ -36,6 +46,9 @@ from securefl.fl.client import FederatedClient
 from securefl.fl.server import FederatedServer
 from securefl.fl.turns import NO_FAULTS, Faults, Replies, Traffic, run_turns
 from securefl.protocols.wire import ByteReader, ByteWriter
+from securefl.transports.ledgers import LedgerReports, take_over_ledger
+
+log = logging.getLogger(__name__)
 
 FaultsFor = Callable[[int, Sequence[int]], Faults]
 
@@ -45,16 +58,26 @@ _F64 = struct.Struct(">d")
 
 
 class ProcessTransport:
-    """Carries a federation's bytes between this process's server and clients hosted by workers."""
+    """Carries a federation's bytes between this process's server and clients hosted by workers.
 
-    def __init__(self, *, workers: int, faults_for: FaultsFor | None = None) -> None:
+    ``turn_timeout``: seconds a worker may take to answer one turn (``None``: no limit); one that
+    takes longer is killed and its clients drop out of the run."""
+
+    def __init__(
+        self, *, workers: int, faults_for: FaultsFor | None = None, turn_timeout: float | None = None
+    ) -> None:
         if workers < 1:
             raise ValueError(f"workers {workers} < 1")
+        if turn_timeout is not None and not turn_timeout > 0:
+            raise ValueError(f"turn timeout {turn_timeout} is not a positive number of seconds")
         self.workers = workers
         self.faults_for = faults_for
+        self.turn_timeout = turn_timeout
         self._connections: list[Connection] = []
         self._processes: list[multiprocessing.process.BaseProcess] = []
         self._host: dict[int, int] = {}  # client id -> worker index
+        self._clients: Mapping[int, FederatedClient] = {}  # this process's copies (ledgers imported)
+        self._lost: set[int] = set()  # workers killed for missing a turn's deadline
 
     def enrol(self, server: FederatedServer, clients: Mapping[int, FederatedClient]) -> None:
         """Start the workers (each inherits its clients) and enrol every client with the server."""
@@ -65,6 +88,7 @@ class ProcessTransport:
         for index, client_id in enumerate(sorted(clients)):
             hosted[index % self.workers][client_id] = clients[client_id]
             self._host[client_id] = index % self.workers
+        self._clients = clients
         for own in hosted:
             parent, child = context.Pipe()
             inherited = [*self._connections, parent]  # the worker closes these: it sees EOF when we die
@@ -88,19 +112,25 @@ class ProcessTransport:
         return run_turns(server, lambda inboxes: self._exchange(_TURN, inboxes), first, faults=faults)
 
     def _exchange(self, kind: int, inboxes: Mapping[int, list[bytes]]) -> Replies:
+        """Every worker's clients compute their inboxes at once; their replies, with nothing from
+        the clients of a worker lost to the deadline."""
         by_worker: list[dict[int, list[bytes]]] = [{} for _ in self._connections]
         for client_id, messages in inboxes.items():
             by_worker[self._host[client_id]][client_id] = messages
-        asked = [index for index, share in enumerate(by_worker) if share]
+        asked = [index for index, share in enumerate(by_worker) if share and index not in self._lost]
         for index in asked:  # every worker computes at once
             try:
                 self._connections[index].send_bytes(_frame(kind, by_worker[index]))
             except OSError:
                 raise self._died(index) from None
-        replies: Replies = {}
+        deadline = None if self.turn_timeout is None else time.monotonic() + self.turn_timeout
+        replies: Replies = {client_id: ([], 0.0) for client_id in inboxes}
         for index in asked:
             connection, process = self._connections[index], self._processes[index]
-            wait([connection, process.sentinel])  # a reply, or the worker's death
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not wait([connection, process.sentinel], timeout):  # a reply, the worker's death, or time
+                self._lose(index)
+                continue
             try:
                 data = connection.recv_bytes()
             except (EOFError, OSError):
@@ -110,8 +140,26 @@ class ProcessTransport:
             answered = _unframe_replies(data[1:], index)
             if set(answered) != set(by_worker[index]):
                 raise RuntimeError(f"worker {index} answered for clients it was not asked about")
-            replies.update(answered)
+            for client_id, (messages, seconds, ledger) in answered.items():
+                if ledger:
+                    take_over_ledger(self._clients[client_id], ledger, host=f"worker {index}")
+                replies[client_id] = (messages, seconds)
         return replies
+
+    def _lose(self, index: int) -> None:
+        """Kill worker ``index``, which missed a turn's deadline; its clients answer nothing more."""
+        process = self._processes[index]
+        process.kill()
+        process.join()
+        self._lost.add(index)
+        log.warning(
+            "worker %d (pid %d) did not answer within %g s and was killed: its clients %s are "
+            "dropouts from now on",
+            index,
+            process.pid,
+            self.turn_timeout,
+            sorted(client_id for client_id, host in self._host.items() if host == index),
+        )
 
     def _died(self, index: int) -> RuntimeError:
         process = self._processes[index]
@@ -145,15 +193,21 @@ class ProcessTransport:
         self.close()
 
 
+WorkerReplies = dict[int, tuple[list[bytes], float, bytes]]
+"""Per client: its replies, the seconds it computed, and its ledger if it changed (else empty)."""
+
+
 def _serve(connection: Connection, clients: dict[int, FederatedClient], inherited: list[Connection]) -> None:
     """A worker: answer each turn for the clients it hosts until told to stop or the parent goes.
 
     It closes the parent's ends of every pipe it inherited, so the parent's death (even by
-    SIGKILL) reaches it as end-of-file; Ctrl-C is the parent's to handle."""
+    SIGKILL) reaches it as end-of-file; Ctrl-C is the parent's to handle.  One torch thread, set
+    before anything else runs here (see the module's docstring)."""
+    torch.set_num_threads(1)
     for other in inherited:
         other.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
+    ledgers = LedgerReports()
     while True:
         try:
             data = connection.recv_bytes()
@@ -163,14 +217,16 @@ def _serve(connection: Connection, clients: dict[int, FederatedClient], inherite
             connection.close()
             return
         try:
-            replies: Replies = {}
+            replies: WorkerReplies = {}
             for client_id, messages in _unframe(data[1:]).items():
+                client = clients[client_id]
                 started = time.perf_counter()
                 if data[0] == _JOIN:
-                    out = [clients[client_id].join()]
+                    out = [client.join()]
                 else:
-                    out = [reply for message in messages for reply in clients[client_id].receive(message)]
-                replies[client_id] = (out, time.perf_counter() - started)
+                    out = [reply for message in messages for reply in client.receive(message)]
+                seconds = time.perf_counter() - started
+                replies[client_id] = (out, seconds, ledgers.changed(client))
         except Exception as error:  # a bug in a client program: say which, then stop
             connection.send_bytes(bytes([_FAILED]) + f"{type(error).__name__}: {error}".encode())
             connection.close()
@@ -193,23 +249,25 @@ def _unframe(data: bytes) -> dict[int, list[bytes]]:
     return {r.u32(): _read_messages(r) for _ in range(r.u32())}
 
 
-def _frame_replies(replies: Replies) -> bytes:
+def _frame_replies(replies: WorkerReplies) -> bytes:
     w = ByteWriter()
     w.u32(len(replies))
-    for client_id, (messages, seconds) in replies.items():
+    for client_id, (messages, seconds, ledger) in replies.items():
         w.u32(client_id)
         w.pack(_F64, seconds)
         _messages(w, messages)
+        w.u32(len(ledger))
+        w.raw(ledger)
     return w.bytes()
 
 
-def _unframe_replies(data: bytes, worker: int) -> Replies:
+def _unframe_replies(data: bytes, worker: int) -> WorkerReplies:
     r = ByteReader(data)
-    replies: Replies = {}
+    replies: WorkerReplies = {}
     try:
         for _ in range(r.u32()):
             client_id, seconds = r.u32(), float(r.unpack(_F64))
-            replies[client_id] = (_read_messages(r), seconds)
+            replies[client_id] = (_read_messages(r), seconds, r.raw(r.u32()))
     except DecodeError as error:
         raise RuntimeError(f"worker {worker} sent a malformed reply: {error}") from None
     if r.remaining():

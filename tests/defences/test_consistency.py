@@ -73,8 +73,8 @@ def test_securefl_train_binds_what_each_client_received_into_secure_aggregation(
     from securefl.fl.record import RoundStatus
     from securefl.fl.secure_channel import SecureAggregationChannel, SecureAggregationClient
 
-    config = RunConfig(
-        dataset="digits", model="mlp", clients=4, rounds=1, local_epochs=1, secagg=SecAggConfig()
+    config = RunConfig(  # one process: the spy on the clients' side records in this one
+        dataset="digits", model="mlp", clients=4, rounds=1, local_epochs=1, secagg=SecAggConfig(), workers=1
     )
     federation = build_federation(config)
     seen: dict[int, bytes] = {}

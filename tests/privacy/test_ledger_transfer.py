@@ -229,3 +229,27 @@ def test_an_exclusion_is_never_undone_nor_invented():
     with pytest.raises(LedgerError, match="within the budget"):
         late.import_ledger(_edited(before_exclusion, _set(["clients", 0, "excluded"], within_budget)))
     assert late.can_train(0)
+
+
+def test_a_trainer_shared_by_clients_of_two_hosts_takes_over_each_hosts_own_clients():
+    """Two copies of one trainer for clients 0 and 1 (two worker processes) each train their own
+    client; the copy at home takes client 0's record from the first, client 1's from the second."""
+    config = DPConfig(noise_multiplier=1.1, delta=1e-3)
+    shards = make_shards([40, 32])
+    first, second = (
+        make_trainer(shards, config=config, batch_size=8),
+        make_trainer(shards, config=config, batch_size=8),
+    )
+    for round_index in (1, 2):
+        train(first, shards[0], round_index)
+    train(second, shards[1], 2)
+    home = _fresh(shards, config, local_epochs=1)
+    home.import_ledger(first.export_ledger(), clients=[0])
+    home.import_ledger(second.export_ledger(), clients=[1])
+    assert (home.epsilon(0), home.epsilon(1)) == (first.epsilon(0), second.epsilon(1))
+    assert home.privacy_ledger[0].rounds == (1, 2) and home.privacy_ledger[1].rounds == (2,)
+    with pytest.raises(LedgerError, match="client 1's ledger has spent less than the one held"):
+        home.import_ledger(first.export_ledger())  # the first host's copy is behind on client 1
+    with pytest.raises(LedgerError, match=r"clients \[5\] are not in the ledger"):
+        home.import_ledger(first.export_ledger(), clients=[0, 5])
+    assert home.privacy_ledger[1].rounds == (2,)
