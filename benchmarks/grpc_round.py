@@ -13,7 +13,11 @@
 4. Connection set-up per client: a new channel's TLS handshake and enrolment check, until the
    server has accepted the client (its initial metadata).
 
+``--cores 1`` puts every process on one core: the in-process round and the client processes then
+share one core, and the ratio is the transport's overhead alone, without the clients' parallelism.
+
     .venv/bin/python benchmarks/grpc_round.py --secagg
+    .venv/bin/python benchmarks/grpc_round.py --secagg --cores 1 --skip memory,setup
 """
 
 from __future__ import annotations
@@ -456,6 +460,9 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=30)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: round,memory,setup")
+    parser.add_argument(
+        "--cores", type=int, help="run this script and every process it starts on this many cores only"
+    )
     # the child processes this script starts
     parser.add_argument("--pki", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
@@ -470,6 +477,8 @@ def main() -> None:
     if args.synthetic_clients is not None:
         return synthetic_clients(args)
     skip = set(args.skip.split(","))
+    if args.cores:  # the child processes inherit the affinity
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
     print(f"securefl over gRPC + mutual TLS on loopback; {len(os.sched_getaffinity(0))} cores")
     with tempfile.TemporaryDirectory() as work:
         pki_dir = Path(work) / "pki"
