@@ -240,7 +240,8 @@ def _check_handshake(address: str, tls: ClientTls, timeout: float = 10.0) -> Non
         if error.reason is not None and _REFUSAL_ALERTS.search(error.reason):
             raise AccessRefusedError(
                 f"the TLS handshake with {address} failed ({error.reason}): the server refused this "
-                "client's certificate or TLS version; use an identity from this federation's operator"
+                "client's certificate or TLS version, or does not speak TLS (a server run without "
+                "TLS); use an identity from this federation's operator and check the address"
             ) from None
         return
     except OSError:

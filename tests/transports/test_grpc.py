@@ -672,3 +672,26 @@ def test_a_federation_runs_over_ipv6_loopback(pki):
         for thread in network.threads.values():
             thread.join(timeout=60)
     assert torch.equal(programs.server.params, _in_process(config, pki))
+
+
+def test_a_tls_client_refuses_a_server_without_tls(pki):
+    programs = _programs(_config(rounds=1), pki)
+    net = NetworkServer(
+        "127.0.0.1:0",
+        credentials=None,
+        enrolment=Enrolment.load(pki.enrolment),
+        max_message_bytes=1 << 20,
+        step_deadline=STEP_DEADLINE,
+    )
+    port = net.start()
+    try:
+        with pytest.raises(AccessRefusedError, match="does not speak TLS"):
+            run_client(
+                programs.clients[0],
+                address=f"127.0.0.1:{port}",
+                tls=pki.clients[0].tls,
+                max_message_bytes=1 << 20,
+                backoff=FAST,
+            )
+    finally:
+        net.close()
