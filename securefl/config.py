@@ -22,6 +22,7 @@ is the field's name (``[secagg] bits``) or its setting name (``[secagg] secagg-b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     import torch
 
     from securefl.data import TrainingDefaults
+    from securefl.protocols.secagg import SecAggParams
 
 ALGORITHMS = ("fedavg", "fedsgd")
 ACCOUNTANTS = ("rdp", "prv", "gdp")
@@ -135,6 +137,17 @@ class CentralDPConfig:
             )
 
 
+AUTO = "auto"
+"""``secagg.neighbors`` auto: degree and threshold chosen by
+:func:`~securefl.protocols.secagg.choose_parameters` for each round's size."""
+
+DEFAULT_ASSUMED_DROPOUT_RATE = 0.1
+"""The dropout rate ``secagg.neighbors`` auto assumes unless told (Bell et al. 2020 evaluate 1-10%)."""
+DEFAULT_ASSUMED_COLLUDER_RATE = 0.1
+"""The fraction of a round's clients ``secagg.neighbors`` auto assumes collude with the server
+unless told."""
+
+
 @dataclass(frozen=True)
 class SecAggConfig:
     """Secure aggregation of every round's updates (`` `secagg` ``).
@@ -142,15 +155,28 @@ class SecAggConfig:
     ``max_colluders`` is how many clients may collude with the server; ``None`` takes the largest
     number the threshold tolerates
     (:attr:`~securefl.protocols.secagg.SecAggParams.colluders_tolerated`).
+
+    Two dropout rates, never one for the other: ``dropout_rate`` is what the *simulation* does
+    (each client leaves a round with that probability), ``assumed_dropout_rate`` what the
+    parameters are *chosen for* under ``neighbors`` auto.  Auto takes the degree ``k``, the
+    threshold ``t`` and the colluders ``c = ceil(assumed_colluder_rate * n)`` of each round's size
+    ``n`` from :func:`~securefl.protocols.secagg.choose_parameters` (every client and the server
+    compute the same from the configuration); a simulation that drops more clients than assumed,
+    or an explicit ``threshold`` or ``max_colluders`` that contradicts auto's, is refused.
     """
 
     threshold: float | None = None
-    neighbors: int | None = None
+    neighbors: int | str | None = None
     bits: int = 32
     clip: float | None = None
     dropout_rate: float = 0.0
     active_adversary: bool = False
     max_colluders: int | None = None
+    assumed_dropout_rate: float | None = None
+    """``neighbors`` auto only: the dropout rate the parameters must tolerate (default 0.1)."""
+    assumed_colluder_rate: float | None = None
+    """``neighbors`` auto only: the fraction of a round's clients that may collude with the
+    server (default 0.1)."""
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -165,14 +191,81 @@ class SecAggConfig:
             remedy = "give `secagg.threshold` as a fraction in (0, 1) or a client count"
             _require_finite(self.threshold, "secagg threshold", remedy)
             _require(self.threshold > 0, f"secagg threshold {self.threshold} <= 0: {remedy}")
-        if self.neighbors is not None:
+        if isinstance(self.neighbors, str):
+            _require(
+                self.neighbors == AUTO,
+                f"secagg neighbors {self.neighbors!r} is neither a count nor {AUTO!r}: set "
+                f"`secagg.neighbors` to an even count or {AUTO}",
+            )
+        elif self.neighbors is not None:
             _require_at_least(self.neighbors, 1, "secagg neighbors", "secagg.neighbors")
         if self.max_colluders is not None:
             _require_at_least(self.max_colluders, 0, "secagg colluders", "secagg.max_colluders")
+        self._check_assumed_rates()
+
+    def _check_assumed_rates(self) -> None:
+        for name in ("assumed_dropout_rate", "assumed_colluder_rate"):
+            rate = getattr(self, name)
+            if rate is None:
+                continue
+            _require(
+                self.auto,
+                f"`secagg.{name}` chooses the parameters of `secagg.neighbors` {AUTO} only: set "
+                f"`secagg.neighbors` {AUTO}, or drop `secagg.{name}`",
+            )
+            _require(0 <= rate < 1, f"{name.replace('_', ' ')} {rate} outside [0, 1): set `secagg.{name}`")
+        if not self.auto:
+            return
+        dropout, colluders = self.assumed_rates
+        _require(
+            dropout + colluders < 1,
+            f"assumed dropout rate {dropout} + assumed colluder rate {colluders} >= 1 leaves no honest "
+            "survivor: lower `secagg.assumed_dropout_rate` or `secagg.assumed_colluder_rate`",
+        )
+        _require(
+            self.dropout_rate <= dropout,
+            f"the simulated `secagg.dropout_rate` {self.dropout_rate} is above the "
+            f"`secagg.assumed_dropout_rate` {dropout} the parameters are chosen for: raise "
+            "`secagg.assumed_dropout_rate` to at least the simulated rate, or lower `secagg.dropout_rate`",
+        )
+
+    @property
+    def auto(self) -> bool:
+        """Whether each round's degree and threshold come from ``choose_parameters``."""
+        return self.neighbors == AUTO
+
+    @property
+    def assumed_rates(self) -> tuple[float, float]:
+        """``neighbors`` auto: the assumed dropout and colluder rates (given, or the defaults)."""
+        dropout, colluders = self.assumed_dropout_rate, self.assumed_colluder_rate
+        return (
+            DEFAULT_ASSUMED_DROPOUT_RATE if dropout is None else dropout,
+            DEFAULT_ASSUMED_COLLUDER_RATE if colluders is None else colluders,
+        )
+
+    def chosen_parameters(self, clients: int) -> SecAggParams:
+        """``neighbors`` auto: :func:`~securefl.protocols.secagg.choose_parameters`' degree,
+        threshold and colluders for a round of ``clients`` at the assumed rates (a
+        :class:`ConfigError` naming them when none meet its targets)."""
+        dropout, colluders = self.assumed_rates
+        return _chosen_parameters(clients, dropout, colluders, self.active_adversary)
+
+    def neighbors_for(self, clients: int) -> int | None:
+        """Each client's SecAgg+ neighbours in a round of ``clients``; ``None``: all others."""
+        if self.auto:
+            return self.chosen_parameters(clients).neighbors
+        assert not isinstance(self.neighbors, str)  # validated: a string is auto
+        return self.neighbors
+
+    def colluders_for(self, clients: int) -> int | None:
+        """``c`` for a round of ``clients``: ``max_colluders``, auto's ``ceil(rate * clients)``,
+        or ``None`` (the most the threshold tolerates)."""
+        return self.chosen_parameters(clients).max_colluders if self.auto else self.max_colluders
 
     def share_holders(self, clients: int) -> int:
         """Holders of each client's shares: its SecAgg+ neighbours and itself, or every client."""
-        return clients if self.neighbors is None else min(self.neighbors + 1, clients)
+        neighbors = self.neighbors_for(clients)
+        return clients if neighbors is None else min(neighbors + 1, clients)
 
     def threshold_count(self, clients: int) -> int:
         """The Shamir threshold for a round of ``clients``: a fraction in (0, 1) of the share
@@ -181,8 +274,16 @@ class SecAggConfig:
         on the complete graph tolerates ``c < n/3`` colluders (``t > c`` and ``2t > n + c``).
 
         A threshold of 1 is refused: each share would be the secret itself, so the server and a
-        single neighbour could unmask that client's update.
+        single neighbour could unmask that client's update.  Under ``neighbors`` auto: the
+        threshold ``choose_parameters`` chose.
         """
+        if self.auto:
+            return self.chosen_parameters(clients).threshold
+        return self.given_threshold_count(clients)
+
+    def given_threshold_count(self, clients: int) -> int:
+        """:meth:`threshold_count` from ``threshold`` (or its default) alone, whatever
+        ``neighbors`` says."""
         holders = self.share_holders(clients)
         if self.threshold is None:
             count = 2 * holders // 3 + 1 if self.active_adversary else holders // 2 + 1
@@ -201,6 +302,36 @@ class SecAggConfig:
             "secret itself; use a `secagg.threshold` count of at least 2 or a larger fraction",
         )
         return count
+
+
+@functools.lru_cache(maxsize=1024)
+def _chosen_parameters(
+    clients: int, dropout_rate: float, colluder_rate: float, active_adversary: bool
+) -> SecAggParams:
+    """:func:`~securefl.protocols.secagg.choose_parameters`, once per round size and rates (every
+    client of a simulation asks for its round's)."""
+    from securefl.protocols.secagg import choose_parameters
+
+    _require(
+        clients >= 2,
+        f"a round of {clients} client(s) has no secure-aggregation parameters: sample at least 2 "
+        "clients per round (`clients_per_round`)",
+    )
+    try:
+        return choose_parameters(
+            clients,
+            dropout_rate=dropout_rate,
+            corruption_rate=colluder_rate,
+            active_adversary=active_adversary,
+        )
+    except ConfigError:
+        raise ConfigError(
+            f"`secagg.neighbors` {AUTO} finds no degree and threshold for a round of {clients} clients "
+            f"that keep 2^-40 security and 2^-20 correctness at `secagg.assumed_dropout_rate` "
+            f"{dropout_rate} and `secagg.assumed_colluder_rate` {colluder_rate}"
+            + (" against an active server" if active_adversary else "")
+            + ": lower those rates or sample more clients per round (`clients_per_round`)"
+        ) from None
 
 
 def _training_defaults(dataset: str, model: str) -> TrainingDefaults:
@@ -384,7 +515,9 @@ class RunConfig:
                 f"secagg threshold {count} > clients per "
                 f"round {self.sampled_clients}: lower `secagg.threshold`",
             )
-            if self.secagg.neighbors is not None:
+            if self.secagg.auto:
+                self._check_auto_agrees(self.secagg)
+            elif isinstance(self.secagg.neighbors, int):
                 _require(
                     self.secagg.neighbors < self.sampled_clients,
                     f"secagg neighbors "
@@ -412,6 +545,30 @@ class RunConfig:
                 "`central_dp` with `secagg`, `secagg.dropout_rate` > 0 and Poisson client sampling "
                 "has no sound user-level bound (whether a round aborts depends on one user's "
                 "presence): use `central_dp.client_sampling` fixed, or `secagg.dropout_rate` 0",
+            )
+
+    def _check_auto_agrees(self, secagg: SecAggConfig) -> None:
+        """``secagg.neighbors`` auto chooses the threshold and the colluders of the planned round:
+        an explicit ``threshold`` or ``max_colluders`` must say the same, or it is refused."""
+        clients = self.sampled_clients
+        chosen = secagg.chosen_parameters(clients)
+        graph = "the complete graph" if chosen.neighbors is None else f"{chosen.neighbors} neighbours"
+        auto = (
+            f"`secagg.neighbors` {AUTO} chooses {graph}, threshold {chosen.threshold} and "
+            f"{chosen.max_colluders} colluder(s) for a round of {clients} clients"
+        )
+        if secagg.threshold is not None:
+            given = secagg.given_threshold_count(clients)
+            _require(
+                given == chosen.threshold,
+                f"{auto}, but `secagg.threshold` {secagg.threshold} gives {given}: drop `secagg.threshold`, "
+                "or choose the parameters yourself with a `secagg.neighbors` count",
+            )
+        if secagg.max_colluders is not None:
+            _require(
+                secagg.max_colluders == chosen.max_colluders,
+                f"{auto}, but `secagg.max_colluders` is {secagg.max_colluders}: drop `secagg.max_colluders` "
+                "and set `secagg.assumed_colluder_rate` instead",
             )
 
     @property
@@ -530,6 +687,8 @@ _SECTION_SETTINGS: dict[str, dict[str, str]] = {
         "bits": "secagg_bits",
         "clip": "secagg_clip",
         "max_colluders": "secagg_colluders",
+        "assumed_dropout_rate": "secagg_assumed_dropout_rate",
+        "assumed_colluder_rate": "secagg_assumed_colluder_rate",
     },
 }
 

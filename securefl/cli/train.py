@@ -107,11 +107,32 @@ def train(
         Opt(help="Shamir threshold: a fraction in (0, 1) or a count. (default majority, active 2/3 + 1)"),
     ] = None,
     secagg_neighbors: Annotated[
-        int | None, Opt(help="SecAgg+ neighbours per client (even). (default all clients)")
+        str | None,
+        Opt(
+            help="SecAgg+ neighbours per client (even), or auto: degree and threshold from "
+            "choose_parameters for each round's size at the assumed rates below. (default all clients)"
+        ),
+    ] = None,
+    secagg_assumed_dropout_rate: Annotated[
+        float | None,
+        Opt(help="With --secagg-neighbors auto: the dropout rate the parameters tolerate. (default 0.1)"),
+    ] = None,
+    secagg_assumed_colluder_rate: Annotated[
+        float | None,
+        Opt(
+            help="With --secagg-neighbors auto: the fraction of a round's clients that may collude "
+            "with the server. (default 0.1)"
+        ),
     ] = None,
     secagg_bits: Annotated[int | None, Opt(help="Ring size in bits, 8..62. (default 32)")] = None,
     secagg_clip: Annotated[float | None, Opt(help="Per-coordinate update clip. (default 1.0)")] = None,
-    dropout_rate: Annotated[float | None, Opt(help="Simulated dropout per client and round.")] = None,
+    dropout_rate: Annotated[
+        float | None,
+        Opt(
+            help="Simulated dropout per client and round (what happens; what the parameters assume "
+            "is --secagg-assumed-dropout-rate). (default 0)"
+        ),
+    ] = None,
     active_adversary: Annotated[
         bool | None,
         Opt(
@@ -131,6 +152,8 @@ def train(
     flags = {k: v for k, v in locals().items() if k not in {"out", "overwrite", "config"} and v is not None}
     if "data_dir" in flags:
         flags["data_dir"] = str(flags["data_dir"])
+    if "secagg_neighbors" in flags:
+        flags["secagg_neighbors"] = _count_or_name(flags["secagg_neighbors"])
     run_config = RunConfig.from_toml(config, flags) if config else RunConfig.from_mapping(flags)
     out_dir = out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     check_output_dir(out_dir, overwrite=overwrite)
@@ -160,6 +183,12 @@ def train(
             f"[bold red]error:[/] {escape(render(history.diverged))}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(code=2)
+
+
+def _count_or_name(value: str) -> int | str:
+    """A flag that takes a count or a word (``--secagg-neighbors 4`` or ``auto``): the count as an
+    integer, anything else as given (the configuration says what it accepts)."""
+    return int(value) if value.strip().isdigit() else value
 
 
 def _collusion_bound(config: RunConfig, federation: Federation) -> str:

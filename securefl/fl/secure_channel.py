@@ -241,8 +241,10 @@ class SecureAggregationChannel:
     def params_for(
         self, num_clients: int, codec: FixedPointCodec | None, *, quiet: bool = False
     ) -> SecAggParams:
-        """The protocol parameters of a round with ``num_clients`` clients, checked against the
-        rules of ``choose_parameters`` at the configured dropout rate: refused against an active
+        """The protocol parameters of a round with ``num_clients`` clients (under
+        ``secagg.neighbors`` auto, the degree, threshold and colluders ``choose_parameters`` gives
+        this size: :meth:`~securefl.config.SecAggConfig.chosen_parameters`), checked against the
+        rules of ``choose_parameters`` at the simulated dropout rate: refused against an active
         server, a loud warning otherwise (``enforce_parameter_rules``; :meth:`warn_once`, none
         when ``quiet``), both in the configuration's terms.
 
@@ -253,10 +255,10 @@ class SecureAggregationChannel:
                 num_clients=num_clients,
                 threshold=self.config.threshold_count(num_clients),
                 bits=self.config.bits,
-                neighbors=self.config.neighbors,
+                neighbors=self.config.neighbors_for(num_clients),
                 input_bound=None if codec is None else codec.max_value,
                 active_adversary=self.config.active_adversary,
-                max_colluders=self.config.max_colluders,
+                max_colluders=self.config.colluders_for(num_clients),
             )
             enforce_parameter_rules(
                 params, dropout_rate=self.config.dropout_rate, warn=_ignore if quiet else self.warn_once

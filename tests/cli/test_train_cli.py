@@ -386,10 +386,16 @@ _REFUSED_VALUES = {
     "--seed": (["inf", "-1"], []),
     "--threads": (["inf", "-1", "0"], []),
     "--workers": (["inf", "-1", "0"], []),
-    "--secagg-neighbors": (["inf", "-1", "0"], ["--secagg"]),
+    "--secagg-neighbors": (["inf", "-1", "0", "many"], ["--secagg"]),
+    "--secagg-assumed-dropout-rate": (["inf", "nan", "-1", "1"], ["--secagg", "--secagg-neighbors", "auto"]),
+    "--secagg-assumed-colluder-rate": (["inf", "nan", "-1", "1"], ["--secagg", "--secagg-neighbors", "auto"]),
     "--secagg-bits": (["inf", "-1", "0"], ["--secagg"]),
     "--secagg-colluders": (["inf", "-1"], ["--secagg"]),
 }
+
+
+COUNT_OR_NAME_FLAGS = {"--secagg-neighbors"}
+"""Flags that take a count or a word (``auto``): typed as text, refused like numbers."""
 
 
 def test_the_refused_values_cover_every_numeric_train_flag():
@@ -399,7 +405,7 @@ def test_the_refused_values_cover_every_numeric_train_flag():
         for name, flags in _train_options().items()
         if {int, float} & {hints[name], *typing.get_args(hints[name])}
     }
-    assert numeric == set(_REFUSED_VALUES)
+    assert numeric | COUNT_OR_NAME_FLAGS == set(_REFUSED_VALUES)
 
 
 @pytest.mark.parametrize(
