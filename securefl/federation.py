@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,7 +30,8 @@ from torch import nn
 from securefl.config import RunConfig
 from securefl.data import Dataset, load_dataset, partition, partition_stats
 from securefl.data.datasets import DatasetInfo, Task
-from securefl.fl.client import FederatedClient
+from securefl.fl.client import ClientMemory, FederatedClient
+from securefl.fl.client_pool import ClientPool, ShardRows
 from securefl.fl.evaluation import Evaluator
 from securefl.fl.fedavg import ClientSampler, PlainSum, WeightedMean, weight_by_samples
 from securefl.fl.history import History
@@ -79,13 +80,15 @@ class Federation:
     ``trainers`` maps each client to its trainer (plain SGD shares one trainer, i.e. one model,
     between the simulated clients; DP-SGD gives each client its own, with its own ledger, sharing
     one compute engine).  ``signing_keys`` (active-adversary secure aggregation) are each
-    client's Ed25519 identity; the channel holds only their public halves.
+    client's Ed25519 identity; the channel holds only their public halves.  ``shards[c]`` is
+    client ``c``'s data (``shards[c].client_id == c``): by default its rows of the data set,
+    copied out when asked for (:class:`~securefl.fl.client_pool.ShardRows`).
     """
 
     config: RunConfig
     dataset: Dataset
     parts: list[torch.Tensor]
-    shards: list[ClientShard]
+    shards: Sequence[ClientShard]
     eval_model: nn.Module
     trainers: Mapping[int, ClientTrainer]
     transform: UpdateTransform
@@ -113,21 +116,18 @@ def build_federation(config: RunConfig, *, dataset: Dataset | None = None) -> Fe
         seed=config.seed,
         num_classes=dataset.num_outputs if dataset.task == "classification" else None,
     )
-    shards = [
-        ClientShard(client_id=i, x=dataset.train_x[idx].contiguous(), y=dataset.train_y[idx].contiguous())
-        for i, idx in enumerate(parts)
-    ]
+    shards = ShardRows(dataset.train_x, dataset.train_y, parts)
     eval_model = build_model_for(config, dataset.info)
     num_params = sum(p.numel() for p in eval_model.parameters())
     new_trainer = trainer_factory(config, build_model_for(config, dataset.info), dataset.task)
     signing_keys = None
     if config.secagg is not None and config.secagg.active_adversary:
         # each client's identity, enrolled before the first round
-        signing_keys = {s.client_id: keys.generate_signing_key() for s in shards}
+        signing_keys = {client_id: keys.generate_signing_key() for client_id in range(len(shards))}
     channel = build_aggregation(
         config,
         num_params=num_params,
-        max_client_samples=max(len(s) for s in shards),
+        max_client_samples=max(len(rows) for rows in parts),
         verify_keys=None if signing_keys is None else {c: k.public_key() for c, k in signing_keys.items()},
     )
     return Federation(
@@ -337,28 +337,34 @@ def trainer_factory(config: RunConfig, model: nn.Module, task: Task) -> TrainerF
 
 @dataclass
 class Programs:
-    """The two sides of a federation, ready to exchange bytes: nothing else connects them."""
+    """The two sides of a federation, ready to exchange bytes: nothing else connects them.
+    ``clients`` builds a client's program when it is first asked for
+    (:class:`~securefl.fl.client_pool.ClientPool`; the in-process transport parks them again)."""
 
     server: FederatedServer
-    clients: dict[int, FederatedClient]
+    clients: Mapping[int, FederatedClient]
 
 
 def build_programs(fed: Federation) -> Programs:
-    """The server program and one client program per shard, from ``fed``'s plug points."""
+    """The server program and a pool of client programs, one per shard, from ``fed``'s plug
+    points: a client's program is built when it is sampled, from its shard rows, its trainer
+    (and ledger), its signing key and what it remembered from its last round."""
     # The pinned architecture every client checks the received model against (its own copy).
     architecture = copy.deepcopy(fed.eval_model)
-    clients = {
-        shard.client_id: client_program(
+
+    def build(client_id: int, memory: ClientMemory | None) -> FederatedClient:
+        return client_program(
             fed.config,
-            shard=shard,
-            trainer=fed.trainers[shard.client_id],
+            shard=fed.shards[client_id],
+            trainer=fed.trainers[client_id],
             transform=fed.transform,
             aggregation=fed.channel,
             architecture=architecture,
-            signing_key=None if fed.signing_keys is None else fed.signing_keys[shard.client_id],
+            signing_key=None if fed.signing_keys is None else fed.signing_keys[client_id],
+            memory=memory,
         )
-        for shard in fed.shards
-    }
+
+    clients = ClientPool(len(fed.shards), build)
     server = server_program(
         fed.config,
         eval_model=fed.eval_model,
@@ -410,10 +416,12 @@ def client_program(
     aggregation: Aggregation,
     architecture: nn.Module,
     signing_key: Ed25519PrivateKey | None = None,
+    memory: ClientMemory | None = None,
 ) -> FederatedClient:
     """The client program of ``shard``'s owner: its trainer, transform, its half of
     ``aggregation`` (signed with ``signing_key`` under active-adversary secure aggregation) and the
-    pinned ``architecture`` it checks every received model against."""
+    pinned ``architecture`` it checks every received model against; ``memory``: what it
+    remembered from its last round, when it is rebuilt."""
     if signing_key is None:
         half = aggregation.client(shard.client_id)
     elif isinstance(aggregation, SignedAggregation):
@@ -429,6 +437,7 @@ def client_program(
         aggregation=half,
         architecture=architecture,
         generator_for=lambda round_index, client_id: client_generator(config.seed, round_index, client_id),
+        memory=memory,
     )
 
 

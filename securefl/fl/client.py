@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -32,6 +34,26 @@ GeneratorFor = Callable[[int, int], torch.Generator]
 """``(round_index, client_id) -> generator`` of the simulation randomness (batch shuffling)."""
 
 
+@runtime_checkable
+class GuardedAggregationClient(Protocol):
+    """An aggregation half that keeps a guard across rounds (secure aggregation's
+    :class:`~securefl.protocols.secagg.RoundIdGuard`: the round ids it has taken part in)."""
+
+    guard: object
+
+
+@dataclass(frozen=True)
+class ClientMemory:
+    """What a client program must remember between its rounds, and nothing else: the last round
+    it trained (it refuses that one and any before: a replay) and its aggregation half's guard.
+    A simulation keeps this of an idle client and rebuilds the rest when it is sampled again
+    (:mod:`securefl.fl.client_pool`); the trainer, with a DP-SGD client's privacy ledger,
+    persists on its own."""
+
+    last_round: int | None
+    aggregation_guard: object | None
+
+
 class FederatedClient:
     """One client: its data, trainer, transform and aggregation half; speaks bytes."""
 
@@ -44,7 +66,9 @@ class FederatedClient:
         aggregation: AggregationClient,
         architecture: nn.Module,
         generator_for: GeneratorFor,
+        memory: ClientMemory | None = None,
     ) -> None:
+        """``memory``: what this client remembered when it was last parked (:meth:`memory`)."""
         self.client_id = shard.client_id
         self.shard = shard
         self.trainer = trainer
@@ -55,6 +79,17 @@ class FederatedClient:
         self._num_params = sum(p.numel() for p in architecture.parameters())
         self._round: int | None = None
         self._last_round: int | None = None
+        if memory is not None:
+            self._last_round = memory.last_round
+            if memory.aggregation_guard is not None:
+                if not isinstance(aggregation, GuardedAggregationClient):
+                    raise TypeError(f"{type(aggregation).__name__} keeps no guard to restore")
+                aggregation.guard = memory.aggregation_guard
+
+    def memory(self) -> ClientMemory:
+        """What this client must remember until its next round (see :class:`ClientMemory`)."""
+        guard = self.aggregation.guard if isinstance(self.aggregation, GuardedAggregationClient) else None
+        return ClientMemory(last_round=self._last_round, aggregation_guard=guard)
 
     def join(self) -> bytes:
         """The message that enrols this client: whether it can train."""

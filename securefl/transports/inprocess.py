@@ -4,6 +4,11 @@ Every message is encoded and decoded (:mod:`securefl.fl.codec`), so a simulation
 the bytes a network would; delivery is sequential, in client-id order, and deterministic
 (:func:`securefl.fl.turns.run_turns`).  Simulated crashes come from ``faults``: a function of the
 round and its participants (the secure channel's seeded dropout plan).
+
+Clients given as a :class:`~securefl.fl.client_pool.ClientPool` exist only while they are used:
+each is built to enrol and parked right after, and a round's participants are built when it
+starts and parked when it ends, so an idle client costs its shard rows and its memory
+(10,000 clients: docs/benchmarks.md, "Large federations").
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from securefl.fl.client import FederatedClient
+from securefl.fl.client_pool import ClientPool
 from securefl.fl.server import FederatedServer
 from securefl.fl.turns import NO_FAULTS, Faults, Traffic, run_turns
 
@@ -28,6 +34,8 @@ class InProcessTransport:
         """Each client tells the server it is there and whether it can train."""
         for client_id in sorted(clients):
             server.receive(client_id, clients[client_id].join())
+            if isinstance(clients, ClientPool):
+                clients.park([client_id])
 
     def close(self) -> None:
         """Nothing to stop: everything ran in this process."""
@@ -45,4 +53,8 @@ class InProcessTransport:
             return Traffic()
         participants = sorted({client_id for client_id, _ in first})
         faults = self.faults_for(server.round_index, participants) if self.faults_for else NO_FAULTS
-        return run_turns(server, {c: clients[c].receive for c in participants}, first, faults=faults)
+        try:
+            return run_turns(server, {c: clients[c].receive for c in participants}, first, faults=faults)
+        finally:
+            if isinstance(clients, ClientPool):
+                clients.park(participants)

@@ -164,9 +164,10 @@ def test_the_server_object_reaches_no_client_object(name: str) -> None:
     config = FEDERATIONS[name]
     fed = build_federation(config)
     programs = build_programs(fed)
+    clients = dict(programs.clients.items())  # every program built and kept: those the round runs
     transport = InProcessTransport(faults_for=None)
-    transport.enrol(programs.server, programs.clients)
-    transport.run_round(programs.server, programs.clients)  # after a round, with its state
+    transport.enrol(programs.server, clients)
+    transport.run_round(programs.server, clients)  # after a round, with its state
 
     reached = _reachable(programs.server)
     client_side = [type(obj).__name__ for obj in reached if isinstance(obj, CLIENT_SIDE)]
@@ -174,12 +175,12 @@ def test_the_server_object_reaches_no_client_object(name: str) -> None:
     trainers = {id(t) for t in fed.trainers.values()}
     assert not [obj for obj in reached if id(obj) in trainers]
     private = {_storage(fed.dataset.train_x), _storage(fed.dataset.train_y)}
-    private |= {_storage(t) for shard in fed.shards for t in (shard.x, shard.y)}
+    private |= {_storage(t) for client in clients.values() for t in (client.shard.x, client.shard.y)}
     tensors = [obj for obj in reached if isinstance(obj, torch.Tensor)]
     assert not [t for t in tensors if _storage(t) in private], "the server reaches training data"
 
     # The walk is not vacuous: from a client, its own shard, trainer and aggregation half are reached.
-    client = programs.clients[0]
+    client = clients[0]
     from_client = _reachable(client)
     assert any(obj is client.shard for obj in from_client)
     assert any(isinstance(obj, PlainSumClient | SecureAggregationClient) for obj in from_client)
