@@ -45,6 +45,7 @@ from securefl.data.datasets import DATASETS
 from securefl.errors import ConfigError
 from securefl.federation import ClientFactory
 from securefl.fl.client import FederatedClient
+from securefl.fl.client_pool import ClientPool
 from securefl.fl.server import FederatedServer
 from securefl.fl.turns import NO_FAULTS, Faults, Replies, Traffic, run_turns, sequential
 from securefl.fl.types import ClientShard
@@ -79,8 +80,9 @@ def import_ray() -> ModuleType:
 class RayTransport:
     """Carries a federation's bytes between this process's server and clients hosted by Ray actors.
 
-    ``shards`` (every client's data) and ``signing_keys`` (active-adversary secure aggregation)
-    are those of the federation the server was built for; ``actors``: how many (``None``: one per
+    ``shards`` (``shards[c]``: client ``c``'s data, read once, when its actor starts) and
+    ``signing_keys`` (active-adversary secure aggregation) are those of the federation the server
+    was built for; ``actors``: how many (``None``: one per
     CPU of the cluster), never more than the clients.  ``timeout``: seconds the actors may take to
     start, or to answer one turn (``None``: no limit); past it the run fails naming the actor.
     """
@@ -101,7 +103,7 @@ class RayTransport:
             raise ValueError(f"timeout {timeout} is not a positive number of seconds")
         self.ray = import_ray()
         self.config = config
-        self.shards = {shard.client_id: shard for shard in shards}
+        self.shards = shards
         self.signing_keys = signing_keys
         self.faults_for = faults_for
         self.actors = actors
@@ -115,10 +117,8 @@ class RayTransport:
         """Join (or start) Ray, start the actors with their clients and enrol every client."""
         if self._handles:
             raise RuntimeError("the actors are already running")
-        if set(clients) != set(self.shards):
-            raise ValueError(
-                f"the clients {sorted(clients)} are not those of the shards {sorted(self.shards)}"
-            )
+        if set(clients) != set(range(len(self.shards))):
+            raise ValueError(f"the clients {sorted(clients)} are not those of the {len(self.shards)} shards")
         self._clients = clients
         self._connect()
         cpus = self._cluster_cpus()
@@ -133,7 +133,7 @@ class RayTransport:
         host = self.ray.remote(num_cpus=1)(ClientHost)
         self._handles = [host.remote() for _ in range(count)]
         config_json = self.config.to_json()
-        max_client_samples = max(len(shard) for shard in self.shards.values())
+        max_client_samples = max(len(self.shards[c]) for c in clients)
         verify_keys = (
             None
             if self.signing_keys is None
@@ -143,7 +143,7 @@ class RayTransport:
         pending = {
             index: handle.join.remote(
                 config_json,
-                {c: shard_to_bytes(self.shards[c]) for c in hosted[index]},
+                {c: self._shard_bytes(c) for c in hosted[index]},
                 None
                 if self.signing_keys is None
                 else {c: self.signing_keys[c].private_bytes_raw() for c in hosted[index]},
@@ -156,6 +156,12 @@ class RayTransport:
         for client_id in sorted(joined):
             for data in joined[client_id][0]:
                 server.receive(client_id, data)
+
+    def _shard_bytes(self, client_id: int) -> bytes:
+        shard = self.shards[client_id]
+        if shard.client_id != client_id:
+            raise ValueError(f"shards[{client_id}] is client {shard.client_id}'s shard")
+        return shard_to_bytes(shard)
 
     def run_round(self, server: FederatedServer, clients: Mapping[int, FederatedClient]) -> Traffic:
         """One round, its clients computing on the actors; the traffic it carried."""
@@ -195,6 +201,8 @@ class RayTransport:
             for client_id, (messages, seconds, ledger) in sorted(answered.items()):
                 if ledger:
                     take_over_ledger(self._clients[client_id], ledger, host=f"Ray actor {index}")
+                    if isinstance(self._clients, ClientPool):  # the trainer keeps the ledger
+                        self._clients.park([client_id])
                 replies[client_id] = (messages, seconds)
         return replies
 

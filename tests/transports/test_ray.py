@@ -173,6 +173,7 @@ def test_a_killed_actor_is_named_with_its_clients_and_close_stops_the_others(loc
         transport.enrol(programs.server, programs.clients)
         transport.run_round(programs.server, programs.clients)
         assert programs.server.records[-1].survivors == 4
+        assert programs.clients.built == 0  # the clients live on the actors, none in this process
         handles = list(transport._handles)
         local_ray.kill(handles[1])
         with pytest.raises(RuntimeError, match=r"Ray actor 1 \(clients \[1, 3\]\) died"):
