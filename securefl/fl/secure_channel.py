@@ -383,7 +383,9 @@ class SecureAggregationChannel:
         )
         state = np.random.SeedSequence([self.seed, round_index, contribution.client_id, 0x51])
         generator = torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0] >> 1))
-        return codec.encode(vector, generator=generator)
+        # As the ring's words (uint32 up to 32 bits): the protocol holds every client's input
+        # until it masks it, half the memory of the codec's uint64 (same values: all < 2^bits).
+        return codec.encode(vector, generator=generator).astype(params.word_dtype, copy=False)
 
     def decode_sum(
         self, total: np.ndarray, *, survivors: tuple[int, ...], params: SecAggParams, round_index: int

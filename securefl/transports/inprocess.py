@@ -53,8 +53,11 @@ class InProcessTransport:
             return Traffic()
         participants = sorted({client_id for client_id, _ in first})
         faults = self.faults_for(server.round_index, participants) if self.faults_for else NO_FAULTS
+        receivers = {c: clients[c].receive for c in participants}
+        handed_over = [first]  # not kept here: each train request (a model) goes once read
+        del first
         try:
-            return run_turns(server, {c: clients[c].receive for c in participants}, first, faults=faults)
+            return run_turns(server, receivers, handed_over.pop(), faults=faults)
         finally:
             if isinstance(clients, ClientPool):
                 clients.park(participants)
