@@ -501,17 +501,31 @@ class ClientFactory:
         self.transform = update_transform(config)
         self._new_trainer = trainer_factory(config, build_model_for(config, info), info.task)
 
-    def client(self, shard: ClientShard, *, signing_key: Ed25519PrivateKey | None = None) -> FederatedClient:
+    def trainer(self, shard: ClientShard) -> ClientTrainer:
+        """A new trainer for ``shard``'s owner (under DP-SGD with a new, empty ledger)."""
+        return self._new_trainer(shard)
+
+    def client(
+        self,
+        shard: ClientShard,
+        *,
+        signing_key: Ed25519PrivateKey | None = None,
+        trainer: ClientTrainer | None = None,
+        memory: ClientMemory | None = None,
+    ) -> FederatedClient:
         """The client program of ``shard``'s owner (signing with ``signing_key`` under
-        active-adversary secure aggregation)."""
+        active-adversary secure aggregation), training with ``trainer`` (default: a new one) and
+        remembering ``memory`` (a deployed client restarted with the ledger on its disk remembers
+        the last round it trained, so a replay of it is refused, not trained again)."""
         return client_program(
             self.config,
             shard=shard,
-            trainer=self._new_trainer(shard),
+            trainer=trainer if trainer is not None else self._new_trainer(shard),
             transform=self.transform,
             aggregation=self.aggregation,
             architecture=self.architecture,
             signing_key=signing_key,
+            memory=memory,
         )
 
 

@@ -46,7 +46,7 @@ from securefl.deploy.limits import federation_message_limit, weight_bound
 from securefl.deploy.pki import Enrolment, Identity, load_identity
 from securefl.errors import ConfigError
 from securefl.federation import ClientFactory
-from securefl.fl.client import FederatedClient
+from securefl.fl.client import ClientMemory, FederatedClient
 from securefl.fl.types import ClientShard
 from securefl.transports.grpc_client import Backoff, ClientTls, run_client
 
@@ -112,11 +112,15 @@ def prepare_client(
     active = config.secagg is not None and config.secagg.active_adversary
     verify_keys = Enrolment.load(federation.path("enrolment")).verify_keys() if active else None
     factory = ClientFactory(config, info=info, max_client_samples=bound, verify_keys=verify_keys)
-    client = factory.client(shard, signing_key=me.load_signing_key() if active else None)
+    trainer = factory.trainer(shard)
     ledger_file = None
+    memory = None
     if config.dp is not None:
         ledger_file = Path(ledger) if ledger is not None else me.certificate.parent / DEFAULT_LEDGER_FILE
-        _load_ledger(client, ledger_file)
+        memory = _load_ledger(_dp_trainer(trainer), me.client_id, ledger_file)
+    client = factory.client(
+        shard, signing_key=me.load_signing_key() if active else None, trainer=trainer, memory=memory
+    )
     num_params = sum(p.numel() for p in factory.architecture.parameters())
     return PreparedClient(
         federation=federation,
@@ -172,22 +176,29 @@ def _before_send(prepared: PreparedClient) -> Callable[[], None]:
     return before_send
 
 
-def _load_ledger(client: FederatedClient, path: Path) -> None:
+def _load_ledger(trainer: DPSGDTrainer, client_id: int, path: Path) -> ClientMemory | None:
+    """Load the ledger at ``path`` into ``trainer``; what the client remembers from it: the last
+    round it trained (a replay of that round or an earlier one is refused before training)."""
     if not path.exists():
-        log.info("client %d starts a new privacy ledger at %s", client.client_id, path)
-        return
+        log.info("client %d starts a new privacy ledger at %s", client_id, path)
+        return None
     try:
         data = path.read_bytes()
     except OSError as error:
         raise ConfigError(f"cannot read the privacy ledger {path}: {error.strerror}") from None
-    _trainer_of(client).import_ledger(data)
-    log.info("client %d continues its privacy ledger %s", client.client_id, path)
+    trainer.import_ledger(data)
+    log.info("client %d continues its privacy ledger %s", client_id, path)
+    rounds = trainer.privacy_ledger[client_id].rounds
+    return ClientMemory(last_round=max(rounds), aggregation_guard=None) if rounds else None
 
 
 def _trainer_of(client: FederatedClient) -> DPSGDTrainer:
+    return _dp_trainer(client.trainer)
+
+
+def _dp_trainer(trainer: object) -> DPSGDTrainer:
     from securefl.privacy import DPSGDTrainer  # Opacus only under DP
 
-    trainer = client.trainer
     if not isinstance(trainer, DPSGDTrainer):
         raise TypeError(f"a DP client trains with DPSGDTrainer, not {type(trainer).__name__}")
     return trainer
