@@ -22,7 +22,7 @@ from rich.markup import escape
 from securefl.config import RunConfig
 from securefl.data import DATASETS
 from securefl.deploy.federation_file import FILE_NAME, FederationFile
-from securefl.deploy.pki import DEFAULT_HOSTS, create_pki
+from securefl.deploy.pki import DEFAULT_HOSTS, Enrolment, create_pki, revoke
 from securefl.errors import ConfigError
 
 federation_app = typer.Typer(
@@ -97,6 +97,23 @@ def init(
     _report(federation, directory=directory, clients=clients)
 
 
+@federation_app.command("revoke")
+def revoke_client(
+    federation: Annotated[Path, Opt(help="The federation's federation.toml.")],
+    client: Annotated[int, Opt(help="The client id to remove from the enrolment list.")],
+) -> None:
+    """Revoke a client: remove it from the enrolment list.  A running server refuses it from its
+    next connection and ends its stream between rounds; no restart needed."""
+    path = FederationFile.load(federation).path("enrolment")
+    revoke(path, client)  # atomic; an id not enrolled is a ConfigError (exit 2)
+    left = sorted(Enrolment.load(path).ids)
+    Console().print(
+        f"client {client} revoked in [bold]{escape(str(path))}[/]; enrolled now: "
+        f"{', '.join(map(str, left)) or 'nobody'}",
+        highlight=False,
+    )
+
+
 def _in_flags(message: str) -> str:
     for key, flag in INIT_FLAGS.items():
         message = message.replace(f"`{key}`", flag)
@@ -132,4 +149,4 @@ def _report(federation: FederationFile, *, directory: Path, clients: int) -> Non
     )
 
 
-__all__ = ["federation_app", "init"]
+__all__ = ["federation_app", "init", "revoke_client"]

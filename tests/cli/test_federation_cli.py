@@ -83,3 +83,19 @@ def test_bad_flags_exit_2_naming_the_flag_and_create_nothing(tmp_path: Path, cap
 def test_init_insists_on_the_number_of_clients(tmp_path: Path, capsys) -> None:
     assert main(["federation", "init", str(tmp_path / "fed")]) == 2
     assert "--clients" in capsys.readouterr().err
+
+
+def test_revoke_removes_the_client_from_the_enrolment_list_and_refuses_an_unknown_id(
+    tmp_path: Path, capsys
+) -> None:
+    directory = tmp_path / "fed"
+    assert main(["federation", "init", str(directory), "--clients", "3"]) == 0
+    toml = directory / "federation.toml"
+    before = json.loads((directory / "enrolment.json").read_text())["clients"]
+    assert main(["federation", "revoke", "--federation", str(toml), "--client", "1"]) == 0
+    after = json.loads((directory / "enrolment.json").read_text())["clients"]
+    assert after == {c: entry for c, entry in before.items() if c != "1"}
+    capsys.readouterr()
+    assert main(["federation", "revoke", "--federation", str(toml), "--client", "1"]) == 2
+    assert "not enrolled" in capsys.readouterr().err
+    assert json.loads((directory / "enrolment.json").read_text())["clients"] == after
