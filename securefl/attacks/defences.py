@@ -54,9 +54,6 @@ from securefl.fl.secure_channel import SecureAggregationChannel
 from securefl.fl.training import LocalSGDTrainer
 from securefl.fl.types import Aggregate, ClientShard, Contribution, Update
 from securefl.fl.vectors import to_vector
-from securefl.privacy.central import ClipUpdate
-from securefl.privacy.distributed import DistributedDPChannel
-from securefl.privacy.dp_client import DPSGDTrainer
 from securefl.validation import require_non_negative, require_positive
 
 DEFAULT_DP_DELTA = 1e-5
@@ -221,6 +218,8 @@ class ClipDefence(Defence):
 
     def play(self, round_: VictimRound) -> tuple[Observation, RoundFacts]:
         (update,) = round_.local_updates()
+        from securefl.privacy.central import ClipUpdate  # Opacus only when this defence runs
+
         contribution = ClipUpdate(self.max_grad_norm)(update)
         facts = RoundFacts(clipped=bool(float(update.delta.double().norm()) > self.max_grad_norm))
         return round_.client_observation(contribution, clip_norm=self.max_grad_norm), facts
@@ -287,6 +286,8 @@ class DPSGDDefence(Defence):
 
     def play(self, round_: VictimRound) -> tuple[Observation, RoundFacts]:
         public, victim = round_.public, round_.victim
+        from securefl.privacy.dp_client import DPSGDTrainer  # Opacus only when this defence runs
+
         trainer = DPSGDTrainer(
             model=copy.deepcopy(round_.server_model),
             task="classification",
@@ -374,6 +375,8 @@ class DistributedDPDefence(Defence):
     def play(self, round_: VictimRound) -> tuple[Observation, RoundFacts]:
         updates = round_.local_updates()
         num_params = round_.global_params.numel()
+        from securefl.privacy.distributed import DistributedDPChannel  # Opacus only when asked for
+
         distributed = DistributedDPChannel(
             secure=SecureAggregationChannel(
                 config=SecAggConfig(bits=DISTRIBUTED_DP_BITS, max_colluders=0),  # the server alone
@@ -389,6 +392,8 @@ class DistributedDPDefence(Defence):
             max_clients=len(updates),
             seed=round_.seed,
         )
+        from securefl.privacy.central import ClipUpdate  # Opacus only when this defence runs
+
         clip = ClipUpdate(self.max_grad_norm)
         aggregate = distributed.aggregate([clip(u) for u in updates], round_index=0)
         release = distributed.take_release()
