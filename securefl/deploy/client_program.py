@@ -82,7 +82,8 @@ def prepare_client(
 ) -> PreparedClient:
     """Build client ``identity``'s program on its data at ``data``; under ``dp`` load its ledger
     from ``ledger`` (default: :data:`DEFAULT_LEDGER_FILE` in the identity directory) when the
-    file exists.  ``insecure`` (or ``federation.insecure``) talks plain text.  Every problem is a
+    file exists.  ``insecure`` (the command line's ``--insecure``) talks plain text, on loopback only
+    (:meth:`~securefl.deploy.federation_file.FederationFile.plain_text`).  Every problem is a
     :class:`~securefl.errors.ConfigError` saying what to fix, raised before anything connects."""
     config = federation.run
     me = load_identity(identity)
@@ -126,7 +127,7 @@ def prepare_client(
         federation=federation,
         identity=me,
         client=client,
-        tls=None if insecure or federation.insecure else me.tls,
+        tls=None if federation.plain_text(insecure) else me.tls,
         max_message_bytes=federation_message_limit(config, factory.aggregation, num_params=num_params),
         ledger=ledger_file,
     )

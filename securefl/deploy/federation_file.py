@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import math
 import re
@@ -164,6 +165,31 @@ class FederationFile:
     def host(self) -> str:
         """The host part of :attr:`address` (an IPv6 address without its brackets)."""
         return _check_address(self.address)[0]
+
+    def plain_text(self, insecure_flag: bool) -> bool:
+        """Whether a program talks plain text: only when its own command line says
+        ``--insecure`` (``insecure_flag``) -- this file is handed to every client, so a line in it
+        must not switch a data owner's TLS off -- and only on a loopback address.  A file without
+        certificates (``federation.insecure``) is refused without the flag."""
+        if not insecure_flag:
+            require(
+                not self.insecure,
+                "this federation.toml sets `federation.insecure` (no certificates): plain text needs "
+                "--insecure on this program's own command line, for a loopback test; for a real "
+                "federation run `securefl federation init`, which writes the certificates",
+            )
+            return False
+        host = self.host
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        require(
+            loopback,
+            f"--insecure talks plain text, which is for loopback tests only; {host} (`federation.address`) "
+            "is not a loopback address: drop --insecure and use the federation's certificates",
+        )
+        return True
 
     @property
     def port(self) -> int:

@@ -102,13 +102,13 @@ def serve(
 
     ``data`` is the server's held-out test data (any format of
     :func:`~securefl.data.local.load_local_data`; default: the registered data set's test split);
-    ``insecure`` (or ``federation.insecure``) serves plain text.  Bad input -- an ``out`` that is
-    not empty, a checkpoint left by an unfinished run without ``resume`` (or none with it),
-    unreadable certificates or data, a port in use -- raises a :class:`ConfigError` before any
-    client is served.  When a round cannot run after the join timeout because enrolled clients
-    are missing, :class:`~securefl.errors.ClientsUnavailableError` (the checkpoint stays); when
-    every enrolled client is there and too few can train (their budgets are spent), the run stops
-    early and its directory says so."""
+    ``insecure`` (the command line's ``--insecure``) serves plain text, on loopback only.  Bad input -- an
+    ``out`` that is not empty, a checkpoint left by an unfinished run without ``resume`` (or none with
+    it), unreadable certificates or data, a port in use -- raises a :class:`ConfigError` before any client
+    is served.  When a round cannot run after the join timeout because enrolled clients are missing,
+    :class:`~securefl.errors.ClientsUnavailableError` (the checkpoint stays); when every enrolled client
+    is there and too few can train (their budgets are spent), the run stops early and its directory says
+    so."""
     config = federation.run
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -138,7 +138,7 @@ def serve(
     )
     check_resumable(server)
     history = History(config=config, records=checkpoints.resume(server) if resume else [])
-    plain_text = insecure or federation.insecure
+    plain_text = federation.plain_text(insecure)
     network = NetworkServer(
         federation.address,
         credentials=None

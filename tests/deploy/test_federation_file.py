@@ -203,3 +203,17 @@ def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path, monkeypat
         federation(min_clients=3).write(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["federation.toml"]  # the temporary file is gone
+
+
+def test_plain_text_only_with_the_programs_own_flag_and_only_on_loopback() -> None:
+    secure = federation(address="127.0.0.1:7000")
+    assert secure.plain_text(False) is False
+    for host in ("127.0.0.1", "[::1]", "localhost"):
+        assert federation(address=f"{host}:7000").plain_text(True) is True
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        federation(address="10.0.0.1:7000").plain_text(True)
+    # a federation.toml handed to every client cannot switch a client's TLS off by itself
+    unsigned = FederationFile(run=RUN, address="127.0.0.1:7000", max_client_samples=10, insecure=True)
+    with pytest.raises(ConfigError, match="--insecure on this program's own command line"):
+        unsigned.plain_text(False)
+    assert unsigned.plain_text(True) is True
