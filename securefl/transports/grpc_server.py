@@ -14,18 +14,34 @@ connection; :class:`NetworkServer` refuses calls that negotiated anything older 
 (``UNAUTHENTICATED``; grpcio cannot refuse them during the handshake, see
 :mod:`securefl.deploy.pki`), then looks the client's certificate up in the
 :class:`~securefl.deploy.pki.Enrolment` by its SHA-256 fingerprint: a certificate not enrolled,
-or revoked, gets ``PERMISSION_DENIED``.  One stream per client: a new one replaces the old (a
-reconnect).  Without TLS (``credentials=None``, the CLI's ``--insecure``) a client is whoever its
-first message (an :class:`~securefl.fl.messages.Availability`) says it is, and a warning says so.
+or revoked, gets ``PERMISSION_DENIED``.  Each stream remembers the enrolment entry (certificate
+fingerprint and verify key) it was let in under.  One stream per client: a new one replaces the
+old (a reconnect).  Without TLS (``credentials=None``, the CLI's ``--insecure``) a client is
+whoever its first message (an :class:`~securefl.fl.messages.Availability`) says it is, and a
+warning says so; a call that sends no first message within ``join_timeout`` seconds
+(:data:`JOIN_TIMEOUT`) is ended (``DEADLINE_EXCEEDED``), so idle calls cannot hold the
+``max_streams`` slots.
 
 Threads.  gRPC's handler threads only authenticate, put what arrives on one queue and take what
 to send from each stream's own queue; every call on the sans-IO
 :class:`~securefl.fl.server.FederatedServer` happens in the one thread that calls
 :meth:`NetworkServer.wait_for_clients` and :meth:`NetworkServer.run_round`.
 
+Bounds.  Besides :func:`message_limit` on each message, what a client may send is counted as it
+arrives, before it is queued: its join, then per message it was sent at most :data:`MAX_REPLIES`
+messages and one :data:`END_OF_REPLIES` (a legitimate client sends at most two and the end).  A
+client over that ends its stream (``RESOURCE_EXHAUSTED``, with the reason) and is a dropout of
+the round: nothing it sent since the step began, or that waits for the time between rounds, goes
+to the server program, so none of it is decoded or logged.  The queue from the gRPC threads to
+the driver holds :data:`EVENTS_PER_STREAM` events per ``max_streams``; a reader that finds it
+full waits (gRPC's flow control then holds its client back).  So the messages held at once are
+at most that queue, plus per connected client ``MAX_REPLIES + 1`` per message it owes an answer
+to, each at most ``max_message_bytes``.
+
 Rounds.  :meth:`NetworkServer.run_round` mirrors :func:`securefl.fl.turns.run_turns`: it sends a
 step's messages; the step ends when every client that was sent one has ended its replies or
-disconnected, or when ``step_deadline`` seconds have passed; the replies are then handed to the
+disconnected, or when ``step_deadline`` seconds have passed (checked before each event, so a
+stream of events cannot hold a step open); the replies are then handed to the
 server **in client-id order**, whatever order they arrived in, and the server's ``close_step``
 gives the next step: the server program sees the same calls in the same order as in process, so
 the weights come out bit for bit those of the in-process transport.  A reply that arrives
@@ -40,7 +56,10 @@ round; neither stops the server.
 
 Membership.  A client that disconnects is reported to the server as unavailable (it is not
 sampled until it joins again); the enrolment list is re-read between rounds and on every new
-connection, and a revoked client's stream is ended (``PERMISSION_DENIED``) without a restart.
+connection, and then every stream whose client is no longer enrolled with the entry it was let in
+under (removed, or re-enrolled with another certificate or key: what
+:meth:`~securefl.deploy.pki.Enrolment.refresh` reports, tested per stream) is ended
+(``PERMISSION_DENIED``) without a restart; what it sent and the server has not taken is dropped.
 """
 
 from __future__ import annotations
@@ -58,7 +77,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from securefl.deploy.pki import Enrolment, TlsFiles
+from securefl.deploy.pki import EnrolledClient, Enrolment, TlsFiles, certificate_fingerprint
 from securefl.errors import ConfigError, DecodeError
 from securefl.fl.codec import decode, encode
 from securefl.fl.messages import Availability
@@ -98,6 +117,17 @@ KEEPALIVE = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 """HTTP/2 pings both ways, so a peer whose machine vanished is noticed within a minute."""
+
+MAX_REPLIES = 4
+"""The most messages a client may send in answer to one message it was sent, besides its
+:data:`END_OF_REPLIES` (a legitimate client sends at most two: a
+:class:`~securefl.fl.messages.Decline` and an :class:`~securefl.fl.messages.Availability`, or
+one :class:`~securefl.fl.messages.AggregationMessage`)."""
+EVENTS_PER_STREAM = 2
+"""The queue from the gRPC threads to the driver holds at most this many events per concurrent
+call (:attr:`NetworkServer.max_streams`); a reader that finds it full waits."""
+JOIN_TIMEOUT = 5.0
+"""Seconds a call without TLS has to send its first message (its join) before it is ended."""
 
 
 def message_limit(num_params: int, *, clients: int, ring: RingEncoding | None = None) -> int:
@@ -177,12 +207,48 @@ _Step = tuple[int, int]
 
 @dataclass(eq=False)
 class _Stream:
-    """One client's call: what to send it (filled by the driver, emptied by its handler thread),
-    and the step of each message it has not finished answering (the driver's only)."""
+    """One client's call: the enrolment entry it was let in under (``None``: none yet), what to
+    send it (filled by the driver, emptied by its handler thread), the step of each message it has
+    not finished answering (the driver's only), and what it may still send (its reader's and the
+    driver's, under ``lock``): its join, then per message it was sent up to :data:`MAX_REPLIES`
+    messages and one :data:`END_OF_REPLIES`."""
 
     client_id: int
+    entry: EnrolledClient | None
+    joined: bool = False
     outbox: queue.Queue[bytes | _End | _Close] = field(default_factory=queue.Queue)
     answering: collections.deque[_Step] = field(default_factory=collections.deque)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    owed: int = 0
+    """Messages sent to the client that it has not ended its replies to."""
+    replied: int = 0
+    """Messages it sent in answer to the oldest of those."""
+
+    def send(self, data: bytes, step: _Step) -> None:
+        """Send ``data`` (the driver): the client may answer it."""
+        with self.lock:
+            self.owed += 1
+        self.answering.append(step)
+        self.outbox.put(data)
+
+    def admit(self, data: bytes) -> str | None:
+        """Count ``data`` against what the client may send (its reader); why not, if over."""
+        with self.lock:
+            if not self.joined:
+                self.joined = True
+                return None
+            if data == END_OF_REPLIES:
+                if self.owed == 0:
+                    return "it ended its replies to a message it was not sent"
+                self.owed -= 1
+                self.replied = 0
+                return None
+            if self.owed == 0:
+                return "it sent a message while it had nothing to answer"
+            if self.replied >= MAX_REPLIES:
+                return f"it sent more than {MAX_REPLIES} replies to one message"
+            self.replied += 1
+            return None
 
     def answers(self, data: bytes) -> _Step | None:
         """The step of the message ``data`` answers (``None``: a message nobody asked for, such as
@@ -208,6 +274,8 @@ class _Received:
 class _Gone:
     stream: _Stream
     reason: str
+    cut: bool = False
+    """The server ended it for sending more than it may: what it sent is not trusted."""
 
 
 _Event = _Opened | _Received | _Gone
@@ -222,7 +290,8 @@ class NetworkServer:
     ``step_deadline`` how long a step waits for replies, in seconds; ``on_event`` receives a
     :data:`NetworkEvent` as things happen (from the thread driving the rounds); ``max_streams``
     is how many calls it serves at once (default: twice the clients enrolled at the start, plus
-    8, as a reconnecting client's old call may linger).
+    8, as a reconnecting client's old call may linger); ``join_timeout`` how long a call without
+    TLS has to send its join.
     """
 
     def __init__(
@@ -235,6 +304,7 @@ class NetworkServer:
         step_deadline: float,
         on_event: Callable[[NetworkEvent], None] | None = None,
         max_streams: int | None = None,
+        join_timeout: float = JOIN_TIMEOUT,
     ) -> None:
         if not step_deadline > 0:
             raise ValueError(f"step_deadline {step_deadline} must be positive")
@@ -245,7 +315,9 @@ class NetworkServer:
         self.step_deadline = step_deadline
         self.on_event = on_event
         self.max_streams = max_streams or 2 * len(enrolment.ids) + 8
-        self._events: queue.Queue[_Event] = queue.Queue()
+        self.join_timeout = join_timeout
+        self._events: queue.Queue[_Event] = queue.Queue(EVENTS_PER_STREAM * self.max_streams)
+        self._stopping = threading.Event()
         self._streams: dict[int, _Stream] = {}  # the driver's: client id -> its current stream
         self._pending: list[tuple[int, bytes]] = []  # to hand over before the next round or wait
         self._server: grpc.Server | None = None
@@ -265,6 +337,7 @@ class NetworkServer:
         """Listen; the bound port."""
         if self._server is not None:
             raise RuntimeError("the server is already started")
+        self._stopping.clear()
         self._executor = futures.ThreadPoolExecutor(self.max_streams, thread_name_prefix="securefl-grpc")
         handler = grpc.method_handlers_generic_handler(
             SERVICE, {"Session": grpc.stream_stream_rpc_method_handler(self._session)}
@@ -312,6 +385,7 @@ class NetworkServer:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopping.set()  # readers waiting on a full queue give up
         server.stop(grace).wait()
         with self._readers_lock:
             readers, self._readers = self._readers, []
@@ -351,19 +425,20 @@ class NetworkServer:
     def _session(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         first: bytes | None = None
         if self.credentials is None:
-            first, client_id = self._claimed_identity(requests, context)
+            first, client_id, entry = self._claimed_identity(requests, context)
         else:
-            client_id = self._certified_identity(context)
+            client_id, entry = self._certified_identity(context)
         context.send_initial_metadata(((CLIENT_ID_KEY, str(client_id)),))
         if self._finished:
             context.set_trailing_metadata(((FINISHED_KEY, "1"),))
             return
-        stream = _Stream(client_id)
+        stream = _Stream(client_id, entry, joined=first is not None)
         if not context.add_callback(lambda: stream.outbox.put(_Close.CLOSED)):
             return
-        self._events.put(_Opened(stream))
-        if first is not None:
-            self._events.put(_Received(stream, first))
+        if not self._put(_Opened(stream)):
+            return
+        if first is not None and not self._put(_Received(stream, first)):
+            return
         reader = threading.Thread(
             target=self._read, args=(stream, requests), name=f"securefl-read-{client_id}", daemon=True
         )
@@ -382,7 +457,7 @@ class NetworkServer:
             else:
                 context.abort(item.code, item.details)
 
-    def _certified_identity(self, context: grpc.ServicerContext) -> int:
+    def _certified_identity(self, context: grpc.ServicerContext) -> tuple[int, EnrolledClient]:
         auth = context.auth_context()
         version = auth.get("ssl_tls_version", [b"?"])[0]
         if version != TLS_VERSION:
@@ -398,39 +473,79 @@ class NetworkServer:
             self.enrolment.refresh()
         except ConfigError as error:
             log.error("%s; keeping the enrolment list read before", error)
+        fingerprint = certificate_fingerprint(certificates[0])
         client_id = self.enrolment.client_id_of(certificates[0])
-        if client_id is None:
+        entry = None if client_id is None else self.enrolment.clients.get(client_id)
+        if client_id is None or entry is None or entry.certificate_sha256 != fingerprint:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "this certificate is not enrolled in the federation (never, or revoked): ask the "
                 "federation operator to enrol this client's certificate",
             )
-        assert client_id is not None
-        return client_id
+        assert client_id is not None and entry is not None
+        return client_id, entry
 
     def _claimed_identity(
         self, requests: Iterator[bytes], context: grpc.ServicerContext
-    ) -> tuple[bytes, int]:
+    ) -> tuple[bytes, int, EnrolledClient]:
+        """The first message, read within :attr:`join_timeout` (a call that sends nothing would
+        hold one of the :attr:`max_streams` slots for good), and whom it claims to be."""
+        arrived: queue.Queue[bytes | None] = queue.Queue(1)
+
+        def read_first() -> None:
+            try:
+                arrived.put(next(requests))
+            except (StopIteration, grpc.RpcError):
+                arrived.put(None)
+
+        threading.Thread(target=read_first, name="securefl-join", daemon=True).start()
         try:
-            first = next(requests)
+            first = arrived.get(timeout=self.join_timeout)
+        except queue.Empty:
+            context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no join message within {self.join_timeout:g}s: a session starts with the client's "
+                "join message",
+            )
+        try:
+            if first is None:
+                raise DecodeError("no first message")
             message = decode(first)
-        except (StopIteration, DecodeError, grpc.RpcError):
+        except DecodeError:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with the client's join message")
         if not isinstance(message, Availability):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with the client's join message")
         assert isinstance(message, Availability)
-        if message.client_id not in self.enrolment.ids:
+        entry = self.enrolment.clients.get(message.client_id)
+        if entry is None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"client {message.client_id} is not enrolled")
-        return first, message.client_id
+        assert first is not None and entry is not None
+        return first, message.client_id, entry
+
+    def _put(self, event: _Event) -> bool:
+        """Queue ``event`` for the driver, waiting while the queue is full; ``False`` if the
+        server stops first."""
+        while not self._stopping.is_set():
+            try:
+                self._events.put(event, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _read(self, stream: _Stream, requests: Iterator[bytes]) -> None:
-        reason = "it closed the stream"
+        reason, cut = "it closed the stream", False
         try:
             for data in requests:
-                self._events.put(_Received(stream, data))
+                if (excess := stream.admit(data)) is not None:
+                    reason, cut = f"{excess}: its stream is ended", True
+                    stream.outbox.put(_End(grpc.StatusCode.RESOURCE_EXHAUSTED, _excess(excess)))
+                    break
+                if not self._put(_Received(stream, data)):
+                    break
         except grpc.RpcError:  # gRPC says no more than this on the server's side
             reason = "the call broke: cancelled, the connection lost, or a message over max_message_bytes"
-        self._events.put(_Gone(stream, reason))
+        self._put(_Gone(stream, reason, cut))
         stream.outbox.put(_Close.CLOSED)
 
     # ---- the driver side (one thread) --------------------------------------------------------
@@ -451,22 +566,41 @@ class NetworkServer:
         current = self._streams.get(stream.client_id)
         match event:
             case _Opened():
-                if stream.client_id not in self.enrolment.ids:  # revoked since it was let in
+                self._end_revoked()  # the enrolment list was re-read for this connection
+                if not self._still_enrolled(stream):  # revoked since it was let in
                     stream.outbox.put(_End(grpc.StatusCode.PERMISSION_DENIED, _revoked(stream.client_id)))
                     return None
+                current = self._streams.get(stream.client_id)
                 if current is not None:
                     current.outbox.put(_End(grpc.StatusCode.ABORTED, "replaced by a newer connection"))
                 self._streams[stream.client_id] = stream
                 self._emit(ClientConnected(stream.client_id, len(self._streams)))
                 return stream
             case _Gone() if current is stream:
-                self._depart(stream.client_id, event.reason)
+                self._depart(stream.client_id, event.reason, distrust=event.cut)
                 return None
         return stream if current is stream else None
 
-    def _depart(self, client_id: int, reason: str) -> None:
-        """``client_id``'s stream is over: the server hears it is unavailable (until it rejoins)."""
+    def _still_enrolled(self, stream: _Stream) -> bool:
+        """Whether ``stream``'s client is still enrolled with the certificate (and key) it was let
+        in with: :meth:`Enrolment.refresh`'s test, per stream."""
+        return stream.entry is not None and self.enrolment.clients.get(stream.client_id) == stream.entry
+
+    def _end_revoked(self) -> list[int]:
+        """End the streams of clients removed from the enrolment list or enrolled there with
+        another certificate or key since their stream was let in; their ids."""
+        revoked = sorted(c for c, s in self._streams.items() if not self._still_enrolled(s))
+        for client_id in revoked:
+            self._streams[client_id].outbox.put(_End(grpc.StatusCode.PERMISSION_DENIED, _revoked(client_id)))
+            self._depart(client_id, "revoked", distrust=True)
+        return revoked
+
+    def _depart(self, client_id: int, reason: str, *, distrust: bool = False) -> None:
+        """``client_id``'s stream is over: the server hears it is unavailable (until it rejoins);
+        with ``distrust``, what it sent that waits for the server is dropped first."""
         del self._streams[client_id]
+        if distrust:
+            self._pending = [(c, data) for c, data in self._pending if c != client_id]
         self._pending.append((client_id, encode(Availability(client_id, False))))
         log.info("client %d disconnected: %s", client_id, reason)
         self._emit(ClientDisconnected(client_id, len(self._streams), reason))
@@ -488,10 +622,7 @@ class NetworkServer:
             self.enrolment.refresh()
         except ConfigError as error:
             log.error("%s; keeping the enrolment list read before", error)
-        enrolled = self.enrolment.ids
-        for client_id in sorted(set(self._streams) - enrolled):
-            self._streams[client_id].outbox.put(_End(grpc.StatusCode.PERMISSION_DENIED, _revoked(client_id)))
-            self._depart(client_id, "revoked")
+        self._end_revoked()
         pending, self._pending = self._pending, []
         for client_id, data in sorted(pending, key=lambda item: item[0]):  # sorted() is stable
             server.receive(client_id, data)
@@ -521,8 +652,7 @@ class NetworkServer:
             for client_id, data in outgoing:
                 stream = self._streams.get(client_id)
                 if stream is not None:  # a client gone is a dropout of this step
-                    stream.outbox.put(data)
-                    stream.answering.append((server.round_index, step))
+                    stream.send(data, (server.round_index, step))
                     traffic.bytes_down[client_id] += len(data)
                     awaited[client_id] += 1
             self._emit(StepStarted(server.round_index, step, len(awaited), self.step_deadline))
@@ -555,15 +685,25 @@ class NetworkServer:
         replies: dict[int, list[bytes]] = defaultdict(list)
         seconds: dict[int, float] = {}
         while +awaited:
-            event = self._next_event(deadline - time.monotonic())
-            if event is None:
+            remaining = deadline - time.monotonic()  # checked first: a flood cannot hold the step open
+            if remaining <= 0:
                 late = sorted(+awaited)
                 log.info(
                     "step deadline (%gs) passed without the replies of clients %s", self.step_deadline, late
                 )
                 break
-            stream = self._track(event)
+            event = self._next_event(remaining)
+            if event is None:
+                continue
+            before = set(self._streams)
             client_id = event.stream.client_id
+            was_current = self._streams.get(client_id) is event.stream
+            stream = self._track(event)
+            if isinstance(event, _Gone) and event.cut and was_current:
+                replies.pop(client_id, None)  # over its bound: nothing it sent goes to the server
+            for revoked in before - set(self._streams) - {client_id}:
+                replies.pop(revoked, None)  # ended at the re-read of the enrolment list
+                awaited.pop(revoked, None)
             if isinstance(event, _Opened) or client_id not in self._streams:
                 awaited.pop(client_id, None)  # gone, revoked or reconnected: it lost this step
                 continue
@@ -579,6 +719,13 @@ class NetworkServer:
             else:
                 self._pending.append((client_id, event.data))
         return replies, seconds
+
+
+def _excess(why: str) -> str:
+    return (
+        f"{why}: a client answers each message it is sent with at most {MAX_REPLIES} messages and "
+        "one end of replies"
+    )
 
 
 def _revoked(client_id: int) -> str:

@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import queue
 import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -25,7 +27,14 @@ import pytest
 import torch
 
 from securefl.config import RunConfig, SecAggConfig
-from securefl.deploy.pki import Enrolment, Identity, create_pki, revoke, write_enrolment
+from securefl.deploy.pki import (
+    Enrolment,
+    Identity,
+    certificate_fingerprint,
+    create_pki,
+    revoke,
+    write_enrolment,
+)
 from securefl.errors import AccessRefusedError, ServerUnreachableError
 from securefl.federation import Programs, build_federation, build_programs
 from securefl.fl.codec import decode, encode
@@ -34,11 +43,15 @@ from securefl.fl.turns import NO_FAULTS, Faults, run_turns
 from securefl.transports.grpc_client import Backoff, run_client
 from securefl.transports.grpc_server import (
     CLIENT_ID_KEY,
+    END_OF_REPLIES,
+    MAX_REPLIES,
     METHOD,
     ClientConnected,
     NetworkEvent,
     NetworkServer,
     RoundFinished,
+    _Received,
+    _Stream,
     message_limit,
 )
 from securefl.transports.inprocess import InProcessTransport
@@ -195,6 +208,8 @@ def _network(
     port: int = 0,
     step_deadline: float = STEP_DEADLINE,
     enrolment: Path | None = None,
+    max_streams: int | None = None,
+    join_timeout: float | None = None,
 ) -> Iterator[_Network]:
     limit = _limit(programs, config)
     events: list[NetworkEvent] = []
@@ -205,6 +220,8 @@ def _network(
         max_message_bytes=limit,
         step_deadline=step_deadline,
         on_event=events.append,
+        max_streams=max_streams,
+        **({} if join_timeout is None else {"join_timeout": join_timeout}),
     )
     network = _Network(net, net.start(), limit)
     network.events = events
@@ -348,14 +365,40 @@ def test_a_client_revoked_while_connected_is_cut_off_at_the_next_round_without_a
         error = network.join("3")
         assert isinstance(error, AccessRefusedError) and "revoked" in str(error)
     assert [r.clients for r in programs.server.records] == [4, 3]
-    # the reference: client 3 leaves after round 1 (the server hears it cannot train any more)
+    assert torch.equal(programs.server.params, _client_3_leaves_after_round_1(config, pki))
+
+
+def _client_3_leaves_after_round_1(config: RunConfig, pki) -> torch.Tensor:
+    """The reference: client 3 leaves after round 1 (the server hears it cannot train any more)."""
     reference = _programs(config, pki)
     with InProcessTransport() as transport:
         transport.enrol(reference.server, reference.clients)
         transport.run_round(reference.server, reference.clients)
         reference.server.receive(3, encode(Availability(3, False)))
         transport.run_round(reference.server, reference.clients)
-    assert torch.equal(programs.server.params, reference.server.params)
+    return reference.server.params
+
+
+def test_a_client_whose_certificate_is_replaced_while_connected_is_cut_off_at_the_next_round(pki, tmp_path):
+    """The operator enrols a re-issued certificate under id 3 (the old key leaked): the stream the
+    old certificate opened is ended, although id 3 is still enrolled."""
+    enrolment = tmp_path / "enrolment.json"
+    enrolment.write_bytes(pki.enrolment.read_bytes())
+    config = _config(rounds=2)
+    programs = _programs(config, pki)
+    with _network(programs, pki, config, enrolment=enrolment) as network:
+        _serve_honest(network, programs, pki)
+        _run_rounds(network, programs, 1, 4)
+        clients = Enrolment.load(enrolment).clients
+        reissued = certificate_fingerprint(pki.clients[4].certificate.read_bytes())
+        clients[3] = dataclasses.replace(clients[3], certificate_sha256=reissued)
+        write_enrolment(enrolment, clients)
+        network.net.run_round(programs.server)
+        error = network.join("3")
+        assert isinstance(error, AccessRefusedError) and "revoked" in str(error)
+        assert 3 not in network.net.connected
+    assert [r.clients for r in programs.server.records] == [4, 3]
+    assert torch.equal(programs.server.params, _client_3_leaves_after_round_1(config, pki))
 
 
 # ---- TLS versions ------------------------------------------------------------------------------
@@ -569,6 +612,153 @@ def test_a_straggler_past_the_deadline_is_dropped_and_the_round_does_not_wait_fo
     assert deadline <= took < 60  # it waited for the deadline, not for the straggler (held for 120 s)
     assert [r.survivors for r in programs.server.records] == [4, 3, 4]
     assert torch.equal(programs.server.params, expected)
+
+
+class _RawCall:
+    """A call of its own (not :func:`run_client`): joins as ``client_id``, then, once the server
+    has sent it a message, sends ``flood`` and waits, sending nothing more; ``join=False`` sends
+    nothing at all.  :meth:`close` cancels it."""
+
+    def __init__(
+        self,
+        address: str,
+        identity: Identity | None,
+        client_id: int,
+        *,
+        flood: list[bytes] = (),  # type: ignore[assignment]
+        join: bool = True,
+    ) -> None:
+        if identity is None:
+            self.channel = grpc.insecure_channel(address)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=identity.ca_certificate.read_bytes(),
+                private_key=identity.private_key.read_bytes(),
+                certificate_chain=identity.certificate.read_bytes(),
+            )
+            self.channel = grpc.secure_channel(address, credentials)
+        self.outbox: queue.Queue[bytes | None] = queue.Queue()
+        if join:
+            self.outbox.put(encode(Availability(client_id, True)))
+        self.flood = flood
+        self.call = self.channel.stream_stream(METHOD)(iter(self.outbox.get, None))
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+        self.ended = threading.Event()
+        self.reader = threading.Thread(target=self._read, name=f"test-raw-{client_id}")
+        self.reader.start()
+
+    def _read(self) -> None:
+        try:
+            for i, _ in enumerate(self.call):
+                if i == 0:
+                    for data in self.flood:
+                        self.outbox.put(data)
+            self.code = grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            self.code, self.details = error.code(), error.details() or ""
+        self.ended.set()
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.call.cancel()
+        self.reader.join(timeout=10)
+        self.channel.close()
+
+
+def test_a_client_sending_more_than_it_may_is_cut_off_and_none_of_it_reaches_the_server(pki, monkeypatch):
+    """Client 3 answers the train request with many messages and no end of replies (each one
+    within the message limit): its stream is ended (RESOURCE_EXHAUSTED) after :data:`MAX_REPLIES`
+    of them, none reaches the server program, and it is a dropout of the round."""
+    config = _config(rounds=1)
+    programs = _programs(config, pki)
+    heard: Counter[int] = Counter()
+    receive = programs.server.receive
+
+    def counting(client_id: int, data: bytes) -> None:
+        heard[client_id] += 1
+        receive(client_id, data)
+
+    monkeypatch.setattr(programs.server, "receive", counting)
+    with _network(programs, pki, config, step_deadline=30.0) as network:
+        _serve_honest(network, programs, pki, ids=range(3))
+        flood = [b"\x07" * 4096] * 200
+        raw = _RawCall(network.address, pki.clients[3], 3, flood=flood)
+        try:
+            assert network.net.wait_for_clients(programs.server, 4, JOIN_TIMEOUT) == 4
+            started = time.monotonic()
+            network.net.run_round(programs.server)
+            took = time.monotonic() - started
+            assert raw.ended.wait(10)
+        finally:
+            raw.close()
+    assert raw.code is grpc.StatusCode.RESOURCE_EXHAUSTED and f"{MAX_REPLIES} replies" in raw.details
+    assert took < 20  # its departure ended the step, not the deadline
+    assert heard[3] == 1  # its join (its departure is told at the next round or wait)
+    assert programs.server.records[-1].survivors == 3
+    assert torch.equal(programs.server.params, _in_process(config, pki, faults={1: Faults(before={3: 0})}))
+
+
+def test_a_client_ending_replies_it_does_not_owe_is_cut_off(pki):
+    """A flood of ends of replies (each of them empty, so no message limit applies) ends the
+    stream instead of being queued for the driver."""
+    config = _config(rounds=1)
+    programs = _programs(config, pki)
+    with _network(programs, pki, config, step_deadline=30.0) as network:
+        raw = _RawCall(network.address, pki.clients[3], 3, flood=[END_OF_REPLIES] * 1000)
+        try:
+            assert network.net.wait_for_clients(programs.server, 1, JOIN_TIMEOUT) == 1
+            network.net.run_round(programs.server)
+            assert raw.ended.wait(10)
+        finally:
+            raw.close()
+    assert raw.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "ended its replies to a message it was not sent" in raw.details
+
+
+def test_a_step_ends_at_its_deadline_while_events_keep_arriving(pki):
+    """The deadline is checked before each event, not only when the queue runs dry: a flood
+    cannot hold a step open."""
+    deadline = 0.3
+    net = NetworkServer(
+        "127.0.0.1:0",
+        credentials=pki.server.tls,
+        enrolment=Enrolment.load(pki.enrolment),
+        max_message_bytes=1 << 20,
+        step_deadline=deadline,
+    )
+    stranger = _Stream(client_id=2, entry=None)  # not a current stream: its events are ignored
+    started = time.monotonic()
+
+    def never_empty(timeout: float) -> _Received:
+        if time.monotonic() - started > 10:
+            raise AssertionError("the step outlived its deadline by far")
+        return _Received(stranger, END_OF_REPLIES)
+
+    net._next_event = never_empty  # type: ignore[method-assign]
+    replies, seconds = net._collect(Counter({1: 1}), (1, 0))
+    assert deadline <= time.monotonic() - started < 5
+    assert not replies and not seconds
+
+
+def test_without_tls_a_call_that_never_joins_is_ended_and_frees_its_slot(pki):
+    """Calls that send nothing hold every slot of a server without TLS only until the join
+    timeout: then they end (DEADLINE_EXCEEDED) and an honest client gets in."""
+    config = _config(rounds=1)
+    programs = _programs(config, pki)
+    with _network(programs, pki, config, tls=False, max_streams=2, join_timeout=0.5) as network:
+        idle = [_RawCall(network.address, None, 3, join=False) for _ in range(2)]
+        try:
+            time.sleep(0.2)  # both slots taken
+            _serve_honest(network, programs, pki, ids=[0], tls=False)
+            assert network.net.wait_for_clients(programs.server, 1, 20) == 1
+            for call in idle:
+                assert call.ended.wait(10)
+        finally:
+            for call in idle:
+                call.close()
+    assert [call.code for call in idle] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
+    assert all("no join message within 0.5s" in call.details for call in idle)
 
 
 # ---- a server restart --------------------------------------------------------------------------
