@@ -19,6 +19,19 @@ def round_progress(
 ) -> Iterator[RoundCallback]:
     """A rich bar over ``rounds`` rounds; yields the ``on_round`` callback that advances it and
     shows ``status(record)`` of the round just finished."""
+    with rounds_bar(console) as progress:
+        task = progress.add_task("rounds", total=rounds, status="")
+
+        def on_round(record: RoundRecord) -> None:
+            progress.update(task, advance=1, status=status(record))
+
+        yield on_round
+
+
+@contextmanager
+def rounds_bar(console: Console) -> Iterator[Progress]:
+    """The rich progress display of rounds every command shows: "round  m/n  bar  status  time"
+    (a task's ``status`` field is its status column)."""
     columns = (
         TextColumn("[bold]round"),
         MofNCompleteColumn(),
@@ -27,9 +40,4 @@ def round_progress(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("rounds", total=rounds, status="")
-
-        def on_round(record: RoundRecord) -> None:
-            progress.update(task, advance=1, status=status(record))
-
-        yield on_round
+        yield progress

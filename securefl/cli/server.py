@@ -22,9 +22,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from securefl.cli.flags import render
+from securefl.cli.progress import rounds_bar
 from securefl.cli.train import round_status, summary_table
 from securefl.deploy.federation_file import FederationFile, in_run_terms
 from securefl.deploy.server_program import (
@@ -110,14 +111,7 @@ def _stopped_by_sigterm() -> Iterator[None]:
 
 @contextmanager
 def _progress(console: Console, federation: FederationFile) -> Iterator[_ServerProgress]:
-    columns = (
-        TextColumn("[bold]round"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with rounds_bar(console) as progress:
         yield _ServerProgress(progress, federation)
 
 

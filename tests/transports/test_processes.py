@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dp_runs import DP_RUN, without_noise
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 from safetensors.torch import load_file
@@ -127,28 +128,6 @@ def test_workers_exit_when_their_parent_is_killed():
         parent.kill()
 
 
-# Digits' 1,437 training samples dealt to 4 clients (359 or 360 each), 3 sampled per round.
-DP_RUN = {
-    "dataset": "digits",
-    "model": "mlp",
-    "clients": 4,
-    "clients_per_round": 3,
-    "lr": 0.05,
-    "batch_size": 16,
-    "local_epochs": 1,
-}
-
-
-def _without_noise(record) -> dict:
-    """A round's record without what depends on the DP noise (the model's test metrics) or on
-    the machine's timing."""
-    return {
-        key: value
-        for key, value in record.to_json().items()
-        if "seconds" not in key and not key.startswith("test_")
-    }
-
-
 def test_dp_sgd_in_workers_reports_the_ledgers_of_one_process_and_opacus_agrees():
     """DP noise is secret OS randomness, so the weights differ from run to run; the ledgers are
     deterministic: each client's rounds, steps and ε are those of the same run in one process, and
@@ -157,7 +136,7 @@ def test_dp_sgd_in_workers_reports_the_ledgers_of_one_process_and_opacus_agrees(
     one = run_simulation(dataclasses.replace(config, workers=1))
     two = run_simulation(dataclasses.replace(config, workers=2))
     assert two.privacy == one.privacy
-    assert [_without_noise(r) for r in two.records] == [_without_noise(r) for r in one.records]
+    assert [without_noise(r) for r in two.records] == [without_noise(r) for r in one.records]
     clients = two.privacy["sample_level"]["clients"]
     assert sum(len(client["rounds"]) for client in clients.values()) == 3 * 3
     orders = RDPAccountant.DEFAULT_ALPHAS
@@ -178,7 +157,7 @@ def test_a_client_past_its_budget_stops_in_its_worker_as_in_one_process():
     two = run_simulation(dataclasses.replace(config, workers=2))
     assert two.stopped_early is not None and two.stopped_early == one.stopped_early
     assert two.privacy == one.privacy
-    assert [_without_noise(r) for r in two.records] == [_without_noise(r) for r in one.records]
+    assert [without_noise(r) for r in two.records] == [without_noise(r) for r in one.records]
     ledger = two.privacy["sample_level"]
     assert ledger["excluded_clients"] and all(
         len(client["rounds"]) == 2 for client in ledger["clients"].values() if client["excluded"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dp_runs import DP_RUN, without_noise
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 from safetensors.torch import load_file
@@ -117,23 +118,6 @@ def _wait_for_free_cpus(ray, seconds: float = 60) -> None:
         time.sleep(0.2)
 
 
-# Digits' 1,437 training samples dealt to 4 clients (359 or 360 each), 3 sampled per round.
-DP_RUN = {
-    "dataset": "digits",
-    "model": "mlp",
-    "clients": 4,
-    "clients_per_round": 3,
-    "lr": 0.05,
-    "batch_size": 16,
-    "local_epochs": 1,
-}
-
-
-def _without_noise(record) -> dict:
-    """A round's record without what depends on the DP noise (test metrics) or the clock."""
-    return {k: v for k, v in record.to_json().items() if "seconds" not in k and not k.startswith("test_")}
-
-
 def test_dp_sgd_on_actors_reports_the_ledgers_of_one_process_and_opacus_agrees(local_ray, actors_started):
     """DP noise is secret OS randomness, so the weights differ from run to run; the ledgers are
     deterministic.  At noise 1 a client fits two rounds in ε = 2.5 (a third would pass it): the
@@ -145,7 +129,7 @@ def test_dp_sgd_on_actors_reports_the_ledgers_of_one_process_and_opacus_agrees(l
     assert actors_started == [2]
     assert on_ray.privacy == local.privacy
     assert on_ray.stopped_early is not None and on_ray.stopped_early == local.stopped_early
-    assert [_without_noise(r) for r in on_ray.records] == [_without_noise(r) for r in local.records]
+    assert [without_noise(r) for r in on_ray.records] == [without_noise(r) for r in local.records]
     clients = on_ray.privacy["sample_level"]["clients"]
     assert any(client["excluded"] for client in clients.values())
     orders = RDPAccountant.DEFAULT_ALPHAS
