@@ -13,15 +13,13 @@ starts and parked when it ends, so an idle client costs its shard rows and its m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 
 from securefl.fl.client import FederatedClient
 from securefl.fl.client_pool import ClientPool
 from securefl.fl.server import FederatedServer
-from securefl.fl.turns import NO_FAULTS, Faults, Traffic, run_turns
-
-FaultsFor = Callable[[int, Sequence[int]], Faults]
-"""``(round_index, participants) -> Faults``: which participants crash in that round, and when."""
+from securefl.fl.turns import Traffic, run_turns
+from securefl.transports.round_start import FaultsFor, open_round
 
 
 class InProcessTransport:
@@ -48,14 +46,13 @@ class InProcessTransport:
 
     def run_round(self, server: FederatedServer, clients: Mapping[int, FederatedClient]) -> Traffic:
         """One round, from the server's train requests to its record; the traffic it carried."""
-        first = server.start_round()
-        if server.finished:
+        opened = open_round(server, self.faults_for)
+        if opened is None:
             return Traffic()
-        participants = sorted({client_id for client_id, _ in first})
-        faults = self.faults_for(server.round_index, participants) if self.faults_for else NO_FAULTS
+        first, participants, faults = opened
         receivers = {c: clients[c].receive for c in participants}
         handed_over = [first]  # not kept here: each train request (a model) goes once read
-        del first
+        del first, opened
         try:
             return run_turns(server, receivers, handed_over.pop(), faults=faults)
         finally:

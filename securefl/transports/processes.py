@@ -36,7 +36,7 @@ import multiprocessing
 import signal
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from multiprocessing.connection import Connection, wait
 
 import torch
@@ -44,13 +44,13 @@ import torch
 from securefl.errors import DecodeError
 from securefl.fl.client import FederatedClient
 from securefl.fl.server import FederatedServer
-from securefl.fl.turns import NO_FAULTS, Faults, Replies, Traffic, run_turns
+from securefl.fl.turns import Replies, Traffic, run_turns
 from securefl.protocols.wire import ByteReader, ByteWriter
 from securefl.transports.ledgers import LedgerReports, take_over_ledger
+from securefl.transports.round_start import FaultsFor, open_round
 
 log = logging.getLogger(__name__)
 
-FaultsFor = Callable[[int, Sequence[int]], Faults]
 
 _JOIN, _TURN, _STOP = 0, 1, 2
 _ANSWERED, _FAILED = 0, 1
@@ -104,11 +104,10 @@ class ProcessTransport:
 
     def run_round(self, server: FederatedServer, clients: Mapping[int, FederatedClient]) -> Traffic:
         """One round, its clients computing in the workers; the traffic it carried."""
-        first = server.start_round()
-        if server.finished:
+        opened = open_round(server, self.faults_for)
+        if opened is None:
             return Traffic()
-        participants = sorted({client_id for client_id, _ in first})
-        faults = self.faults_for(server.round_index, participants) if self.faults_for else NO_FAULTS
+        first, _, faults = opened
         return run_turns(server, lambda inboxes: self._exchange(_TURN, inboxes), first, faults=faults)
 
     def _exchange(self, kind: int, inboxes: Mapping[int, list[bytes]]) -> Replies:

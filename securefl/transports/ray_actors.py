@@ -31,7 +31,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -47,14 +47,14 @@ from securefl.federation import ClientFactory
 from securefl.fl.client import FederatedClient
 from securefl.fl.client_pool import ClientPool
 from securefl.fl.server import FederatedServer
-from securefl.fl.turns import NO_FAULTS, Faults, Replies, Traffic, run_turns, sequential
+from securefl.fl.turns import Replies, Traffic, run_turns, sequential
 from securefl.fl.types import ClientShard
 from securefl.protocols.crypto import keys
 from securefl.transports.ledgers import LedgerReports, take_over_ledger
+from securefl.transports.round_start import FaultsFor, open_round
 
 log = logging.getLogger(__name__)
 
-FaultsFor = Callable[[int, Sequence[int]], Faults]
 
 HostReplies = dict[int, tuple[list[bytes], float, bytes]]
 """An actor's answer to one turn, per client: its replies, the seconds it computed, and its DP
@@ -165,11 +165,10 @@ class RayTransport:
 
     def run_round(self, server: FederatedServer, clients: Mapping[int, FederatedClient]) -> Traffic:
         """One round, its clients computing on the actors; the traffic it carried."""
-        first = server.start_round()
-        if server.finished:
+        opened = open_round(server, self.faults_for)
+        if opened is None:
             return Traffic()
-        participants = sorted({client_id for client_id, _ in first})
-        faults = self.faults_for(server.round_index, participants) if self.faults_for else NO_FAULTS
+        first, _, faults = opened
         return run_turns(server, self._exchange, first, faults=faults)
 
     def _exchange(self, inboxes: Mapping[int, list[bytes]]) -> Replies:
