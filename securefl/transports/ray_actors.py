@@ -55,6 +55,9 @@ from securefl.transports.round_start import FaultsFor, open_round
 
 log = logging.getLogger(__name__)
 
+STOP_SECONDS = 30.0
+"""How long :meth:`RayTransport.close` waits for a killed actor to be gone."""
+
 
 HostReplies = dict[int, tuple[list[bytes], float, bytes]]
 """An actor's answer to one turn, per client: its replies, the seconds it computed, and its DP
@@ -270,10 +273,26 @@ class RayTransport:
         try:
             for handle in handles:
                 self.ray.kill(handle)
+            for handle in handles:
+                self._wait_until_dead(handle)
         finally:
             if self._started_ray:
                 self._started_ray = False
                 self.ray.shutdown()
+
+    def _wait_until_dead(self, handle: Any) -> None:
+        """``ray.kill`` only asks: wait, bounded by :data:`STOP_SECONDS`, until a call to the actor
+        fails, so a closed transport leaves no actor computing or holding a CPU."""
+        deadline = time.monotonic() + STOP_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                self.ray.get(handle.__ray_ready__.remote(), timeout=1.0)
+            except self.ray.exceptions.RayActorError:
+                return
+            except self.ray.exceptions.GetTimeoutError:
+                pass
+            self.ray.kill(handle)
+        log.warning("a Ray actor was still running %g s after it was killed", STOP_SECONDS)
 
     def __enter__(self) -> RayTransport:
         return self
